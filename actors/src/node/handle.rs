@@ -1,0 +1,503 @@
+//! The typed operations that transports call: one implementation of every rule, two transports.
+//!
+//! A transport decodes a request, calls one of these, and encodes the answer; it never builds an
+//! actor message. Each operation answers within [`REQUEST_TIMEOUT`] (`unavailable` otherwise).
+
+use std::future::Future;
+use std::time::Duration;
+
+use ractor::{ActorRef, MessagingErr, RpcReplyPort};
+use tokio::sync::oneshot;
+
+use super::Node;
+use crate::clock::now_ms;
+use crate::conversation::{ConversationMessage, SendCommand, Sent, store_rejection, view};
+use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
+use crate::ports::{
+    ConversationRecord, HistoryRange, ListQuery, MemberRecord, NewConversation, ProfilesError,
+};
+use crate::protocol::{
+    ConversationKind, ConversationObject, CreateKind, ErrorCode, MessageObject, PresenceItem,
+    Rejection, Role,
+};
+use crate::rules::limits;
+use crate::user::{Outbound, UserMessage};
+
+/// No request waits longer than this (PROTOCOL §4 allows 5 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(4800);
+
+/// Who is asking: the token's user and, over WebSocket, the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The authenticated user.
+    pub user: UserId,
+    /// The connection, when the request came over WebSocket.
+    pub session: Option<SessionId>,
+}
+
+/// A `create` request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// What to create.
+    pub kind: CreateKind,
+    /// The other members.
+    pub members: Vec<UserId>,
+    /// A group's name.
+    pub name: Option<String>,
+    /// A business conversation's business.
+    pub business: Option<UserId>,
+}
+
+/// The longest group name.
+const MAX_NAME_CHARS: usize = 100;
+
+impl Node {
+    /// Sends a message. The actor is asked before this returns, so two sends from one connection
+    /// are numbered in the order they were made.
+    pub fn send(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        mid: Option<Mid>,
+        body: String,
+        kind: Option<String>,
+    ) -> impl Future<Output = Result<Sent, Rejection>> + Send + 'static {
+        let asked = self.ask_send(caller, conv, mid, body, kind);
+        async move { answer(asked?).await }
+    }
+
+    fn ask_send(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        mid: Option<Mid>,
+        body: String,
+        kind: Option<String>,
+    ) -> Result<oneshot::Receiver<Result<Sent, Rejection>>, Rejection> {
+        let kind = limits::message_kind(kind.as_deref())?;
+        limits::message_body(&body, &self.deps.limits)?;
+        if self.limiter.check_key(&caller.user).is_err() {
+            metrics::counter!("chat_rate_limited_total").increment(1);
+            return Err(Rejection::new(
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ));
+        }
+        let (client_mid, mid) = match mid {
+            Some(m) => (true, m),
+            None => (false, Mid(uuid::Uuid::now_v7())),
+        };
+        let (tx, rx) = oneshot::channel();
+        let cmd = SendCommand {
+            sender: caller.user,
+            session: caller.session,
+            mid,
+            client_mid,
+            kind,
+            body,
+            reply: RpcReplyPort::from(tx),
+        };
+        self.tell(conv, ConversationMessage::Send(Box::new(cmd)))?;
+        Ok(rx)
+    }
+
+    /// A page of history.
+    pub async fn history(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: Option<i64>,
+    ) -> Result<(Vec<MessageObject>, bool), Rejection> {
+        let limit = limits::page_limit(limit)?;
+        let range = match (after, before) {
+            (Some(_), Some(_)) => {
+                return Err(Rejection::bad_request("give after or before, not both"));
+            }
+            (Some(a), None) => HistoryRange::After(seq(a)),
+            (None, Some(b)) => HistoryRange::Before(seq(b)),
+            (None, None) => HistoryRange::Newest,
+        };
+        self.ask(conv, |r| {
+            ConversationMessage::History(caller.user, range, limit, r)
+        })
+        .await
+    }
+
+    /// Moves the caller's read pointer.
+    pub async fn read(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        at: u64,
+    ) -> Result<(), Rejection> {
+        self.ask(conv, |r| ConversationMessage::Read(caller.user, seq(at), r))
+            .await
+    }
+
+    /// Tells the others the caller is (not) typing.
+    pub fn typing(&self, caller: Caller, conv: ConversationId, on: bool) -> Result<(), Rejection> {
+        self.tell(conv, ConversationMessage::Typing(caller.user, on))
+    }
+
+    /// Soft-deletes one of the caller's messages.
+    pub async fn delete(&self, caller: Caller, mid: Mid) -> Result<(), Rejection> {
+        let found = self
+            .deps
+            .store
+            .find_message(mid)
+            .await
+            .map_err(|e| store_rejection(&e))?;
+        let Some(message) = found else {
+            return Err(Rejection::not_found("no such message"));
+        };
+        let conv = message.conv;
+        self.ask(conv, |r| {
+            ConversationMessage::Delete(caller.user, Box::new(message), r)
+        })
+        .await
+    }
+
+    /// Mutes or unmutes a conversation for the caller.
+    pub async fn mute(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        on: bool,
+    ) -> Result<(), Rejection> {
+        self.ask(conv, |r| ConversationMessage::Mute(caller.user, on, r))
+            .await
+    }
+
+    /// Adds a member to a group.
+    pub async fn add_member(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<(), Rejection> {
+        self.ask(conv, |r| {
+            ConversationMessage::AddMember(caller.user, user, r)
+        })
+        .await
+    }
+
+    /// Removes a member from a group (or leaves it).
+    pub async fn remove_member(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        user: UserId,
+    ) -> Result<(), Rejection> {
+        self.ask(conv, |r| {
+            ConversationMessage::RemoveMember(caller.user, user, r)
+        })
+        .await
+    }
+
+    /// Hands a business conversation to another agent.
+    pub async fn transfer(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        _agent: UserId,
+    ) -> Result<(), Rejection> {
+        let object = self.get(caller, conv).await?;
+        if object.kind != ConversationKind::Business {
+            return Err(Rejection::bad_request(
+                "only business conversations are transferred",
+            ));
+        }
+        Err(Rejection::unavailable())
+    }
+
+    /// The conversation as the caller sees it.
+    pub async fn get(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+    ) -> Result<ConversationObject, Rejection> {
+        self.ask(conv, |r| ConversationMessage::Get(caller.user, r))
+            .await
+    }
+
+    /// Creates a conversation, or returns the existing direct or business one; the flag says
+    /// whether it was created.
+    pub async fn create(
+        &self,
+        caller: Caller,
+        req: CreateRequest,
+    ) -> Result<(ConversationObject, bool), Rejection> {
+        let new = self.plan_conversation(caller, req).await?;
+        let (record, created) = timed(self.deps.store.create_conversation(new))
+            .await?
+            .map_err(|e| store_rejection(&e))?;
+        if !created {
+            return Ok((self.get(caller, record.id).await?, false));
+        }
+        metrics::counter!("chat_conversations_created_total").increment(1);
+        let profiles = view::profiles_for(self.deps.profiles.as_ref(), [&record]).await;
+        let object = view::object(&record, None, 0, &profiles);
+        let deps = self.deps.clone();
+        let except = caller.session;
+        tokio::spawn(async move { deps.push_conversation(&record, except).await });
+        Ok((object, true))
+    }
+
+    async fn plan_conversation(
+        &self,
+        caller: Caller,
+        req: CreateRequest,
+    ) -> Result<NewConversation, Rejection> {
+        let now = now_ms();
+        let member = |user, role, joined| MemberRecord {
+            user,
+            role,
+            last_read: 0,
+            muted: false,
+            joined,
+        };
+        let (kind, members, unique_key, name, business) = match req.kind {
+            CreateKind::Direct => {
+                let [other] = req.members[..] else {
+                    return Err(Rejection::bad_request(
+                        "a direct conversation has exactly one other member",
+                    ));
+                };
+                if other == caller.user {
+                    return Err(Rejection::bad_request(
+                        "a direct conversation needs another user",
+                    ));
+                }
+                let (lo, hi) = if caller.user < other {
+                    (caller.user, other)
+                } else {
+                    (other, caller.user)
+                };
+                let members = vec![member(lo, Role::Member, 0), member(hi, Role::Member, 1)];
+                (
+                    ConversationKind::Direct,
+                    members,
+                    Some(format!("direct:{lo}:{hi}")),
+                    None,
+                    None,
+                )
+            }
+            CreateKind::Group => {
+                if let Some(name) = &req.name
+                    && name.chars().count() > MAX_NAME_CHARS
+                {
+                    return Err(Rejection::bad_request(
+                        "a group name has at most 100 characters",
+                    ));
+                }
+                let mut members = vec![member(caller.user, Role::Admin, 0)];
+                for u in req.members {
+                    if !members.iter().any(|m| m.user == u) {
+                        members.push(member(u, Role::Member, members.len() as i64));
+                    }
+                }
+                if members.len() > self.deps.limits.max_group_size {
+                    return Err(Rejection::conflict(format!(
+                        "a group holds at most {} members",
+                        self.deps.limits.max_group_size
+                    )));
+                }
+                (ConversationKind::Group, members, None, req.name, None)
+            }
+            CreateKind::Business => {
+                let Some(business) = req.business else {
+                    return Err(Rejection::bad_request(
+                        "a business conversation names its business",
+                    ));
+                };
+                let agents = match self.deps.profiles.business_agents(business).await {
+                    Ok(agents) if !agents.is_empty() => agents,
+                    Ok(_) | Err(ProfilesError::UnknownBusiness) => {
+                        return Err(Rejection::not_found(
+                            "no such business, or it has no agents",
+                        ));
+                    }
+                    Err(ProfilesError::Unavailable(_)) => return Err(Rejection::unavailable()),
+                };
+                let agent = agents
+                    .iter()
+                    .copied()
+                    .find(|a| {
+                        self.deps.presence.status(*a).status
+                            == crate::protocol::PresenceStatus::Online
+                    })
+                    .unwrap_or(agents[0]);
+                let members = vec![
+                    member(caller.user, Role::Customer, 0),
+                    member(business, Role::Business, 1),
+                    member(agent, Role::Agent, 2),
+                ];
+                let key = format!("business:{business}:{}", caller.user);
+                (
+                    ConversationKind::Business,
+                    members,
+                    Some(key),
+                    None,
+                    Some(business),
+                )
+            }
+        };
+        Ok(NewConversation {
+            record: ConversationRecord {
+                id: ConversationId(uuid::Uuid::now_v7()),
+                kind,
+                name,
+                business,
+                created_at: now,
+                last_seq: 0,
+                last_activity: now,
+                members,
+            },
+            unique_key,
+        })
+    }
+
+    /// A page of the caller's conversations by activity.
+    pub async fn conversations(
+        &self,
+        caller: Caller,
+        limit: Option<i64>,
+        before: Option<i64>,
+        since: Option<i64>,
+    ) -> Result<(Vec<ConversationObject>, bool), Rejection> {
+        let query = ListQuery {
+            before,
+            since,
+            limit: limits::page_limit(limit)?,
+        };
+        let (listed, more) = timed(self.deps.store.list_conversations(caller.user, query))
+            .await?
+            .map_err(|e| store_rejection(&e))?;
+        let profiles = view::profiles_for(
+            self.deps.profiles.as_ref(),
+            listed.iter().map(|l| &l.record),
+        )
+        .await;
+        let items = listed
+            .into_iter()
+            .map(|l| view::object(&l.record, l.last_message, l.unread, &profiles))
+            .collect();
+        Ok((items, more))
+    }
+
+    /// The presence of each of `users` (at most 100).
+    pub fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceItem>, Rejection> {
+        if users.len() > limits::MAX_PRESENCE_USERS {
+            return Err(Rejection::bad_request(
+                "at most 100 users per presence request",
+            ));
+        }
+        Ok(users
+            .iter()
+            .map(|u| self.deps.presence.status(*u))
+            .collect())
+    }
+
+    /// Replaces a connection's watch list (at most 200 users).
+    pub fn watch(
+        &self,
+        watcher: &Outbound,
+        old: &[UserId],
+        new: &[UserId],
+    ) -> Result<(), Rejection> {
+        if new.len() > limits::MAX_WATCH_USERS {
+            return Err(Rejection::bad_request("at most 200 users in a watch list"));
+        }
+        self.deps.presence.watch(watcher, old, new);
+        Ok(())
+    }
+
+    /// Forgets a closed connection's watch list.
+    pub fn unwatch(&self, session: SessionId, users: &[UserId]) {
+        self.deps.presence.unwatch(session, users);
+    }
+
+    /// Attaches a new connection to its user's actor here (the user is online from now on).
+    pub async fn connect(&self, outbound: Outbound) -> Result<(), Rejection> {
+        let user = outbound.user;
+        let mut outbound = Box::new(outbound);
+        for _ in 0..3 {
+            let actor = self.user(user).map_err(|_| Rejection::unavailable())?;
+            let (tx, rx) = oneshot::channel();
+            match actor.cast(UserMessage::Attach(outbound, RpcReplyPort::from(tx))) {
+                Ok(()) => {
+                    if rx.await.is_ok() {
+                        return Ok(());
+                    }
+                    // The actor stopped with our attach queued; a new one takes it. We lost the
+                    // queue's sender with it, so the connection must be opened anew.
+                    return Err(Rejection::unavailable());
+                }
+                Err(MessagingErr::SendErr(UserMessage::Attach(back, _))) => {
+                    self.deps.users.forget_actor(actor.get_id());
+                    outbound = back;
+                }
+                Err(_) => return Err(Rejection::unavailable()),
+            }
+        }
+        Err(Rejection::unavailable())
+    }
+
+    /// Detaches a closed connection.
+    pub fn disconnect(&self, user: UserId, session: SessionId) {
+        if let Some(actor) = self.deps.users.get(&user) {
+            let _ = actor.cast(UserMessage::Detach(session));
+        }
+    }
+
+    /// Casts to a conversation's actor, spawning it when needed; a dead actor is replaced once.
+    fn tell(&self, conv: ConversationId, msg: ConversationMessage) -> Result<(), Rejection> {
+        let mut msg = msg;
+        for _ in 0..2 {
+            let actor: ActorRef<ConversationMessage> = self
+                .conversation(conv)
+                .map_err(|_| Rejection::unavailable())?;
+            match actor.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(MessagingErr::SendErr(back)) => {
+                    self.deps.conversations.forget_actor(actor.get_id());
+                    msg = back;
+                }
+                Err(_) => return Err(Rejection::unavailable()),
+            }
+        }
+        Err(Rejection::unavailable())
+    }
+
+    /// Asks a conversation's actor and waits for its answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        conv: ConversationId,
+        make: impl FnOnce(RpcReplyPort<Result<T, Rejection>>) -> ConversationMessage,
+    ) -> Result<T, Rejection> {
+        let (tx, rx) = oneshot::channel();
+        self.tell(conv, make(RpcReplyPort::from(tx)))?;
+        answer(rx).await
+    }
+}
+
+/// Waits for an actor's answer; a dropped reply (the actor stopped) or a late one is `unavailable`.
+async fn answer<T>(rx: oneshot::Receiver<Result<T, Rejection>>) -> Result<T, Rejection> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) | Err(_) => Err(Rejection::unavailable()),
+    }
+}
+
+/// Bounds a store call by [`REQUEST_TIMEOUT`].
+async fn timed<T>(f: impl Future<Output = T>) -> Result<T, Rejection> {
+    tokio::time::timeout(REQUEST_TIMEOUT, f)
+        .await
+        .map_err(|_| Rejection::unavailable())
+}
+
+fn seq(v: u64) -> Seq {
+    Seq::try_from(v).unwrap_or(Seq::MAX)
+}

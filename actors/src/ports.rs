@@ -1,0 +1,298 @@
+//! The traits the core needs from the outside: storage, the bus, the user service.
+//!
+//! `src/` implements them (SQLite/PostgreSQL, in-process/Redis, HTTP); the actors see only these.
+//! Errors are named for what the caller does next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
+use crate::protocol::{ConversationKind, MessageObject, Profile, Role, SharedFrame};
+
+/// A storage failure, by what the caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Some `mid`s of the batch are stored already: answer the first result, or `conflict`.
+    #[error("{} mid(s) already stored", .0.len())]
+    DuplicateMids(Vec<ExistingMid>),
+    /// Another writer took one of our `seq`s: reload the conversation and retry.
+    #[error("seq already taken")]
+    SeqTaken,
+    /// The row is not there.
+    #[error("not found")]
+    NotFound,
+    /// The database did not answer, or failed: answer `unavailable`, retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where a `mid` is already stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingMid {
+    /// The message id.
+    pub mid: Mid,
+    /// Its conversation.
+    pub conv: ConversationId,
+    /// Its sender.
+    pub sender: UserId,
+    /// Its seq.
+    pub seq: Seq,
+    /// Its time.
+    pub at: i64,
+}
+
+/// One member row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// The member.
+    pub user: UserId,
+    /// Their role.
+    pub role: Role,
+    /// Their read pointer.
+    pub last_read: Seq,
+    /// Muted by them.
+    pub muted: bool,
+    /// Standing: smaller joined earlier (admin succession picks the smallest).
+    pub joined: i64,
+}
+
+/// A conversation row with its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRecord {
+    /// The conversation.
+    pub id: ConversationId,
+    /// Its kind.
+    pub kind: ConversationKind,
+    /// A group's name.
+    pub name: Option<String>,
+    /// A business conversation's business.
+    pub business: Option<UserId>,
+    /// Creation time.
+    pub created_at: i64,
+    /// The newest committed seq.
+    pub last_seq: Seq,
+    /// The newest message's time, else `created_at`.
+    pub last_activity: i64,
+    /// Members by standing.
+    pub members: Vec<MemberRecord>,
+}
+
+/// A conversation to create. `unique_key` makes direct and business conversations one per pair.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    /// The record to store.
+    pub record: ConversationRecord,
+    /// `direct:<a>:<b>` or `business:<biz>:<customer>`; none for groups.
+    pub unique_key: Option<String>,
+}
+
+/// A message the core numbered and hands to storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Its seq.
+    pub seq: Seq,
+    /// Its idempotency key.
+    pub mid: Mid,
+    /// Whether the client chose `mid` (only those can already be stored).
+    pub client_mid: bool,
+    /// The sender, or the acting user of a system message.
+    pub sender: UserId,
+    /// Its kind.
+    pub kind: String,
+    /// Its body.
+    pub body: String,
+    /// Its time.
+    pub at: i64,
+}
+
+impl NewMessage {
+    /// The message as clients see it.
+    pub fn object(&self, conv: ConversationId) -> MessageObject {
+        MessageObject {
+            conv,
+            seq: self.seq,
+            mid: self.mid,
+            from: self.sender,
+            kind: self.kind.clone(),
+            body: Some(self.body.clone()),
+            at: self.at,
+            deleted_at: None,
+        }
+    }
+}
+
+/// Messages of one conversation, in seq order, committed together.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The messages, seq ascending and following the stored `last_seq`.
+    pub messages: Vec<NewMessage>,
+}
+
+/// A change of members, committed with its system message in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct MembershipChange {
+    /// Members who join.
+    pub add: Vec<MemberRecord>,
+    /// Members who leave or are removed.
+    pub remove: Vec<UserId>,
+    /// Members whose role changes (admin succession).
+    pub roles: Vec<(UserId, Role)>,
+    /// The system message that records it.
+    pub system: Option<NewMessage>,
+}
+
+/// A page request for `history`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRange {
+    /// `seq > after`, oldest first.
+    After(Seq),
+    /// The newest with `seq < before`, oldest first.
+    Before(Seq),
+    /// The newest.
+    Newest,
+}
+
+/// A page request for the conversation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only `last_activity < before`.
+    pub before: Option<i64>,
+    /// Only `last_activity > since`.
+    pub since: Option<i64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// A conversation in a member's list.
+#[derive(Debug, Clone)]
+pub struct ListedConversation {
+    /// The stored conversation.
+    pub record: ConversationRecord,
+    /// Its newest message.
+    pub last_message: Option<MessageObject>,
+    /// The caller's unread count.
+    pub unread: i64,
+}
+
+/// Storage: one trait, two backends.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database does.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// A conversation with its members, if it exists.
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError>;
+    /// Creates it; when `unique_key` is taken, returns the existing one and `false`.
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<(ConversationRecord, bool), StoreError>;
+    /// Commits the batches in one transaction. A batch whose client `mid`s are stored already
+    /// gets `DuplicateMids` and is left out; the others still commit.
+    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>>;
+    /// Commits a membership change with its system message.
+    async fn change_members(
+        &self,
+        conv: ConversationId,
+        change: &MembershipChange,
+    ) -> Result<(), StoreError>;
+    /// Moves a read pointer forward (never back).
+    async fn set_read(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<(), StoreError>;
+    /// Sets a member's mute flag.
+    async fn set_muted(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        on: bool,
+    ) -> Result<(), StoreError>;
+    /// A page of history and whether more exist that way.
+    async fn history(
+        &self,
+        conv: ConversationId,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<(Vec<MessageObject>, bool), StoreError>;
+    /// A message by its `mid`.
+    async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError>;
+    /// Soft-deletes a message.
+    async fn mark_deleted(&self, mid: Mid, at: i64) -> Result<(), StoreError>;
+    /// The newest message and `user`'s unread count given their pointer.
+    async fn last_message_and_unread(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        last_read: Seq,
+    ) -> Result<(Option<MessageObject>, i64), StoreError>;
+    /// A page of `user`'s conversations by activity, and whether more match.
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        query: ListQuery,
+    ) -> Result<(Vec<ListedConversation>, bool), StoreError>;
+    /// Erases the bodies of messages deleted before `audit_cutoff` and removes messages older
+    /// than `retention_cutoff`; returns (erased, removed). Skips when another node holds the job.
+    async fn purge(
+        &self,
+        retention_cutoff: i64,
+        audit_cutoff: i64,
+    ) -> Result<(u64, u64), StoreError>;
+}
+
+/// The batching writer: takes a conversation's batch, calls `done` after its commit (or failure).
+pub trait Writer: Send + Sync + 'static {
+    /// Queues `batch`; `done` runs on the writer's task once the outcome is known.
+    fn submit(&self, batch: AppendBatch, done: Box<dyn FnOnce(Result<(), StoreError>) + Send>);
+}
+
+/// A failure of the user service.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilesError {
+    /// The business is unknown to the user service.
+    #[error("unknown business")]
+    UnknownBusiness,
+    /// The service failed or did not answer in time.
+    #[error("user service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Names, avatars and business agents, from the user service.
+#[async_trait]
+pub trait Profiles: Send + Sync + 'static {
+    /// A profile for each id, placeholders for the unknown; never waits long.
+    async fn profiles(&self, users: &[UserId], businesses: &[UserId]) -> HashMap<UserId, Profile>;
+    /// The agents of a business.
+    async fn business_agents(&self, business: UserId) -> Result<Vec<UserId>, ProfilesError>;
+}
+
+/// A push on its way to one user's connections.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Whose connections.
+    pub user: UserId,
+    /// Only this connection, or every one.
+    pub only: Option<SessionId>,
+    /// Every one but this (the sender's own connection).
+    pub except: Option<SessionId>,
+    /// The push, encoded once.
+    pub frame: Arc<SharedFrame>,
+}
+
+/// Carries pushes to users connected on other nodes. The node delivers locally itself; the bus
+/// is only for what must leave the process.
+pub trait Bus: Send + Sync + 'static {
+    /// Whether other nodes may hold connections (false: a single node, nothing to carry).
+    fn is_distributed(&self) -> bool;
+    /// Sends `envelope` to the other nodes.
+    fn publish(&self, envelope: Envelope);
+}

@@ -1,0 +1,136 @@
+//! The composition root: the one place that names the concrete adapters and wires them to the
+//! core. It decides nothing of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chat_actors::node::{Node, NodeConfig};
+use chat_actors::ports::Store;
+use chat_actors::rules::Limits;
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, Verifier};
+use crate::bus::LocalBus;
+use crate::config::Config;
+use crate::profiles::PlaceholderProfiles;
+use crate::store::{self, writer::BatchingWriter};
+use crate::transport::{self, Probe, Transport, WsSettings};
+use crate::{metrics, retention};
+
+/// How often the retention job runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs a node on `listener` until `shutdown` is cancelled, then drains: sessions say `bye`,
+/// actors stop, the writer commits what it holds, the pool closes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let recorder = metrics::install();
+    if auth::uses_dev_secret(&config) {
+        tracing::warn!(
+            "CHAT_JWT_SECRET is not set: using the built-in DEVELOPMENT secret; anyone can mint tokens"
+        );
+    }
+    let verifier = Verifier::new(&config).context("JWT configuration")?;
+    let sql = store::connect(&config.database_url, config.db_max_connections)
+        .await
+        .context("opening the database")?;
+    tracing::info!(backend = sql.backend(), "database ready");
+    let store: Arc<dyn Store> = Arc::new(sql.clone());
+    let (writer, writer_task) = BatchingWriter::start(store.clone());
+    if !config.redis_url.is_empty() {
+        tracing::warn!(
+            "CHAT_REDIS_URL is set, but cluster mode is not built yet: running as a single node"
+        );
+    }
+    if !config.profiles_url.is_empty() {
+        tracing::warn!(
+            "CHAT_PROFILES_URL is set, but the user-service client is not built yet: placeholder profiles"
+        );
+    }
+    let node_id = if config.node_id.is_empty() {
+        format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        config.node_id.clone()
+    };
+    let node = Node::start(
+        NodeConfig {
+            node_id: node_id.clone(),
+            limits: Limits {
+                max_group_size: config.max_group_size,
+                max_message_bytes: config.max_message_bytes,
+            },
+            rate_per_second: config.rate_messages,
+            rate_burst: config.rate_burst,
+        },
+        store.clone(),
+        writer.clone(),
+        Arc::new(LocalBus),
+        Arc::new(PlaceholderProfiles),
+    )
+    .await
+    .context("starting the node supervisor")?;
+
+    let probe_store = store.clone();
+    let ready: Probe = Arc::new(move || {
+        let s = probe_store.clone();
+        Box::pin(async move {
+            matches!(
+                tokio::time::timeout(Duration::from_secs(2), s.ping()).await,
+                Ok(Ok(()))
+            )
+        })
+    });
+    let transport = Arc::new(Transport {
+        node: node.clone(),
+        verifier,
+        metrics: recorder,
+        ready,
+        ws: WsSettings {
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            max_frame_bytes: config.max_frame_bytes,
+            outbound_queue: config.outbound_queue,
+            allowed_origins: config.origins(),
+            max_connections_per_user: config.max_connections_per_user,
+            node_id: node_id.clone(),
+        },
+        per_user: DashMap::new(),
+        open: Default::default(),
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+    });
+    tokio::spawn(retention::run(
+        store.clone(),
+        config.retention_days,
+        config.deleted_audit_days,
+        RETENTION_EVERY,
+        shutdown.clone(),
+    ));
+
+    tracing::info!(addr = %listener.local_addr().context("listener address")?, node = %node_id, "serving");
+    transport::serve(listener, transport).await;
+
+    node.stop().await;
+    writer.flush().await;
+    drop(writer);
+    writer_task.abort();
+    sql.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Applies the migrations and returns.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let sql = store::connect(&config.database_url, 2)
+        .await
+        .context("opening the database")?;
+    tracing::info!(backend = sql.backend(), "migrations applied");
+    sql.close().await;
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! The command line: `serve` (the default), `token`, `migrate`, each flag with its `CHAT_*` variable.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::SettingsArgs;
+
+/// chat-backend: a horizontally sharded chat service.
+#[derive(Debug, Parser)]
+#[command(name = "chat-backend", version, about)]
+pub struct Cli {
+    /// The configuration file (default: ./cluster.toml when present).
+    #[arg(long, env = "CHAT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Settings, each also read from its CHAT_* variable.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve,
+    /// Print a client token signed with the configured secret.
+    Token {
+        /// The user's UUID (the `sub` claim).
+        #[arg(long)]
+        user: String,
+        /// How long it is valid, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+}

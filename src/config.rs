@@ -1,0 +1,228 @@
+//! One typed configuration: `cluster.toml`, then `CHAT_*` variables, then flags; each later wins.
+//!
+//! [`settings!`] writes the list once and derives from it the `Config` struct (its `Default` is
+//! the documented defaults), the clap flags with their `CHAT_*` variables, and the merge. A string
+//! setting left empty means "unset", as PROTOCOL §1 reads `CHAT_REDIS_URL=""`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config`/`CHAT_CONFIG` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid configuration in {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {0}")]
+    Invalid(String),
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, $env:literal; )*) => {
+        /// Every setting of a node. Field names are the `cluster.toml` keys.
+        #[derive(Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $field: $default, )* }
+            }
+        }
+
+        /// The same settings as flags, each also read from its `CHAT_*` variable.
+        #[derive(clap::Args, Debug, Default, Clone)]
+        pub struct SettingsArgs {
+            $( $(#[doc = $doc])* #[arg(long, env = $env, global = true)] pub $field: Option<$ty>, )*
+        }
+
+        impl SettingsArgs {
+            /// Overrides `config` with every setting given as a flag or variable.
+            pub fn apply(self, config: &mut Config) {
+                $( if let Some(v) = self.$field { config.$field = v; } )*
+            }
+        }
+
+        impl fmt::Debug for Config {
+            /// Secrets (any key naming a secret or token) never reach a log.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut d = f.debug_struct("Config");
+                $(
+                    let name = stringify!($field);
+                    if name.contains("secret") || name.contains("token") {
+                        d.field(name, &"<redacted>");
+                    } else {
+                        d.field(name, &self.$field);
+                    }
+                )*
+                d.finish()
+            }
+        }
+    };
+}
+
+settings! {
+    /// `host:port` for HTTP and WebSocket.
+    listen: String = "127.0.0.1:8080".to_owned(), "CHAT_LISTEN";
+    /// This node's unique name in a cluster; empty: generated at start.
+    node_id: String = String::new(), "CHAT_NODE_ID";
+    /// `sqlite://PATH` (embedded) or `postgres://...`.
+    database_url: String = "sqlite://data/chat.db".to_owned(), "CHAT_DATABASE_URL";
+    /// Empty: one node with an in-process bus; `redis://...`: cluster mode.
+    redis_url: String = String::new(), "CHAT_REDIS_URL";
+    /// Prefix of every Redis key and channel.
+    redis_prefix: String = "chat".to_owned(), "CHAT_REDIS_PREFIX";
+    /// HS256 secret for client tokens; empty: a development secret, with a warning.
+    jwt_secret: String = String::new(), "CHAT_JWT_SECRET";
+    /// Path of a PEM public key (RSA: RS256, EC P-256: ES256); when set, HS256 is refused.
+    jwt_public_key: String = String::new(), "CHAT_JWT_PUBLIC_KEY";
+    /// Required `iss` claim; empty: not checked.
+    jwt_issuer: String = String::new(), "CHAT_JWT_ISSUER";
+    /// Required `aud` claim; empty: not checked.
+    jwt_audience: String = String::new(), "CHAT_JWT_AUDIENCE";
+    /// Base URL of the user service; empty: placeholder profiles.
+    profiles_url: String = String::new(), "CHAT_PROFILES_URL";
+    /// Bearer token sent to the user service.
+    profiles_token: String = String::new(), "CHAT_PROFILES_TOKEN";
+    /// Bearer token the user service sends to /v1/internal/events; empty: refuse all.
+    service_token: String = String::new(), "CHAT_SERVICE_TOKEN";
+    /// Members of a group, creator included.
+    max_group_size: usize = 8, "CHAT_MAX_GROUP_SIZE";
+    /// UTF-8 bytes of a message body.
+    max_message_bytes: usize = 4096, "CHAT_MAX_MESSAGE_BYTES";
+    /// Per-user `send`s per second.
+    rate_messages: u32 = 20, "CHAT_RATE_MESSAGES";
+    /// Per-user burst of `send`s.
+    rate_burst: u32 = 40, "CHAT_RATE_BURST";
+    /// Days a message is kept.
+    retention_days: u32 = 90, "CHAT_RETENTION_DAYS";
+    /// Days a deleted message's body is kept for audit.
+    deleted_audit_days: u32 = 7, "CHAT_DELETED_AUDIT_DAYS";
+    /// Comma-separated origins allowed to open a WebSocket; empty: any.
+    allowed_origins: String = String::new(), "CHAT_ALLOWED_ORIGINS";
+    /// Open connections per user on this node; one more is refused with 429.
+    max_connections_per_user: usize = 16, "CHAT_MAX_CONNECTIONS_PER_USER";
+    /// WebSocket ping interval; a connection silent for twice this is closed.
+    heartbeat_ms: u64 = 30_000, "CHAT_HEARTBEAT_MS";
+    /// The largest WebSocket frame accepted; a larger one closes the connection with 1009.
+    max_frame_bytes: usize = 65_536, "CHAT_MAX_FRAME_BYTES";
+    /// Pushes queued per connection before a client that stopped reading is dropped.
+    outbound_queue: usize = 1024, "CHAT_OUTBOUND_QUEUE";
+    /// PostgreSQL connections per node.
+    db_max_connections: u32 = 16, "CHAT_DB_MAX_CONNECTIONS";
+}
+
+impl Config {
+    /// The file (explicit path, else `./cluster.toml` when present), then variables and flags.
+    pub fn load(file: Option<&Path>, args: SettingsArgs) -> Result<Config, ConfigError> {
+        let default_file = Path::new("cluster.toml");
+        let file = match file {
+            Some(path) => Some(path),
+            None if default_file.exists() => Some(default_file),
+            None => None,
+        };
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        args.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads one TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_group_size", self.max_group_size as u64),
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("rate_messages", u64::from(self.rate_messages)),
+            ("rate_burst", u64::from(self.rate_burst)),
+            (
+                "max_connections_per_user",
+                self.max_connections_per_user as u64,
+            ),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("outbound_queue", self.outbound_queue as u64),
+            ("db_max_connections", u64::from(self.db_max_connections)),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be above 0"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The allowed WebSocket origins; empty allows any.
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_cluster_toml_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.toml");
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn flags_and_variables_win_over_the_file() {
+        let mut config: Config = toml::from_str("listen = \"0.0.0.0:1\"\nrate_burst = 3").unwrap();
+        SettingsArgs {
+            listen: Some("127.0.0.1:2".to_owned()),
+            ..Default::default()
+        }
+        .apply(&mut config);
+        assert_eq!(config.listen, "127.0.0.1:2");
+        assert_eq!(config.rate_burst, 3);
+    }
+
+    #[test]
+    fn unknown_keys_and_secrets_in_logs_are_refused() {
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+        let config = Config {
+            jwt_secret: "hunter2".to_owned(),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

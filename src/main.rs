@@ -1,0 +1,50 @@
+//! The binary: parse the command line, start logging, run one command.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::Context;
+use chat_actors::ids::UserId;
+use chat_backend::cli::{Cli, Command};
+use chat_backend::config::Config;
+use chat_backend::{app, auth, shutdown, telemetry};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = ?e, "chat-backend failed");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref(), cli.settings).context("configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token { user, ttl } => {
+            let user = UserId::parse(&user).context("--user must be a UUID")?;
+            println!("{}", auth::sign(&config, user, ttl.into())?);
+            Ok(())
+        }
+        Command::Migrate => runtime()?.block_on(app::migrate(&config)),
+        Command::Serve => runtime()?.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let stop = CancellationToken::new();
+            shutdown::on_signal(stop.clone());
+            app::serve(config, listener, stop).await
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}

@@ -1,0 +1,782 @@
+//! The `Store` port in SQL shared by both backends.
+//!
+//! Each method is written once and expanded for both pools by [`on_pool!`], so the code stays
+//! concrete (no generic where-clause towers) and the two backends cannot drift apart. Where the
+//! dialects differ, the arm's [`Dialect`] picks the text.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
+use chat_actors::ports::{
+    AppendBatch, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
+    MemberRecord, MembershipChange, NewConversation, Store, StoreError,
+};
+use chat_actors::protocol::{ConversationKind, MessageObject, Role};
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use uuid::Uuid;
+
+/// The most rows in one multi-row statement (SQLite allows 32766 parameters).
+const ROWS_PER_STATEMENT: usize = 2000;
+
+/// The columns of a message, in the order [`message!`] reads them. A deleted body is hidden.
+const MESSAGE_COLUMNS: &str = "conv_id, seq, mid, sender, kind, \
+     CASE WHEN deleted_at IS NULL THEN body END AS body, at, deleted_at";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Pg,
+    Lite,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Pg(PgPool),
+    Lite(SqlitePool),
+}
+
+/// The SQL store over one of the two pools.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
+macro_rules! on_pool {
+    ($store:expr, |$p:ident, $d:ident| $body:expr) => {
+        match &$store.pool {
+            Pool::Pg($p) => {
+                #[allow(unused_variables)]
+                let $d = Dialect::Pg;
+                $body
+            }
+            Pool::Lite($p) => {
+                #[allow(unused_variables)]
+                let $d = Dialect::Lite;
+                $body
+            }
+        }
+    };
+}
+
+/// Begins a write transaction: on SQLite `BEGIN IMMEDIATE` takes the write lock up front, so two
+/// writers queue on the busy timeout instead of failing at commit.
+macro_rules! begin_write {
+    ($p:expr, $d:expr) => {
+        match $d {
+            Dialect::Lite => $p.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Pg => $p.begin().await,
+        }
+    };
+}
+
+/// Reads a message from a row selected with [`MESSAGE_COLUMNS`].
+macro_rules! message {
+    ($row:expr) => {{
+        let row = $row;
+        MessageObject {
+            conv: ConversationId(row.try_get::<Uuid, _>(0)?),
+            seq: row.try_get::<i64, _>(1)?,
+            mid: Mid(row.try_get::<Uuid, _>(2)?),
+            from: UserId(row.try_get::<Uuid, _>(3)?),
+            kind: row.try_get::<String, _>(4)?,
+            body: row.try_get::<Option<String>, _>(5)?,
+            at: row.try_get::<i64, _>(6)?,
+            deleted_at: row.try_get::<Option<i64>, _>(7)?,
+        }
+    }};
+}
+
+/// Reads a conversation (without members) from `id, kind, name, business, created_at, last_seq,
+/// last_activity`.
+macro_rules! conversation {
+    ($row:expr) => {{
+        let row = $row;
+        let kind: String = row.try_get(1)?;
+        ConversationRecord {
+            id: ConversationId(row.try_get::<Uuid, _>(0)?),
+            kind: ConversationKind::parse(&kind).ok_or_else(|| corrupt("conversation kind"))?,
+            name: row.try_get::<Option<String>, _>(2)?,
+            business: row.try_get::<Option<Uuid>, _>(3)?.map(UserId),
+            created_at: row.try_get::<i64, _>(4)?,
+            last_seq: row.try_get::<i64, _>(5)?,
+            last_activity: row.try_get::<i64, _>(6)?,
+            members: Vec::new(),
+        }
+    }};
+}
+
+/// Reads a member from `user_id, role, last_read, muted, joined`, starting at column `$at`.
+macro_rules! member {
+    ($row:expr, $at:expr) => {{
+        let row = $row;
+        let role: String = row.try_get($at + 1)?;
+        MemberRecord {
+            user: UserId(row.try_get::<Uuid, _>($at)?),
+            role: Role::parse(&role).ok_or_else(|| corrupt("member role"))?,
+            last_read: row.try_get::<i64, _>($at + 2)?,
+            muted: row.try_get::<bool, _>($at + 3)?,
+            joined: row.try_get::<i64, _>($at + 4)?,
+        }
+    }};
+}
+
+fn corrupt(what: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unexpected {what} in the database").into())
+}
+
+/// Converts a driver error once, by what the caller does next.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::SeqTaken,
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        _ => StoreError::Unavailable(Box::new(e)),
+    }
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::SeqTaken)
+}
+
+impl SqlStore {
+    /// A store on PostgreSQL.
+    pub fn postgres(pool: PgPool) -> Self {
+        SqlStore {
+            pool: Pool::Pg(pool),
+        }
+    }
+
+    /// A store on SQLite.
+    pub fn sqlite(pool: SqlitePool) -> Self {
+        SqlStore {
+            pool: Pool::Lite(pool),
+        }
+    }
+
+    /// Applies the backend's migrations (PostgreSQL takes an advisory lock, so nodes starting
+    /// together are safe).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match &self.pool {
+            Pool::Pg(p) => super::postgres::migrator().run(p).await,
+            Pool::Lite(p) => super::sqlite::migrator().run(p).await,
+        }
+    }
+
+    /// Closes the pool (after the writer drained).
+    pub async fn close(&self) {
+        on_pool!(self, |p, d| p.close().await)
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Pg(_) => "postgres",
+            Pool::Lite(_) => "sqlite",
+        }
+    }
+
+    async fn load_members(
+        &self,
+        convs: &[ConversationId],
+    ) -> Result<HashMap<ConversationId, Vec<MemberRecord>>, sqlx::Error> {
+        let mut out: HashMap<ConversationId, Vec<MemberRecord>> = HashMap::new();
+        if convs.is_empty() {
+            return Ok(out);
+        }
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(
+                "SELECT conv_id, user_id, role, last_read, muted, joined FROM members WHERE conv_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for c in convs {
+                list.push_bind(c.0);
+            }
+            q.push(") ORDER BY joined");
+            for row in q.build().fetch_all(p).await? {
+                let conv = ConversationId(row.try_get::<Uuid, _>(0)?);
+                out.entry(conv).or_default().push(member!(&row, 1));
+            }
+            Ok(out)
+        })
+    }
+
+    /// One transaction for the batches; Err means the whole transaction failed.
+    async fn append_once(
+        &self,
+        batches: &[AppendBatch],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        on_pool!(self, |p, d| {
+            let mut tx = begin_write!(p, d).map_err(classify)?;
+            // Client-chosen mids may be stored already (a retry, or a clash): find them first, so
+            // the batches they belong to are left out instead of failing the transaction.
+            let client_mids: Vec<Uuid> = batches
+                .iter()
+                .flat_map(|b| b.messages.iter())
+                .filter(|m| m.client_mid)
+                .map(|m| m.mid.0)
+                .collect();
+            let mut hits: Vec<ExistingMid> = Vec::new();
+            for chunk in client_mids.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::new(
+                    "SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid IN (",
+                );
+                let mut list = q.separated(", ");
+                for mid in chunk {
+                    list.push_bind(*mid);
+                }
+                q.push(")");
+                let rows = q.build().fetch_all(&mut *tx).await.map_err(classify)?;
+                for row in rows {
+                    let read = || -> Result<ExistingMid, sqlx::Error> {
+                        Ok(ExistingMid {
+                            mid: Mid(row.try_get(0)?),
+                            conv: ConversationId(row.try_get(1)?),
+                            sender: UserId(row.try_get(2)?),
+                            seq: row.try_get(3)?,
+                            at: row.try_get(4)?,
+                        })
+                    };
+                    hits.push(read().map_err(classify)?);
+                }
+            }
+            let mut results = Vec::with_capacity(batches.len());
+            let mut kept: Vec<&AppendBatch> = Vec::with_capacity(batches.len());
+            for b in batches {
+                let mine: Vec<ExistingMid> = hits
+                    .iter()
+                    .filter(|h| b.messages.iter().any(|m| m.mid == h.mid))
+                    .cloned()
+                    .collect();
+                if mine.is_empty() {
+                    kept.push(b);
+                    results.push(Ok(()));
+                } else {
+                    results.push(Err(StoreError::DuplicateMids(mine)));
+                }
+            }
+            let rows: Vec<(ConversationId, &chat_actors::ports::NewMessage)> = kept
+                .iter()
+                .flat_map(|b| b.messages.iter().map(move |m| (b.conv, m)))
+                .collect();
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) ",
+                );
+                q.push_values(chunk, |mut row, (conv, m)| {
+                    row.push_bind(conv.0)
+                        .push_bind(m.seq)
+                        .push_bind(m.mid.0)
+                        .push_bind(m.sender.0)
+                        .push_bind(m.kind.clone())
+                        .push_bind(m.body.clone())
+                        .push_bind(m.at);
+                });
+                q.build().execute(&mut *tx).await.map_err(classify)?;
+            }
+            for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+                let mut q = match d {
+                    Dialect::Pg => QueryBuilder::new(
+                        "UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a FROM (",
+                    ),
+                    Dialect::Lite => QueryBuilder::new(
+                        "UPDATE conversations SET last_seq = v.column2, last_activity = v.column3 FROM (",
+                    ),
+                };
+                q.push_values(chunk, |mut row, b| {
+                    let last = b.messages.last();
+                    row.push_bind(b.conv.0);
+                    if d == Dialect::Pg {
+                        row.push_unseparated("::uuid");
+                    }
+                    row.push_bind(last.map(|m| m.seq).unwrap_or(0));
+                    if d == Dialect::Pg {
+                        row.push_unseparated("::bigint");
+                    }
+                    row.push_bind(last.map(|m| m.at).unwrap_or(0));
+                    if d == Dialect::Pg {
+                        row.push_unseparated("::bigint");
+                    }
+                });
+                match d {
+                    Dialect::Pg => q.push(") AS v(id, s, a) WHERE c.id = v.id"),
+                    Dialect::Lite => q.push(") AS v WHERE conversations.id = v.column1"),
+                };
+                q.build().execute(&mut *tx).await.map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)?;
+            Ok(results)
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| sqlx::query("SELECT 1")
+            .execute(p)
+            .await
+            .map(|_| ())
+            .map_err(classify))
+    }
+
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        let found = on_pool!(self, |p, d| {
+            let row = sqlx::query(
+                "SELECT id, kind, name, business, created_at, last_seq, last_activity \
+                 FROM conversations WHERE id = $1",
+            )
+            .bind(id.0)
+            .fetch_optional(p)
+            .await
+            .map_err(classify)?;
+            match row {
+                Some(row) => {
+                    let read =
+                        || -> Result<ConversationRecord, sqlx::Error> { Ok(conversation!(&row)) };
+                    Some(read().map_err(classify)?)
+                }
+                None => None,
+            }
+        });
+        let Some(mut record) = found else {
+            return Ok(None);
+        };
+        let mut members = self.load_members(&[id]).await.map_err(classify)?;
+        record.members = members.remove(&id).unwrap_or_default();
+        Ok(Some(record))
+    }
+
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<(ConversationRecord, bool), StoreError> {
+        let r = &new.record;
+        let existing: Option<Uuid> = on_pool!(self, |p, d| {
+            let mut tx = begin_write!(p, d).map_err(classify)?;
+            let inserted = sqlx::query(
+                "INSERT INTO conversations (id, kind, name, business, unique_key, created_at, last_seq, last_activity) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 0, $7) ON CONFLICT (unique_key) DO NOTHING",
+            )
+            .bind(r.id.0)
+            .bind(r.kind.as_str())
+            .bind(r.name.clone())
+            .bind(r.business.map(|b| b.0))
+            .bind(new.unique_key.clone())
+            .bind(r.created_at)
+            .bind(r.last_activity)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+            if inserted == 0 {
+                let id: Uuid =
+                    sqlx::query_scalar("SELECT id FROM conversations WHERE unique_key = $1")
+                        .bind(new.unique_key.clone())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                Some(id)
+            } else {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO members (conv_id, user_id, role, last_read, muted, joined) ",
+                );
+                q.push_values(&r.members, |mut row, m| {
+                    row.push_bind(r.id.0)
+                        .push_bind(m.user.0)
+                        .push_bind(m.role.as_str())
+                        .push_bind(m.last_read)
+                        .push_bind(m.muted)
+                        .push_bind(m.joined);
+                });
+                q.build().execute(&mut *tx).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                None
+            }
+        });
+        match existing {
+            None => Ok((new.record, true)),
+            Some(id) => {
+                let record = self
+                    .load_conversation(ConversationId(id))
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                Ok((record, false))
+            }
+        }
+    }
+
+    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+        match self.append_once(batches).await {
+            Ok(results) => results,
+            // A race with another writer (two owners for a moment): isolate the guilty batch by
+            // retrying each alone, so the others still commit.
+            Err(e) if is_unique_violation(&e) && batches.len() > 1 => {
+                let mut results = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let one = self.append_once(std::slice::from_ref(b)).await;
+                    results.push(match one {
+                        Ok(mut r) => r.pop().unwrap_or(Ok(())),
+                        Err(e) => Err(e),
+                    });
+                }
+                results
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let mut results = vec![Err(e)];
+                results.extend(
+                    (1..batches.len()).map(|_| Err(StoreError::Unavailable(why.clone().into()))),
+                );
+                results
+            }
+        }
+    }
+
+    async fn change_members(
+        &self,
+        conv: ConversationId,
+        change: &MembershipChange,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| {
+            let mut tx = begin_write!(p, d).map_err(classify)?;
+            for user in &change.remove {
+                sqlx::query("DELETE FROM members WHERE conv_id = $1 AND user_id = $2")
+                    .bind(conv.0)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            for m in &change.add {
+                sqlx::query(
+                    "INSERT INTO members (conv_id, user_id, role, last_read, muted, joined) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(conv.0)
+                .bind(m.user.0)
+                .bind(m.role.as_str())
+                .bind(m.last_read)
+                .bind(m.muted)
+                .bind(m.joined)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+            for (user, role) in &change.roles {
+                sqlx::query("UPDATE members SET role = $1 WHERE conv_id = $2 AND user_id = $3")
+                    .bind(role.as_str())
+                    .bind(conv.0)
+                    .bind(user.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            if let Some(m) = &change.system {
+                sqlx::query(
+                    "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(conv.0)
+                .bind(m.seq)
+                .bind(m.mid.0)
+                .bind(m.sender.0)
+                .bind(m.kind.clone())
+                .bind(m.body.clone())
+                .bind(m.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+                sqlx::query(
+                    "UPDATE conversations SET last_seq = $1, last_activity = $2 WHERE id = $3",
+                )
+                .bind(m.seq)
+                .bind(m.at)
+                .bind(conv.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)
+        })
+    }
+
+    async fn set_read(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| {
+            sqlx::query(
+            "UPDATE members SET last_read = $1 WHERE conv_id = $2 AND user_id = $3 AND last_read < $1"
+        )
+        .bind(seq)
+        .bind(conv.0)
+        .bind(user.0)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+        })
+    }
+
+    async fn set_muted(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| sqlx::query(
+            "UPDATE members SET muted = $1 WHERE conv_id = $2 AND user_id = $3"
+        )
+        .bind(on)
+        .bind(conv.0)
+        .bind(user.0)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .map_err(classify))
+    }
+
+    async fn history(
+        &self,
+        conv: ConversationId,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<(Vec<MessageObject>, bool), StoreError> {
+        let fetch = limit as i64 + 1;
+        let mut messages = on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = "
+            ));
+            q.push_bind(conv.0);
+            match range {
+                HistoryRange::After(a) => {
+                    q.push(" AND seq > ").push_bind(a).push(" ORDER BY seq ASC");
+                }
+                HistoryRange::Before(b) => {
+                    q.push(" AND seq < ")
+                        .push_bind(b)
+                        .push(" ORDER BY seq DESC");
+                }
+                HistoryRange::Newest => {
+                    q.push(" ORDER BY seq DESC");
+                }
+            }
+            q.push(" LIMIT ").push_bind(fetch);
+            let rows = q.build().fetch_all(p).await.map_err(classify)?;
+            let read = || -> Result<Vec<MessageObject>, sqlx::Error> {
+                rows.iter().map(|r| Ok(message!(r))).collect()
+            };
+            read().map_err(classify)?
+        });
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        if !matches!(range, HistoryRange::After(_)) {
+            messages.reverse();
+        }
+        Ok((messages, more))
+    }
+
+    async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError> {
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mid = "
+            ));
+            q.push_bind(mid.0);
+            let row = q.build().fetch_optional(p).await.map_err(classify)?;
+            match row {
+                Some(row) => {
+                    let read = || -> Result<MessageObject, sqlx::Error> { Ok(message!(&row)) };
+                    Ok(Some(read().map_err(classify)?))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    async fn mark_deleted(&self, mid: Mid, at: i64) -> Result<(), StoreError> {
+        on_pool!(self, |p, d| sqlx::query(
+            "UPDATE messages SET deleted_at = $1 WHERE mid = $2 AND deleted_at IS NULL"
+        )
+        .bind(at)
+        .bind(mid.0)
+        .execute(p)
+        .await
+        .map(|_| ())
+        .map_err(classify))
+    }
+
+    async fn last_message_and_unread(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        last_read: Seq,
+    ) -> Result<(Option<MessageObject>, i64), StoreError> {
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = "
+            ));
+            q.push_bind(conv.0).push(" ORDER BY seq DESC LIMIT 1");
+            let row = q.build().fetch_optional(p).await.map_err(classify)?;
+            let last = match row {
+                Some(row) => {
+                    let read = || -> Result<MessageObject, sqlx::Error> { Ok(message!(&row)) };
+                    Some(read().map_err(classify)?)
+                }
+                None => None,
+            };
+            let unread: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages WHERE conv_id = $1 AND seq > $2 AND sender <> $3 \
+                 AND deleted_at IS NULL AND kind <> 'system'",
+            )
+            .bind(conv.0)
+            .bind(last_read)
+            .bind(user.0)
+            .fetch_one(p)
+            .await
+            .map_err(classify)?;
+            Ok((last, unread))
+        })
+    }
+
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        query: ListQuery,
+    ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
+        let fetch = query.limit as i64 + 1;
+        let mut records = on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(
+                "SELECT c.id, c.kind, c.name, c.business, c.created_at, c.last_seq, c.last_activity \
+                 FROM members m JOIN conversations c ON c.id = m.conv_id WHERE m.user_id = ",
+            );
+            q.push_bind(user.0);
+            if let Some(before) = query.before {
+                q.push(" AND c.last_activity < ").push_bind(before);
+            }
+            if let Some(since) = query.since {
+                q.push(" AND c.last_activity > ").push_bind(since);
+            }
+            q.push(" ORDER BY c.last_activity DESC, c.id DESC LIMIT ")
+                .push_bind(fetch);
+            let rows = q.build().fetch_all(p).await.map_err(classify)?;
+            let read = || -> Result<Vec<ConversationRecord>, sqlx::Error> {
+                rows.iter().map(|row| Ok(conversation!(row))).collect()
+            };
+            read().map_err(classify)?
+        });
+        let more = records.len() > query.limit;
+        records.truncate(query.limit);
+        let ids: Vec<ConversationId> = records.iter().map(|r| r.id).collect();
+        let mut members = self.load_members(&ids).await.map_err(classify)?;
+        let (mut last, unread) = self.lasts_and_unreads(user, &ids).await.map_err(classify)?;
+        let listed = records
+            .into_iter()
+            .map(|mut record| {
+                record.members = members.remove(&record.id).unwrap_or_default();
+                ListedConversation {
+                    last_message: last.remove(&record.id),
+                    unread: unread.get(&record.id).copied().unwrap_or(0),
+                    record,
+                }
+            })
+            .collect();
+        Ok((listed, more))
+    }
+
+    async fn purge(
+        &self,
+        retention_cutoff: i64,
+        audit_cutoff: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        on_pool!(self, |p, d| {
+            let mut tx = begin_write!(p, d).map_err(classify)?;
+            if d == Dialect::Pg {
+                // One node at a time: the others find the lock taken and skip this round.
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7321)")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                if !got {
+                    return Ok((0, 0));
+                }
+            }
+            let erased = sqlx::query(
+                "UPDATE messages SET body = NULL WHERE deleted_at IS NOT NULL AND deleted_at < $1 AND body IS NOT NULL",
+            )
+            .bind(audit_cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+            let removed = sqlx::query("DELETE FROM messages WHERE at < $1")
+                .bind(retention_cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+            tx.commit().await.map_err(classify)?;
+            Ok((erased, removed))
+        })
+    }
+}
+
+impl SqlStore {
+    /// The newest message of each conversation and `user`'s unread count in each.
+    async fn lasts_and_unreads(
+        &self,
+        user: UserId,
+        convs: &[ConversationId],
+    ) -> Result<
+        (
+            HashMap<ConversationId, MessageObject>,
+            HashMap<ConversationId, i64>,
+        ),
+        sqlx::Error,
+    > {
+        let mut last = HashMap::new();
+        let mut unread = HashMap::new();
+        if convs.is_empty() {
+            return Ok((last, unread));
+        }
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(
+                "SELECT msg.conv_id, msg.seq, msg.mid, msg.sender, msg.kind, \
+                 CASE WHEN msg.deleted_at IS NULL THEN msg.body END, msg.at, msg.deleted_at \
+                 FROM conversations c JOIN messages msg ON msg.conv_id = c.id AND msg.seq = c.last_seq \
+                 WHERE c.id IN (",
+            );
+            let mut list = q.separated(", ");
+            for c in convs {
+                list.push_bind(c.0);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(p).await? {
+                let m = message!(&row);
+                last.insert(m.conv, m);
+            }
+            let mut q = QueryBuilder::new(
+                "SELECT mb.conv_id, COUNT(msg.seq) FROM members mb JOIN messages msg \
+                 ON msg.conv_id = mb.conv_id AND msg.seq > mb.last_read AND msg.sender <> mb.user_id \
+                 AND msg.deleted_at IS NULL AND msg.kind <> 'system' WHERE mb.user_id = ",
+            );
+            q.push_bind(user.0).push(" AND mb.conv_id IN (");
+            let mut list = q.separated(", ");
+            for c in convs {
+                list.push_bind(c.0);
+            }
+            q.push(") GROUP BY mb.conv_id");
+            for row in q.build().fetch_all(p).await? {
+                unread.insert(
+                    ConversationId(row.try_get::<Uuid, _>(0)?),
+                    row.try_get::<i64, _>(1)?,
+                );
+            }
+            Ok((last, unread))
+        })
+    }
+}

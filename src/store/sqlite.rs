@@ -1,0 +1,48 @@
+//! SQLite specifics: the embedded default. WAL, one writer at a time (`BEGIN IMMEDIATE`), and the
+//! file's folder made on first start.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Opens (creating when missing) the database file of a `sqlite://PATH` URL.
+pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or(path);
+    if let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL still survives a process kill: only an OS crash can lose the tail.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(3))
+        .foreign_keys(true);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await?)
+}
+
+/// The SQLite migrations, embedded in the binary.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}

@@ -1,0 +1,483 @@
+//! One WebSocket connection: read a frame, decode, ask the node, write the reply; write pushes
+//! from the connection's bounded queue; ping, watch the token's expiry, say `bye` and close.
+//!
+//! Requests run concurrently (a slow `history` does not hold up a `send`), but each is handed to
+//! its actor before the next frame is read, so one connection's sends keep their order.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_actors::ids::{SessionId, UserId};
+use chat_actors::node::Caller;
+use chat_actors::node::handle::CreateRequest;
+use chat_actors::protocol::encode::DecodeFailure;
+use chat_actors::protocol::frames::ByeReason;
+use chat_actors::protocol::{
+    ErrorCode, Format, Rejection, Request, ServerFrame, SharedFrame, decode_request, encode_frame,
+};
+use chat_actors::user::Outbound;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::upgrade::Slot;
+use crate::auth::Identity;
+use crate::transport::Transport;
+use crate::transport::codec::to_message;
+use crate::transport::error::error_frame;
+
+/// Requests of one connection in flight at once; past this the connection is not read.
+const MAX_IN_FLIGHT: usize = 256;
+/// tungstenite's read buffer: small, since most connections are idle most of the time.
+const READ_BUFFER: usize = 2048;
+/// How long the closing `bye` and close frame may take to a peer that may not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Close code for an expired token (PROTOCOL §2).
+const TOKEN_EXPIRED: u16 = 4001;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Reply = Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
+
+/// How a connection ends.
+struct Ending {
+    bye: Option<ByeReason>,
+    code: CloseCode,
+}
+
+/// The connection's own state.
+struct Session {
+    t: Arc<Transport>,
+    format: Format,
+    user: UserId,
+    id: SessionId,
+    outbound: Outbound,
+    kick: CancellationToken,
+    watching: Vec<UserId>,
+    /// When the token expires; `auth` moves it.
+    expires: tokio::time::Instant,
+}
+
+/// Serves one upgraded connection to the end.
+pub async fn run(
+    t: Arc<Transport>,
+    upgraded: Upgraded,
+    identity: Identity,
+    format: Format,
+    slot: Slot,
+) {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(t.ws.max_frame_bytes))
+        .max_frame_size(Some(t.ws.max_frame_bytes));
+    let mut ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let id = SessionId::random();
+    let kick = t.shutdown.child_token();
+    let (outbound, rx) = Outbound::new(identity.user, id, t.ws.outbound_queue, kick.clone());
+    if t.node.connect(outbound.clone()).await.is_err() {
+        close(
+            &mut ws,
+            &Ending {
+                bye: None,
+                code: CloseCode::Again,
+            },
+        )
+        .await;
+        return;
+    }
+    let mut s = Session {
+        format,
+        user: identity.user,
+        id,
+        outbound,
+        kick,
+        watching: Vec::new(),
+        expires: tokio::time::Instant::now() + identity.remaining(),
+        t: t.clone(),
+    };
+    metrics::counter!("chat_connections_opened_total").increment(1);
+    let ending = s.serve(&mut ws, rx).await;
+    t.node.unwatch(s.id, &s.watching);
+    t.node.disconnect(s.user, s.id);
+    if let Some(reason) = ending.bye {
+        let bye = encode_frame(format, &ServerFrame::Bye { reason });
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(to_message(format, bye))).await;
+    }
+    close(&mut ws, &ending).await;
+    drop(slot);
+}
+
+/// Sends the close frame and waits (bounded) for the peer's reply before the socket is dropped:
+/// dropping it with unread input would send a reset that can destroy the close frame before the
+/// client reads it. After a refused oversized frame the stream cannot be parsed any more, so the
+/// raw input is drained instead.
+async fn close(ws: &mut Ws, ending: &Ending) {
+    if ending.code == CloseCode::Abnormal {
+        // The socket failed: there is nobody to say goodbye to.
+        return;
+    }
+    if ending.code == CloseCode::Normal {
+        // The client closed first; tungstenite has answered it already.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+        return;
+    }
+    let frame = CloseFrame {
+        code: ending.code,
+        reason: "".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ending.code == CloseCode::Size {
+            let io = ws.get_mut();
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = io.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+impl Session {
+    async fn serve(&mut self, ws: &mut Ws, mut rx: mpsc::Receiver<Arc<SharedFrame>>) -> Ending {
+        let hello = ServerFrame::Hello {
+            user: self.user,
+            session: self.id,
+            node: self.t.ws.node_id.clone(),
+            heartbeat_ms: self.t.ws.heartbeat.as_millis() as u64,
+            time: chat_actors::clock::now_ms(),
+        };
+        if self
+            .write(ws, encode_frame(self.format, &hello))
+            .await
+            .is_err()
+        {
+            return Ending {
+                bye: None,
+                code: CloseCode::Away,
+            };
+        }
+        let heartbeat = self.t.ws.heartbeat;
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut last_heard = Instant::now();
+        let mut in_flight: FuturesUnordered<Reply> = FuturesUnordered::new();
+        let expiry = tokio::time::sleep_until(self.expires);
+        tokio::pin!(expiry);
+        loop {
+            if expiry.deadline() != self.expires {
+                expiry.as_mut().reset(self.expires);
+            }
+            let outcome: Result<(), Ending> = tokio::select! {
+                biased;
+                _ = self.kick.cancelled() => Err(self.kicked()),
+                _ = &mut expiry => Err(Ending { bye: Some(ByeReason::TokenExpired), code: CloseCode::from(TOKEN_EXPIRED) }),
+                Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.write(ws, encode_frame(self.format, &reply)).await
+                }
+                Some(push) = rx.recv() => self.write_pushes(ws, push, &mut rx).await,
+                incoming = ws.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        None => Err(Ending { bye: None, code: CloseCode::Normal }),
+                        Some(Ok(msg)) => self.on_message(ws, msg, &mut in_flight).await,
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
+                        | Some(Err(WsError::Capacity(_))) => Err(Ending { bye: None, code: CloseCode::Size }),
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "websocket read failed");
+                            Err(Ending { bye: None, code: CloseCode::Abnormal })
+                        }
+                    }
+                }
+                _ = ticks.tick() => {
+                    if last_heard.elapsed() > heartbeat * 2 {
+                        Err(Ending { bye: None, code: CloseCode::Away })
+                    } else {
+                        self.send_ws(ws, Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if let Err(ending) = outcome {
+                return ending;
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        ws: &mut Ws,
+        msg: Message,
+        in_flight: &mut FuturesUnordered<Reply>,
+    ) -> Result<(), Ending> {
+        let data = match (&msg, self.format) {
+            (Message::Binary(b), Format::MsgPack) => b.clone(),
+            (Message::Text(t), Format::Json) => t.clone().into(),
+            (Message::Text(_), Format::MsgPack) | (Message::Binary(_), Format::Json) => {
+                return Err(Ending {
+                    bye: Some(ByeReason::Policy),
+                    code: CloseCode::Unsupported,
+                });
+            }
+            // tungstenite answers pings itself; a close is answered on the next write.
+            _ => return Ok(()),
+        };
+        metrics::counter!("chat_frames_in_total").increment(1);
+        match decode_request(self.format, &data) {
+            Ok(req) => match self.dispatch(req) {
+                Dispatched::Now(frame) => self.write(ws, encode_frame(self.format, &frame)).await,
+                Dispatched::Later(fut) => {
+                    in_flight.push(fut);
+                    Ok(())
+                }
+                Dispatched::Nothing => Ok(()),
+            },
+            Err(DecodeFailure { id, rejection }) => {
+                self.write(ws, encode_frame(self.format, &error_frame(id, rejection)))
+                    .await
+            }
+        }
+    }
+
+    /// Starts one request: answered now, later (after the node answers), or not at all.
+    fn dispatch(&mut self, req: Request) -> Dispatched {
+        let id = req.id();
+        let caller = Caller {
+            user: self.user,
+            session: Some(self.id),
+        };
+        let node = self.t.node.clone();
+        let started = Instant::now();
+        match req {
+            Request::Ping { id } => Dispatched::Now(ServerFrame::Pong { id }),
+            Request::Send {
+                conv,
+                mid,
+                body,
+                kind,
+                ..
+            } => {
+                let fut = node.send(caller, conv, mid, body, kind);
+                later(id, "send", started, async move {
+                    let s = fut.await?;
+                    Ok(ServerFrame::Sent {
+                        id,
+                        conv: s.conv,
+                        mid: s.mid,
+                        seq: s.seq,
+                        at: s.at,
+                    })
+                })
+            }
+            Request::History {
+                conv,
+                after,
+                before,
+                limit,
+                ..
+            } => later(id, "history", started, async move {
+                let (messages, more) = node.history(caller, conv, after, before, limit).await?;
+                Ok(ServerFrame::History {
+                    id,
+                    conv,
+                    messages,
+                    more,
+                })
+            }),
+            Request::Read { conv, seq, .. } => later(id, "read", started, async move {
+                node.read(caller, conv, seq).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
+            Request::Typing { conv, on, .. } => match (node.typing(caller, conv, on), id) {
+                (_, None) => Dispatched::Nothing,
+                (Ok(()), Some(_)) => Dispatched::Now(ServerFrame::Ok { id }),
+                (Err(r), Some(_)) => Dispatched::Now(error_frame(id, r)),
+            },
+            Request::Delete { mid, .. } => later(id, "delete", started, async move {
+                node.delete(caller, mid).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
+            Request::Create {
+                kind,
+                members,
+                name,
+                business,
+                ..
+            } => later(id, "create", started, async move {
+                let req = CreateRequest {
+                    kind,
+                    members: members.unwrap_or_default(),
+                    name,
+                    business,
+                };
+                let (conversation, _) = node.create(caller, req).await?;
+                Ok(ServerFrame::Conversation {
+                    id,
+                    conversation: Box::new(conversation),
+                })
+            }),
+            Request::Get { conv, .. } => later(id, "get", started, async move {
+                let conversation = node.get(caller, conv).await?;
+                Ok(ServerFrame::Conversation {
+                    id,
+                    conversation: Box::new(conversation),
+                })
+            }),
+            Request::Conversations {
+                limit,
+                before,
+                since,
+                ..
+            } => later(id, "conversations", started, async move {
+                let (items, more) = node.conversations(caller, limit, before, since).await?;
+                Ok(ServerFrame::Conversations { id, items, more })
+            }),
+            Request::AddMember { conv, user, .. } => later(id, "add_member", started, async move {
+                node.add_member(caller, conv, user).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
+            Request::RemoveMember { conv, user, .. } => {
+                later(id, "remove_member", started, async move {
+                    node.remove_member(caller, conv, user).await?;
+                    Ok(ServerFrame::Ok { id })
+                })
+            }
+            Request::Mute { conv, on, .. } => later(id, "mute", started, async move {
+                node.mute(caller, conv, on).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
+            Request::Transfer { conv, agent, .. } => later(id, "transfer", started, async move {
+                node.transfer(caller, conv, agent).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
+            Request::Presence { users, .. } => Dispatched::Now(match node.presence(&users) {
+                Ok(items) => ServerFrame::PresenceReply { id, items },
+                Err(r) => error_frame(id, r),
+            }),
+            Request::Watch { users, .. } => {
+                let mut unique = users;
+                unique.sort();
+                unique.dedup();
+                Dispatched::Now(match node.watch(&self.outbound, &self.watching, &unique) {
+                    Ok(()) => {
+                        self.watching = unique;
+                        ServerFrame::Ok { id }
+                    }
+                    Err(r) => error_frame(id, r),
+                })
+            }
+            Request::Auth { token, .. } => Dispatched::Now(self.reauthenticate(id, &token)),
+        }
+    }
+
+    /// Why the connection was kicked: the node stops, or the client fell behind.
+    fn kicked(&self) -> Ending {
+        if self.t.shutdown.is_cancelled() {
+            Ending {
+                bye: Some(ByeReason::Shutdown),
+                code: CloseCode::Away,
+            }
+        } else {
+            Ending {
+                bye: Some(ByeReason::SlowConsumer),
+                code: CloseCode::Policy,
+            }
+        }
+    }
+
+    /// A fresh token for the same user moves the expiry; any other is refused.
+    fn reauthenticate(&mut self, id: Option<u64>, token: &str) -> ServerFrame {
+        match self.t.verifier.verify(token) {
+            Ok(identity) if identity.user == self.user => {
+                self.expires = tokio::time::Instant::now() + identity.remaining();
+                ServerFrame::Ok { id }
+            }
+            Ok(_) => error_frame(
+                id,
+                Rejection::new(ErrorCode::Unauthorized, "the token is for another user"),
+            ),
+            Err(_) => error_frame(id, Rejection::new(ErrorCode::Unauthorized, "invalid token")),
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, then flushes once.
+    async fn write_pushes(
+        &mut self,
+        ws: &mut Ws,
+        first: Arc<SharedFrame>,
+        rx: &mut mpsc::Receiver<Arc<SharedFrame>>,
+    ) -> Result<(), Ending> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(push) = next.take() {
+            let msg = to_message(self.format, push.bytes(self.format));
+            self.guarded(ws.feed(msg)).await?;
+            written += 1;
+            if written < 64 {
+                next = rx.try_recv().ok();
+            }
+        }
+        metrics::counter!("chat_frames_out_total").increment(written);
+        self.guarded(ws.flush()).await
+    }
+
+    async fn write(&mut self, ws: &mut Ws, bytes: bytes::Bytes) -> Result<(), Ending> {
+        metrics::counter!("chat_frames_out_total").increment(1);
+        self.send_ws(ws, to_message(self.format, bytes)).await
+    }
+
+    async fn send_ws(&mut self, ws: &mut Ws, msg: Message) -> Result<(), Ending> {
+        self.guarded(ws.send(msg)).await
+    }
+
+    /// A write that gives up when the connection is kicked, so a peer that stopped reading
+    /// cannot hold this task (and its queue) forever.
+    async fn guarded(
+        &self,
+        write: impl std::future::Future<Output = Result<(), WsError>>,
+    ) -> Result<(), Ending> {
+        tokio::select! {
+            r = write => r.map_err(|_| Ending { bye: None, code: CloseCode::Abnormal }),
+            _ = self.kick.cancelled() => Err(self.kicked()),
+        }
+    }
+}
+
+enum Dispatched {
+    Now(ServerFrame),
+    Later(Reply),
+    Nothing,
+}
+
+/// Wraps a request's future: its error becomes an `error` frame, its latency a metric.
+fn later(
+    id: Option<u64>,
+    kind: &'static str,
+    started: Instant,
+    fut: impl std::future::Future<Output = Result<ServerFrame, Rejection>> + Send + 'static,
+) -> Dispatched {
+    Dispatched::Later(Box::pin(async move {
+        let frame = match fut.await {
+            Ok(frame) => frame,
+            Err(r) => error_frame(id, r),
+        };
+        metrics::histogram!("chat_request_seconds", "t" => kind)
+            .record(started.elapsed().as_secs_f64());
+        frame
+    }))
+}

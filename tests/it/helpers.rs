@@ -1,0 +1,269 @@
+//! Test scaffolding: fresh databases on both backends, an in-process node on port 0, and a
+//! MessagePack WebSocket client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_backend::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// The two storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL admin URL the tests create databases with.
+pub fn pg_admin_url() -> String {
+    std::env::var("CHAT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh database, removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/chat.db", dir.path().display());
+                TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("chat_test_{}", Uuid::new_v4().simple());
+                let pool = sqlx::PgPool::connect(&admin)
+                    .await
+                    .expect("PostgreSQL must run for the tests");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                let base = admin.rsplit_once('/').unwrap().0;
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop cannot await; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&pg_admin_url()).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A node served in this process on port 0 with a fresh database.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub config: Config,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _db: TestDb,
+}
+
+impl TestNode {
+    /// Port 0, a fresh database; the listener is bound before this returns.
+    pub async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestNode {
+        let db = TestDb::new(backend).await;
+        let mut config = Config {
+            database_url: db.url.clone(),
+            jwt_secret: SECRET.to_owned(),
+            node_id: format!("test-{}", &Uuid::new_v4().simple().to_string()[..6]),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(chat_backend::app::serve(
+            config.clone(),
+            listener,
+            stop.clone(),
+        ));
+        let node = TestNode {
+            addr,
+            config,
+            stop,
+            task: Some(task),
+            _db: db,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(mut s) = TcpStream::connect(self.addr).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = s
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await;
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                if buf.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node not ready");
+    }
+
+    pub fn token(&self, user: Uuid) -> String {
+        chat_backend::auth::sign(
+            &self.config,
+            chat_actors::ids::UserId(user),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    pub async fn client(&self, user: Uuid) -> Client {
+        Client::connect(&format!("ws://{}/v1/ws", self.addr), &self.token(user)).await
+    }
+
+    /// Stops the node the way SIGTERM does and waits for it.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A MessagePack WebSocket client that keeps pushes aside while it waits for replies.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    pub pushes: Vec<Value>,
+    pub hello: Value,
+    /// The close code the server sent, once it closed.
+    pub close_code: Option<u16>,
+}
+
+impl Client {
+    pub async fn connect(url: &str, token: &str) -> Client {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut c = Client {
+            ws,
+            next_id: 1,
+            pushes: Vec::new(),
+            hello: Value::Null,
+            close_code: None,
+        };
+        c.hello = c.push("hello").await;
+        c
+    }
+
+    pub async fn send_frame(&mut self, frame: Value) {
+        let bytes = rmp_serde::to_vec_named(&frame).unwrap();
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// The next frame, or None when the connection closed.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("no frame in 10 s")?;
+            match msg {
+                Ok(Message::Binary(b)) => {
+                    return Some(rmp_serde::from_slice(&b).unwrap());
+                }
+                Ok(Message::Close(frame)) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return None;
+                }
+                Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply (an `error` reply included).
+    pub async fn call(&mut self, t: &str, fields: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = fields;
+        frame["t"] = json!(t);
+        frame["id"] = json!(id);
+        self.send_frame(frame).await;
+        loop {
+            let f = self
+                .next_frame()
+                .await
+                .expect("closed while waiting for a reply");
+            if f.get("id").and_then(Value::as_u64) == Some(id) {
+                return f;
+            }
+            self.pushes.push(f);
+        }
+    }
+
+    /// The next push of type `t` (pushes of other types are kept).
+    pub async fn push(&mut self, t: &str) -> Value {
+        if let Some(i) = self.pushes.iter().position(|f| f["t"] == t) {
+            return self.pushes.remove(i);
+        }
+        loop {
+            let f = self
+                .next_frame()
+                .await
+                .expect("closed while waiting for a push");
+            if f["t"] == t {
+                return f;
+            }
+            self.pushes.push(f);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests: one binary (one link on two cores). Each test makes its own database.
+
+mod binary;
+mod helpers;
+mod store;
+mod ws;

@@ -1,0 +1,246 @@
+//! The store suite, written once and run against both backends.
+
+use chat_actors::ids::{ConversationId, Mid, UserId};
+use chat_actors::ports::{
+    AppendBatch, ConversationRecord, HistoryRange, ListQuery, MemberRecord, MembershipChange,
+    NewConversation, NewMessage, Store, StoreError,
+};
+use chat_actors::protocol::{ConversationKind, Role};
+use chat_backend::store::{self, SqlStore};
+
+use crate::helpers::{Backend, TestDb};
+
+async fn open(backend: Backend) -> (SqlStore, TestDb) {
+    let db = TestDb::new(backend).await;
+    let s = store::connect(&db.url, 4).await.unwrap();
+    (s, db)
+}
+
+fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
+    MemberRecord {
+        user,
+        role,
+        last_read: 0,
+        muted: false,
+        joined,
+    }
+}
+
+fn direct(a: UserId, b: UserId) -> NewConversation {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    NewConversation {
+        record: ConversationRecord {
+            id: ConversationId(uuid::Uuid::now_v7()),
+            kind: ConversationKind::Direct,
+            name: None,
+            business: None,
+            created_at: 1000,
+            last_seq: 0,
+            last_activity: 1000,
+            members: vec![member(lo, Role::Member, 0), member(hi, Role::Member, 1)],
+        },
+        unique_key: Some(format!("direct:{lo}:{hi}")),
+    }
+}
+
+fn msg(seq: i64, sender: UserId, client_mid: bool) -> NewMessage {
+    NewMessage {
+        seq,
+        mid: Mid::random(),
+        client_mid,
+        sender,
+        kind: "text".to_owned(),
+        body: format!("m{seq}"),
+        at: 1000 + seq,
+    }
+}
+
+async fn suite(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+
+    // one direct conversation per pair, whoever creates it
+    let (conv, created) = s.create_conversation(direct(a, b)).await.unwrap();
+    assert!(created);
+    let (again, created) = s.create_conversation(direct(b, a)).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, conv.id);
+    assert_eq!(again.members.len(), 2);
+
+    // a batch commits, moves last_seq, and pages both ways
+    let msgs: Vec<NewMessage> = (1..=12).map(|i| msg(i, a, i % 2 == 0)).collect();
+    let results = s
+        .append(&[AppendBatch {
+            conv: conv.id,
+            messages: msgs.clone(),
+        }])
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    assert_eq!((loaded.last_seq, loaded.last_activity), (12, 1012));
+    let (page, more) = s.history(conv.id, HistoryRange::Newest, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![8, 9, 10, 11, 12]
+    );
+    assert!(more);
+    let (page, more) = s
+        .history(conv.id, HistoryRange::Before(3), 5)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(!more);
+    let (page, more) = s
+        .history(conv.id, HistoryRange::After(9), 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    assert!(!more);
+
+    // a stored client mid is reported with where it lives; the other batch still commits
+    let (other, _) = s.create_conversation(direct(a, c)).await.unwrap();
+    let mut retry = msg(13, a, true);
+    retry.mid = msgs[1].mid;
+    let results = s
+        .append(&[
+            AppendBatch {
+                conv: conv.id,
+                messages: vec![retry],
+            },
+            AppendBatch {
+                conv: other.id,
+                messages: vec![msg(1, a, true)],
+            },
+        ])
+        .await;
+    match &results[0] {
+        Err(StoreError::DuplicateMids(hits)) => {
+            assert_eq!((hits[0].conv, hits[0].seq, hits[0].sender), (conv.id, 2, a));
+        }
+        other => panic!("expected DuplicateMids, got {other:?}"),
+    }
+    assert!(results[1].is_ok());
+    assert_eq!(
+        s.load_conversation(conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        12
+    );
+
+    // a seq taken by another writer is refused, never stored twice
+    let results = s
+        .append(&[AppendBatch {
+            conv: conv.id,
+            messages: vec![msg(12, b, false)],
+        }])
+        .await;
+    assert!(
+        matches!(results[0], Err(StoreError::SeqTaken)),
+        "{:?}",
+        results[0]
+    );
+
+    // read pointers only move forward; unread skips own, deleted and system messages
+    s.set_read(conv.id, b, 5).await.unwrap();
+    s.set_read(conv.id, b, 3).await.unwrap();
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    assert_eq!(
+        loaded
+            .members
+            .iter()
+            .find(|m| m.user == b)
+            .unwrap()
+            .last_read,
+        5
+    );
+    s.mark_deleted(msgs[11].mid, 5000).await.unwrap();
+    let (last, unread) = s.last_message_and_unread(conv.id, b, 5).await.unwrap();
+    let last = last.unwrap();
+    assert_eq!(
+        (last.seq, last.body.clone(), last.deleted_at),
+        (12, None, Some(5000))
+    );
+    assert_eq!(unread, 6);
+    let found = s.find_message(msgs[0].mid).await.unwrap().unwrap();
+    assert_eq!(
+        (found.conv, found.seq, found.body.as_deref()),
+        (conv.id, 1, Some("m1"))
+    );
+
+    // membership changes commit with their system message
+    let change = MembershipChange {
+        add: vec![member(c, Role::Member, 2)],
+        remove: vec![a],
+        roles: vec![(b, Role::Admin)],
+        system: Some(NewMessage {
+            kind: "system".to_owned(),
+            ..msg(13, a, false)
+        }),
+    };
+    s.change_members(conv.id, &change).await.unwrap();
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    let roles: Vec<(UserId, Role)> = loaded.members.iter().map(|m| (m.user, m.role)).collect();
+    assert_eq!(roles, vec![(b, Role::Admin), (c, Role::Member)]);
+    assert_eq!(loaded.last_seq, 13);
+    let (_, unread) = s.last_message_and_unread(conv.id, b, 5).await.unwrap();
+    assert_eq!(unread, 6, "a system message is never unread");
+
+    // the list: by activity, with paging
+    let (list, more) = s
+        .list_conversations(
+            c,
+            ListQuery {
+                before: None,
+                since: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        list.iter().map(|l| l.record.id).collect::<Vec<_>>(),
+        vec![conv.id, other.id]
+    );
+    assert!(!more);
+    let (list, more) = s
+        .list_conversations(
+            a,
+            ListQuery {
+                before: None,
+                since: None,
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(!more, "a left conv.id: only one conversation is theirs");
+    assert_eq!(list[0].record.id, other.id);
+    assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(1));
+    assert_eq!(list[0].unread, 0);
+
+    // retention: deleted bodies erased after the audit period, old messages removed
+    let (erased, removed) = s.purge(1003, 6000).await.unwrap();
+    assert_eq!((erased, removed), (1, 3));
+    let (page, _) = s
+        .history(conv.id, HistoryRange::After(0), 200)
+        .await
+        .unwrap();
+    assert_eq!(page.first().map(|m| m.seq), Some(3));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn the_store_suite_passes_on_sqlite() {
+    suite(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_store_suite_passes_on_postgres() {
+    suite(Backend::Postgres).await;
+}
