@@ -148,8 +148,8 @@ pub struct MembershipChange {
 /// A page request for `history`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryRange {
-    /// `seq > after`, oldest first.
-    After(Seq),
+    /// `seq > after` (and `< before` when given), oldest first.
+    After(Seq, Option<Seq>),
     /// The newest with `seq < before`, oldest first.
     Before(Seq),
     /// The newest.

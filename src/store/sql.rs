@@ -554,8 +554,12 @@ impl Store for SqlStore {
             ));
             q.push_bind(conv.0);
             match range {
-                HistoryRange::After(a) => {
-                    q.push(" AND seq > ").push_bind(a).push(" ORDER BY seq ASC");
+                HistoryRange::After(a, below) => {
+                    q.push(" AND seq > ").push_bind(a);
+                    if let Some(b) = below {
+                        q.push(" AND seq < ").push_bind(b);
+                    }
+                    q.push(" ORDER BY seq ASC");
                 }
                 HistoryRange::Before(b) => {
                     q.push(" AND seq < ")
@@ -575,7 +579,7 @@ impl Store for SqlStore {
         });
         let more = messages.len() > limit;
         messages.truncate(limit);
-        if !matches!(range, HistoryRange::After(_)) {
+        if !matches!(range, HistoryRange::After(..)) {
             messages.reverse();
         }
         Ok((messages, more))

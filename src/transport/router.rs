@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::Transport;
-use super::http::{Body, json, probes};
+use super::http::{Body, api, conversations, json, messages, openapi, probes};
 use super::ws;
 
 /// Routes one request.
@@ -15,15 +15,61 @@ pub async fn route(
     t: Arc<Transport>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let res = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => probes::health(),
-        (&Method::GET, "/readyz") => probes::ready(t).await,
-        (&Method::GET, "/metrics") => probes::metrics(&t),
-        (&Method::GET, "/v1/ws") => ws::upgrade::upgrade(t, req),
-        _ => json(
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let answer = match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(probes::health()),
+        (&Method::GET, ["readyz"]) => Ok(probes::ready(t).await),
+        (&Method::GET, ["metrics"]) => Ok(probes::metrics(&t)),
+        (&Method::GET, ["v1", "ws"]) => Ok(ws::upgrade::upgrade(t, req)),
+        (&Method::GET, ["v1", "openapi.json"]) => Ok(openapi::document()),
+        (&Method::POST, ["v1", "conversations"]) => conversations::create(t, req).await,
+        (&Method::GET, ["v1", "conversations"]) => conversations::list(t, req).await,
+        (&Method::GET, ["v1", "conversations", id]) => conversations::get(t, req, id).await,
+        (&Method::POST, ["v1", "conversations", id, "members"]) => {
+            conversations::add_member(t, req, id).await
+        }
+        (&Method::DELETE, ["v1", "conversations", id, "members", user]) => {
+            conversations::remove_member(t, req, id, user).await
+        }
+        (&Method::GET, ["v1", "conversations", id, "messages"]) => {
+            messages::history(t, req, id).await
+        }
+        (&Method::POST, ["v1", "conversations", id, "messages"]) => {
+            messages::send(t, req, id).await
+        }
+        (&Method::POST, ["v1", "conversations", id, "read"]) => messages::read(t, req, id).await,
+        (&Method::DELETE, ["v1", "messages", mid]) => messages::delete(t, req, mid).await,
+        (_, segs) if allowed_methods(segs).is_some() => {
+            let mut res = json(
+                405,
+                &serde_json::json!({"error": {"code": "bad_request", "message": "method not allowed"}}),
+            );
+            if let Some(allow) = allowed_methods(segs) {
+                res.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static(allow),
+                );
+            }
+            Ok(res)
+        }
+        _ => Ok(json(
             404,
             &serde_json::json!({"error": {"code": "not_found", "message": "no such route"}}),
-        ),
+        )),
     };
-    Ok(res)
+    Ok(answer.unwrap_or_else(|r| api::rejected(&r)))
+}
+
+/// The methods that serve `segments`, for the `Allow` header of a 405 (None: no such path).
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "ws"] | ["v1", "openapi.json"] => "GET",
+        ["v1", "conversations"] | ["v1", "conversations", _, "messages"] => "GET, POST",
+        ["v1", "conversations", _] => "GET",
+        ["v1", "conversations", _, "members" | "read"] => "POST",
+        ["v1", "conversations", _, "members", _] | ["v1", "messages", _] => "DELETE",
+        _ => return None,
+    })
 }

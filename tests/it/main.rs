@@ -2,5 +2,6 @@
 
 mod binary;
 mod helpers;
+mod http;
 mod store;
 mod ws;

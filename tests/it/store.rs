@@ -91,7 +91,7 @@ async fn suite(backend: Backend) {
     assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
     assert!(!more);
     let (page, more) = s
-        .history(conv.id, HistoryRange::After(9), 50)
+        .history(conv.id, HistoryRange::After(9, None), 50)
         .await
         .unwrap();
     assert_eq!(
@@ -228,7 +228,7 @@ async fn suite(backend: Backend) {
     let (erased, removed) = s.purge(1003, 6000).await.unwrap();
     assert_eq!((erased, removed), (1, 3));
     let (page, _) = s
-        .history(conv.id, HistoryRange::After(0), 200)
+        .history(conv.id, HistoryRange::After(0, None), 200)
         .await
         .unwrap();
     assert_eq!(page.first().map(|m| m.seq), Some(3));

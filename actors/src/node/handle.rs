@@ -112,10 +112,7 @@ impl Node {
     ) -> Result<(Vec<MessageObject>, bool), Rejection> {
         let limit = limits::page_limit(limit)?;
         let range = match (after, before) {
-            (Some(_), Some(_)) => {
-                return Err(Rejection::bad_request("give after or before, not both"));
-            }
-            (Some(a), None) => HistoryRange::After(seq(a)),
+            (Some(a), b) => HistoryRange::After(seq(a), b.map(seq)),
             (None, Some(b)) => HistoryRange::Before(seq(b)),
             (None, None) => HistoryRange::Newest,
         };
@@ -364,12 +361,12 @@ impl Node {
         &self,
         caller: Caller,
         limit: Option<i64>,
-        before: Option<i64>,
-        since: Option<i64>,
+        before: Option<u64>,
+        since: Option<u64>,
     ) -> Result<(Vec<ConversationObject>, bool), Rejection> {
         let query = ListQuery {
-            before,
-            since,
+            before: before.map(seq),
+            since: since.map(seq),
             limit: limits::page_limit(limit)?,
         };
         let (listed, more) = timed(self.deps.store.list_conversations(caller.user, query))

@@ -65,8 +65,8 @@ pub enum Request {
     Conversations {
         id: Option<u64>,
         limit: Option<i64>,
-        before: Option<i64>,
-        since: Option<i64>,
+        before: Option<u64>,
+        since: Option<u64>,
     },
     AddMember {
         id: Option<u64>,

@@ -1,5 +1,9 @@
 //! Plain HTTP handlers, one module per resource.
 
+pub mod api;
+pub mod conversations;
+pub mod messages;
+pub mod openapi;
 pub mod probes;
 
 use bytes::Bytes;

@@ -1,0 +1,121 @@
+//! What every JSON API handler shares: the caller from the bearer token, strict JSON bodies
+//! under a size limit, query parameters, and answers with the §6 status codes.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use chat_actors::node::Caller;
+use chat_actors::protocol::{ErrorCode, Rejection};
+use http_body_util::{BodyExt, Limited};
+use hyper::Response;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Body, json};
+use crate::transport::Transport;
+use crate::transport::error::http_error;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A handler's outcome: an answer, or a rejection mapped to its status.
+pub type Answer = Result<Response<Body>, Rejection>;
+
+/// The error response for a rejection.
+pub fn rejected(r: &Rejection) -> Response<Body> {
+    let (status, body) = http_error(r);
+    json(status, &body)
+}
+
+/// The caller named by `Authorization: Bearer`, or `unauthorized`.
+pub fn caller(t: &Transport, headers: &HeaderMap) -> Result<Caller, Rejection> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| Rejection::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
+    let identity = t
+        .verifier
+        .verify(token)
+        .map_err(|_| Rejection::new(ErrorCode::Unauthorized, "invalid token"))?;
+    Ok(Caller {
+        user: identity.user,
+        session: None,
+    })
+}
+
+/// Reads a JSON body of type `T`: over the limit is `too_large`, anything else off is `bad_request`.
+pub async fn body<T: DeserializeOwned>(incoming: Incoming) -> Result<T, Rejection> {
+    let collected = Limited::new(incoming, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Rejection::new(
+                    ErrorCode::TooLarge,
+                    format!("the body is over {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                Rejection::bad_request("the body could not be read")
+            }
+        })?;
+    let bytes: Bytes = collected.to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Rejection::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The query string's parameters.
+pub fn query(uri: &hyper::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An optional numeric query parameter; present but not a number is `bad_request`.
+pub fn number<N: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<N>, Rejection> {
+    q.get(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| Rejection::bad_request(format!("{name} must be an integer")))
+        })
+        .transpose()
+}
+
+/// An optional non-negative integer query parameter (a time or a seq, within int64).
+pub fn unsigned(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Rejection> {
+    match number::<i64>(q, name)? {
+        Some(v) if v < 0 => Err(Rejection::bad_request(format!(
+            "{name} must not be negative"
+        ))),
+        v => Ok(v.map(|v| v as u64)),
+    }
+}
+
+/// A path segment that must be a UUID; otherwise `not_found` (no such resource).
+pub fn id<T: From<uuid::Uuid>>(segment: &str) -> Result<T, Rejection> {
+    uuid::Uuid::parse_str(segment)
+        .map(T::from)
+        .map_err(|_| Rejection::not_found("no such resource"))
+}
+
+/// `status` with `value` as JSON.
+pub fn ok_json(status: u16, value: &impl Serialize) -> Answer {
+    let v = serde_json::to_value(value).map_err(|_| Rejection::internal())?;
+    Ok(json(status, &v))
+}
+
+/// 204.
+pub fn no_content() -> Answer {
+    Ok(super::respond(204, "application/json", Bytes::new()))
+}
