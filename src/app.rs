@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chat_actors::node::{Node, NodeConfig};
-use chat_actors::ports::Store;
+use chat_actors::ports::{Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Verifier};
 use crate::bus::LocalBus;
 use crate::config::Config;
-use crate::profiles::PlaceholderProfiles;
+use crate::profiles::{CachedProfiles, PlaceholderProfiles, UserServiceClient};
 use crate::store::{self, writer::BatchingWriter};
 use crate::transport::{self, Probe, Transport, WsSettings};
 use crate::{metrics, retention};
@@ -49,11 +49,14 @@ pub async fn serve(
             "CHAT_REDIS_URL is set, but cluster mode is not built yet: running as a single node"
         );
     }
-    if !config.profiles_url.is_empty() {
-        tracing::warn!(
-            "CHAT_PROFILES_URL is set, but the user-service client is not built yet: placeholder profiles"
-        );
-    }
+    let profiles: Arc<dyn Profiles> = if config.profiles_url.is_empty() {
+        tracing::info!("no CHAT_PROFILES_URL: placeholder profiles, no business agents");
+        Arc::new(PlaceholderProfiles)
+    } else {
+        let client = UserServiceClient::new(&config.profiles_url, &config.profiles_token)
+            .context("the user service client")?;
+        CachedProfiles::start(client)
+    };
     let node_id = if config.node_id.is_empty() {
         format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
     } else {
@@ -72,7 +75,7 @@ pub async fn serve(
         store.clone(),
         writer.clone(),
         Arc::new(LocalBus),
-        Arc::new(PlaceholderProfiles),
+        profiles,
     )
     .await
     .context("starting the node supervisor")?;
@@ -92,6 +95,7 @@ pub async fn serve(
         verifier,
         metrics: recorder,
         ready,
+        service_token: config.service_token.clone(),
         ws: WsSettings {
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             max_frame_bytes: config.max_frame_bytes,
@@ -132,5 +136,22 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         .context("opening the database")?;
     tracing::info!(backend = sql.backend(), "migrations applied");
     sql.close().await;
+    Ok(())
+}
+
+/// Serves the stand-in user service from a JSON file until `stop`.
+pub async fn dev_user_service(
+    config: &Config,
+    file: &std::path::Path,
+    listen: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let dir = crate::profiles::dev_service::Directory::load(file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(addr = %listen, users = dir.users.len(), businesses = dir.businesses.len(), "dev user service");
+    crate::profiles::dev_service::serve(dir, config.profiles_token.clone(), listener, stop).await;
     Ok(())
 }

@@ -37,4 +37,14 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Serve a stand-in user service (profiles, business agents) from a JSON file, for local
+    /// use and demos; point CHAT_PROFILES_URL at it. It requires CHAT_PROFILES_TOKEN when set.
+    DevUserService {
+        /// The JSON file of users and businesses (see docs/dev-users.json).
+        #[arg(long)]
+        file: PathBuf,
+        /// Where to listen.
+        #[arg(long = "at", default_value = "127.0.0.1:8090")]
+        at: String,
+    },
 }

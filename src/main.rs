@@ -31,6 +31,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => runtime()?.block_on(app::migrate(&config)),
+        Command::DevUserService { file, at } => runtime()?.block_on(async move {
+            let stop = CancellationToken::new();
+            shutdown::on_signal(stop.clone());
+            app::dev_user_service(&config, &file, &at, stop).await
+        }),
         Command::Serve => runtime()?.block_on(async move {
             let listener = tokio::net::TcpListener::bind(&config.listen)
                 .await

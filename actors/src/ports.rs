@@ -240,6 +240,8 @@ pub trait Store: Send + Sync + 'static {
         user: UserId,
         query: ListQuery,
     ) -> Result<(Vec<ListedConversation>, bool), StoreError>;
+    /// How many business conversations each of `agents` serves.
+    async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError>;
     /// Erases the bodies of messages deleted before `audit_cutoff` and removes messages older
     /// than `retention_cutoff`; returns (erased, removed). Skips when another node holds the job.
     async fn purge(
@@ -273,6 +275,8 @@ pub trait Profiles: Send + Sync + 'static {
     async fn profiles(&self, users: &[UserId], businesses: &[UserId]) -> HashMap<UserId, Profile>;
     /// The agents of a business.
     async fn business_agents(&self, business: UserId) -> Result<Vec<UserId>, ProfilesError>;
+    /// Forgets what is cached about `id` (the user service said it changed).
+    async fn invalidate(&self, id: UserId);
 }
 
 /// A push on its way to one user's connections.

@@ -1,5 +1,9 @@
-//! Names and avatars. With no user service configured every id gets a placeholder profile and no
-//! business has agents; the client of kaha-main-v3 plugs into the same port.
+//! Names, avatars and business agents from the user service (kaha-main-v3), cached; with no
+//! service configured every id gets a placeholder and no business has agents.
+
+pub mod cache;
+pub mod client;
+pub mod dev_service;
 
 use std::collections::HashMap;
 
@@ -7,6 +11,9 @@ use async_trait::async_trait;
 use chat_actors::ids::UserId;
 use chat_actors::ports::{Profiles, ProfilesError};
 use chat_actors::protocol::Profile;
+
+pub use cache::{CachePolicy, CachedProfiles};
+pub use client::UserServiceClient;
 
 /// Profiles when no user service is configured.
 #[derive(Debug, Default)]
@@ -25,4 +32,6 @@ impl Profiles for PlaceholderProfiles {
     async fn business_agents(&self, _business: UserId) -> Result<Vec<UserId>, ProfilesError> {
         Err(ProfilesError::UnknownBusiness)
     }
+
+    async fn invalidate(&self, _id: UserId) {}
 }

@@ -692,6 +692,32 @@ impl Store for SqlStore {
         Ok((listed, more))
     }
 
+    async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {
+        let mut loads = HashMap::new();
+        if agents.is_empty() {
+            return Ok(loads);
+        }
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new(
+                "SELECT user_id, COUNT(*) FROM members WHERE role = 'agent' AND user_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for a in agents {
+                list.push_bind(a.0);
+            }
+            q.push(") GROUP BY user_id");
+            let rows = q.build().fetch_all(p).await.map_err(classify)?;
+            for row in rows {
+                let read = || -> Result<(Uuid, i64), sqlx::Error> {
+                    Ok((row.try_get(0)?, row.try_get(1)?))
+                };
+                let (user, n) = read().map_err(classify)?;
+                loads.insert(UserId(user), n);
+            }
+            Ok(loads)
+        })
+    }
+
     async fn purge(
         &self,
         retention_cutoff: i64,

@@ -58,6 +58,8 @@ pub struct Transport {
     pub metrics: PrometheusHandle,
     /// Readiness of the database (and Redis in a cluster).
     pub ready: Probe,
+    /// The bearer token the user service presents to `/v1/internal/events` (empty: refuse all).
+    pub service_token: String,
     /// WebSocket settings.
     pub ws: WsSettings,
     /// Open connections per user here, for the per-user cap.

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::Transport;
-use super::http::{Body, api, conversations, json, messages, openapi, probes};
+use super::http::{Body, api, conversations, internal, json, messages, openapi, probes};
 use super::ws;
 
 /// Routes one request.
@@ -41,6 +41,7 @@ pub async fn route(
         }
         (&Method::POST, ["v1", "conversations", id, "read"]) => messages::read(t, req, id).await,
         (&Method::DELETE, ["v1", "messages", mid]) => messages::delete(t, req, mid).await,
+        (&Method::POST, ["v1", "internal", "events"]) => internal::events(t, req).await,
         (_, segs) if allowed_methods(segs).is_some() => {
             let mut res = json(
                 405,
@@ -68,7 +69,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "ws"] | ["v1", "openapi.json"] => "GET",
         ["v1", "conversations"] | ["v1", "conversations", _, "messages"] => "GET, POST",
         ["v1", "conversations", _] => "GET",
-        ["v1", "conversations", _, "members" | "read"] => "POST",
+        ["v1", "conversations", _, "members" | "read"] | ["v1", "internal", "events"] => "POST",
         ["v1", "conversations", _, "members", _] | ["v1", "messages", _] => "DELETE",
         _ => return None,
     })

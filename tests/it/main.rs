@@ -3,5 +3,6 @@
 mod binary;
 mod helpers;
 mod http;
+mod profiles;
 mod store;
 mod ws;

@@ -92,6 +92,8 @@ pub enum ConversationMessage {
     AddMember(UserId, UserId, OkReply),
     /// `actor` removes `user` (or leaves, when the same).
     RemoveMember(UserId, UserId, OkReply),
+    /// Agent `actor` hands the business conversation to `agent` (an agent of the business).
+    Transfer(UserId, UserId, OkReply),
     /// A page of history for `user`.
     History(
         UserId,
@@ -147,6 +149,7 @@ struct PendingMember {
 enum MemberOp {
     Add(UserId),
     Remove(UserId),
+    Transfer(UserId),
 }
 
 /// What waits for the store, in order.
@@ -193,6 +196,15 @@ impl Actor for ConversationActor {
             return Ok(ConversationState::Missing(conv));
         };
         myself.send_after(TICK, || ConversationMessage::Tick);
+        if let Some(business) = record.business {
+            // Its presence is its agents': learn who they are.
+            let deps = self.deps.clone();
+            tokio::spawn(async move {
+                if let Ok(agents) = deps.profiles.business_agents(business).await {
+                    deps.presence.set_business_agents(business, &agents);
+                }
+            });
+        }
         Ok(ConversationState::Live(Box::new(Live {
             record,
             queue: VecDeque::new(),
@@ -256,6 +268,9 @@ impl Actor for ConversationActor {
             }
             ConversationMessage::RemoveMember(actor, user, reply) => {
                 self.enqueue_member(live, actor, MemberOp::Remove(user), reply)
+            }
+            ConversationMessage::Transfer(actor, agent, reply) => {
+                self.enqueue_member(live, actor, MemberOp::Transfer(agent), reply)
             }
             ConversationMessage::History(user, range, limit, reply) => {
                 self.on_history(live, user, range, limit, reply)
@@ -656,6 +671,9 @@ impl ConversationActor {
             MemberOp::Remove(user) => {
                 membership::check_remove(record.kind, &record.members, pending.actor, user)
             }
+            MemberOp::Transfer(agent) => {
+                membership::check_transfer(record.kind, &record.members, pending.actor, agent)
+            }
         };
         if let Err(r) = checked {
             let _ = pending.reply.send(Err(r));
@@ -686,6 +704,17 @@ impl ConversationActor {
                     "member_removed"
                 };
                 (event, user)
+            }
+            MemberOp::Transfer(agent) => {
+                change.remove.push(pending.actor);
+                change.add.push(MemberRecord {
+                    user: agent,
+                    role: Role::Agent,
+                    last_read: record.last_seq,
+                    muted: false,
+                    joined: record.members.iter().map(|m| m.joined).max().unwrap_or(0) + 1,
+                });
+                ("transferred", agent)
             }
         };
         change.system = Some(NewMessage {
@@ -898,7 +927,8 @@ fn reject_message(message: ConversationMessage, rejection: Rejection) {
         | ConversationMessage::Delete(_, _, reply)
         | ConversationMessage::Mute(_, _, reply)
         | ConversationMessage::AddMember(_, _, reply)
-        | ConversationMessage::RemoveMember(_, _, reply) => {
+        | ConversationMessage::RemoveMember(_, _, reply)
+        | ConversationMessage::Transfer(_, _, reply) => {
             let _ = reply.send(Err(rejection));
         }
         ConversationMessage::History(_, _, _, reply) => {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::ids::{Mid, Seq, UserId};
 use crate::ports::{ConversationRecord, MemberRecord};
-use crate::protocol::Rejection;
+use crate::protocol::{Rejection, Role};
 
 /// How many committed `mid`s a live conversation remembers; older retries are caught by the
 /// database's unique `mid`.
@@ -63,12 +63,13 @@ impl RecentMids {
     }
 }
 
-/// The member record of `user`, or `forbidden`.
+/// The member record of `user`, or `forbidden`. In a business conversation only the customer
+/// and the member agents act; the business's own member row is not a person.
 pub fn member(record: &ConversationRecord, user: UserId) -> Result<&MemberRecord, Rejection> {
     record
         .members
         .iter()
-        .find(|m| m.user == user)
+        .find(|m| m.user == user && m.role != Role::Business)
         .ok_or_else(|| Rejection::forbidden("not a member of this conversation"))
 }
 

@@ -20,7 +20,7 @@ use crate::protocol::{
     ConversationKind, ConversationObject, CreateKind, ErrorCode, MessageObject, PresenceItem,
     Rejection, Role,
 };
-use crate::rules::limits;
+use crate::rules::{assignment, limits};
 use crate::user::{Outbound, UserMessage};
 
 /// No request waits longer than this (PROTOCOL §4 allows 5 s).
@@ -193,20 +193,46 @@ impl Node {
         .await
     }
 
-    /// Hands a business conversation to another agent.
+    /// Hands a business conversation to another agent of its business.
     pub async fn transfer(
         &self,
         caller: Caller,
         conv: ConversationId,
-        _agent: UserId,
+        agent: UserId,
     ) -> Result<(), Rejection> {
         let object = self.get(caller, conv).await?;
-        if object.kind != ConversationKind::Business {
+        let Some(business) = object.business else {
             return Err(Rejection::bad_request(
                 "only business conversations are transferred",
             ));
+        };
+        let agents = self.agents_of(business).await?;
+        if !agents.contains(&agent) {
+            return Err(Rejection::bad_request("not an agent of this business"));
         }
-        Err(Rejection::unavailable())
+        self.ask(conv, |r| {
+            ConversationMessage::Transfer(caller.user, agent, r)
+        })
+        .await
+    }
+
+    /// The agents of `business` (and its presence learns them); none is `not_found`.
+    async fn agents_of(&self, business: UserId) -> Result<Vec<UserId>, Rejection> {
+        match self.deps.profiles.business_agents(business).await {
+            Ok(agents) if !agents.is_empty() => {
+                self.deps.presence.set_business_agents(business, &agents);
+                Ok(agents)
+            }
+            Ok(_) | Err(ProfilesError::UnknownBusiness) => Err(Rejection::not_found(
+                "no such business, or it has no agents",
+            )),
+            Err(ProfilesError::Unavailable(_)) => Err(Rejection::unavailable()),
+        }
+    }
+
+    /// The user service says `id`'s profile changed: forget what is cached.
+    pub async fn profile_changed(&self, id: UserId) {
+        self.deps.profiles.invalidate(id).await;
     }
 
     /// The conversation as the caller sees it.
@@ -309,23 +335,17 @@ impl Node {
                         "a business conversation names its business",
                     ));
                 };
-                let agents = match self.deps.profiles.business_agents(business).await {
-                    Ok(agents) if !agents.is_empty() => agents,
-                    Ok(_) | Err(ProfilesError::UnknownBusiness) => {
-                        return Err(Rejection::not_found(
-                            "no such business, or it has no agents",
-                        ));
-                    }
-                    Err(ProfilesError::Unavailable(_)) => return Err(Rejection::unavailable()),
-                };
-                let agent = agents
-                    .iter()
-                    .copied()
-                    .find(|a| {
-                        self.deps.presence.status(*a).status
-                            == crate::protocol::PresenceStatus::Online
-                    })
-                    .unwrap_or(agents[0]);
+                let agents = self.agents_of(business).await?;
+                let loads = timed(self.deps.store.agent_loads(&agents))
+                    .await?
+                    .map_err(|e| store_rejection(&e))?;
+                let presence = &self.deps.presence;
+                let agent = assignment::choose_agent(
+                    &agents,
+                    |a| presence.is_online(a),
+                    |a| loads.get(&a).copied().unwrap_or(0),
+                )
+                .ok_or_else(|| Rejection::not_found("the business has no agents"))?;
                 let members = vec![
                     member(caller.user, Role::Customer, 0),
                     member(business, Role::Business, 1),

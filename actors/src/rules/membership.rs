@@ -52,6 +52,35 @@ pub fn check_remove(
     Ok(())
 }
 
+/// May `actor` hand a business conversation to `agent` (already checked to be an agent of the
+/// business)? Only a member agent does, and to someone not already in it.
+pub fn check_transfer(
+    kind: ConversationKind,
+    members: &[MemberRecord],
+    actor: UserId,
+    agent: UserId,
+) -> Result<(), Rejection> {
+    if kind != ConversationKind::Business {
+        return Err(Rejection::bad_request(
+            "only business conversations are transferred",
+        ));
+    }
+    if !members
+        .iter()
+        .any(|m| m.user == actor && m.role == Role::Agent)
+    {
+        return Err(Rejection::forbidden(
+            "only the conversation's agent transfers it",
+        ));
+    }
+    if members.iter().any(|m| m.user == agent) {
+        return Err(Rejection::bad_request(
+            "that agent is in the conversation already",
+        ));
+    }
+    Ok(())
+}
+
 /// After `leaving` goes, the member to promote: the longest-standing one, when no admin is left.
 pub fn successor(members: &[MemberRecord], leaving: UserId) -> Option<UserId> {
     let rest = members.iter().filter(|m| m.user != leaving);

@@ -23,6 +23,10 @@ pub struct PresenceBoard {
     last_seen: DashMap<UserId, i64>,
     /// Watched user → the connections watching them.
     watchers: DashMap<UserId, Vec<Outbound>>,
+    /// Business → its agents (as last heard from the user service).
+    agents: DashMap<UserId, Vec<UserId>>,
+    /// Agent → the businesses they serve.
+    businesses: DashMap<UserId, Vec<UserId>>,
 }
 
 impl PresenceBoard {
@@ -31,20 +35,80 @@ impl PresenceBoard {
         let was_online = self.online.insert(user, actor).is_some();
         if !was_online {
             self.announce(user, PresenceStatus::Online);
+            for business in self.businesses_of(user) {
+                // the first agent online brings the business online
+                if self.online_agents(business) == 1 {
+                    self.announce(business, PresenceStatus::Online);
+                }
+            }
         }
     }
 
     /// `user`'s actor `actor` stopped; unless a newer one holds them, they are offline now.
     pub fn set_offline(&self, user: UserId, actor: ActorId) {
         if self.online.remove_if(&user, |_, a| *a == actor).is_some() {
-            self.last_seen.insert(user, now_ms());
+            let now = now_ms();
+            self.last_seen.insert(user, now);
             self.announce(user, PresenceStatus::Offline);
+            for business in self.businesses_of(user) {
+                if self.online_agents(business) == 0 {
+                    self.last_seen.insert(business, now);
+                    self.announce(business, PresenceStatus::Offline);
+                }
+            }
         }
+    }
+
+    /// Records the agents of `business`, whose presence is any of theirs.
+    pub fn set_business_agents(&self, business: UserId, agents: &[UserId]) {
+        let old = self
+            .agents
+            .insert(business, agents.to_vec())
+            .unwrap_or_default();
+        for agent in old.iter().filter(|a| !agents.contains(a)) {
+            if let Some(mut list) = self.businesses.get_mut(agent) {
+                list.retain(|b| *b != business);
+            }
+        }
+        for agent in agents {
+            let mut list = self.businesses.entry(*agent).or_default();
+            if !list.contains(&business) {
+                list.push(business);
+            }
+        }
+    }
+
+    /// Whether `user` has a connection here.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.online.contains_key(&user)
+    }
+
+    fn businesses_of(&self, agent: UserId) -> Vec<UserId> {
+        self.businesses
+            .get(&agent)
+            .map(|l| l.clone())
+            .unwrap_or_default()
+    }
+
+    fn online_agents(&self, business: UserId) -> usize {
+        let agents = self
+            .agents
+            .get(&business)
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        agents
+            .iter()
+            .filter(|a| self.online.contains_key(a))
+            .count()
     }
 
     /// The status of `user` on this node.
     pub fn status(&self, user: UserId) -> PresenceItem {
-        let online = self.online.contains_key(&user);
+        let online = if self.agents.contains_key(&user) {
+            self.online_agents(user) > 0
+        } else {
+            self.online.contains_key(&user)
+        };
         PresenceItem {
             user,
             status: if online {

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod conversations;
+pub mod internal;
 pub mod messages;
 pub mod openapi;
 pub mod probes;
