@@ -1,0 +1,1086 @@
+//! The load tester: `cargo bench --bench load -- [flags]`.
+//!
+//! It measures, open loop, what a node (or a cluster) sustains: connections ramp up, then every
+//! sending connection sends on its own fixed schedule (`--rate` spread over all senders), and
+//! latency is measured from the *scheduled* send time, so a stall shows as latency instead of
+//! hiding as a lower rate (no coordinated omission). Each message body starts with its scheduled
+//! time in µs, so any process can measure delivery latency; receivers record send→delivery,
+//! senders send→ack (the `sent` reply, which follows the commit).
+//!
+//! Knobs: `--url` (repeatable; default: start a release node on a temporary SQLite database, or
+//! on `--database-url`, with a stand-in user service so business chats work), `--secret`,
+//! `--issuer`, `--audience`, `--private-key PEM`, `--connections`, `--rate` (messages/s in
+//! total), `--duration` (s), `--mix direct=70,group=25,business=5` (shares of the senders),
+//! `--group-size`, `--body-bytes`, `--workers` (child processes, each holding a share of the
+//! connections: one process may hold at most 20,000 open files here), `--json PATH`, `--idle`
+//! (connect and hold, send nothing), `--find-max` (raise the rate until p99 passes
+//! `--p99-limit-ms` or a message goes undelivered), `--business UUID,...` (real businesses when
+//! pointing at `--url`), `--server-pid` (measure that process). Users, conversations and bodies
+//! are made fresh each run (random UUIDs); nothing else is random.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use uuid::Uuid;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "load", about = "chat-backend load tester")]
+struct Args {
+    /// WebSocket URL of a node (repeat for several; connections are spread over them).
+    #[arg(long)]
+    url: Vec<String>,
+    /// Database for the node this tool starts (default: a temporary SQLite file).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// HS256 secret the node checks tokens with.
+    #[arg(long, default_value = "load-test-secret-0123456789abcdef0123")]
+    secret: String,
+    /// `iss` claim to put in tokens.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` claim to put in tokens.
+    #[arg(long)]
+    audience: Option<String>,
+    /// PEM private key (RSA: RS256, EC P-256: ES256) to sign tokens with instead of the secret.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Connections (each a distinct user).
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Messages per second, in total.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Shares of the senders by conversation kind.
+    #[arg(long, default_value = "direct=70,group=25,business=5")]
+    mix: String,
+    /// Members of each group.
+    #[arg(long, default_value_t = 8)]
+    group_size: usize,
+    /// Bytes of each message body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Child processes to spread the connections over.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Connect and hold the connections; send nothing.
+    #[arg(long)]
+    idle: bool,
+    /// Raise the rate step by step; report the highest whose p99 stays under the limit.
+    #[arg(long)]
+    find_max: bool,
+    /// The p99 limit of --find-max, ms.
+    #[arg(long, default_value_t = 50.0)]
+    p99_limit_ms: f64,
+    /// Businesses to use against --url (comma-separated UUIDs).
+    #[arg(long, value_delimiter = ',')]
+    business: Vec<String>,
+    /// A server process to measure (RSS, CPU) when pointing at --url.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Internal: run as worker I of the plan in this file.
+    #[arg(long, hide = true)]
+    worker: Option<usize>,
+    /// Internal: the plan file of a worker.
+    #[arg(long, hide = true)]
+    plan: Option<PathBuf>,
+    /// cargo bench appends --bench; accepted and ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// What each worker is told.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Plan {
+    urls: Vec<String>,
+    connections: usize,
+    workers: usize,
+    rate: f64,
+    duration: f64,
+    mix: (f64, f64, f64),
+    group_size: usize,
+    body_bytes: usize,
+    idle: bool,
+    /// business → its agents (agents connect in worker 0; empty agent lists against --url)
+    businesses: Vec<(Uuid, Vec<Uuid>)>,
+    /// When the worker may start sending (µs since the epoch), so all workers start together.
+    start_us: u64,
+    tokens: TokenSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct TokenSpec {
+    secret: String,
+    issuer: Option<String>,
+    audience: Option<String>,
+    private_key: Option<String>,
+}
+
+/// What each worker reports.
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Tally {
+    connections: u64,
+    connect_errors: u64,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    expected_deliveries: u64,
+    errors: u64,
+    rate_limited: u64,
+    ack_us: Vec<(u64, u64)>,
+    delivery_us: Vec<(u64, u64)>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+fn token(spec: &TokenSpec, user: Uuid) -> String {
+    #[derive(Serialize)]
+    struct Claims<'a> {
+        sub: String,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+    }
+    let claims = Claims {
+        sub: user.to_string(),
+        exp: now_us() / 1_000_000 + 24 * 3600,
+        iss: spec.issuer.as_deref(),
+        aud: spec.audience.as_deref(),
+    };
+    let (header, key) = match &spec.private_key {
+        Some(pem) => match EncodingKey::from_rsa_pem(pem.as_bytes()) {
+            Ok(k) => (Header::new(Algorithm::RS256), k),
+            Err(_) => (
+                Header::new(Algorithm::ES256),
+                EncodingKey::from_ec_pem(pem.as_bytes()).expect("an RSA or EC private key"),
+            ),
+        },
+        None => (
+            Header::new(Algorithm::HS256),
+            EncodingKey::from_secret(spec.secret.as_bytes()),
+        ),
+    };
+    jsonwebtoken::encode(&header, &claims, &key).expect("token")
+}
+
+fn parse_mix(mix: &str) -> (f64, f64, f64) {
+    let mut m = (0.0, 0.0, 0.0);
+    for part in mix.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, "0"));
+        let v: f64 = v.trim().parse().unwrap_or(0.0);
+        match k.trim() {
+            "direct" => m.0 = v,
+            "group" => m.1 = v,
+            "business" => m.2 = v,
+            other => eprintln!("load: unknown mix kind {other:?} ignored"),
+        }
+    }
+    let total = (m.0 + m.1 + m.2).max(1e-9);
+    (m.0 / total, m.1 / total, m.2 / total)
+}
+
+// ------------------------------------------------------------------ the node this tool starts
+
+struct Started {
+    node: Child,
+    users: Child,
+    _dir: tempfile::TempDir,
+    url: String,
+    pid: u32,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.node.kill();
+        let _ = self.users.kill();
+        let _ = self.node.wait();
+        let _ = self.users.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_node(args: &Args, businesses: &[(Uuid, Vec<Uuid>)]) -> Started {
+    let bin = env!("CARGO_BIN_EXE_chat-backend");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut users = serde_json::Map::new();
+    let mut biz = serde_json::Map::new();
+    for (b, agents) in businesses {
+        for a in agents {
+            users.insert(
+                a.to_string(),
+                json!({"name": format!("Agent {}", &a.to_string()[..8])}),
+            );
+        }
+        biz.insert(
+            b.to_string(),
+            json!({"name": format!("Business {}", &b.to_string()[..8]), "agents": agents}),
+        );
+    }
+    let file = dir.path().join("users.json");
+    std::fs::write(
+        &file,
+        json!({"users": users, "businesses": biz}).to_string(),
+    )
+    .expect("write users.json");
+    let users_at = format!("127.0.0.1:{}", free_port());
+    let users_proc = Command::new(bin)
+        .args(["dev-user-service", "--file"])
+        .arg(&file)
+        .args(["--at", &users_at])
+        .env("CHAT_PROFILES_TOKEN", "load")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the stand-in user service");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let db = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/chat.db", dir.path().display()));
+    let node = Command::new(bin)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("CHAT_LISTEN", &listen)
+        .env("CHAT_DATABASE_URL", db)
+        .env("CHAT_JWT_SECRET", &args.secret)
+        .env("CHAT_JWT_ISSUER", args.issuer.clone().unwrap_or_default())
+        .env(
+            "CHAT_JWT_AUDIENCE",
+            args.audience.clone().unwrap_or_default(),
+        )
+        .env("CHAT_RATE_MESSAGES", "1000000")
+        .env("CHAT_RATE_BURST", "1000000")
+        .env("CHAT_PROFILES_URL", format!("http://{users_at}"))
+        .env("CHAT_PROFILES_TOKEN", "load")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the node");
+    let pid = node.id();
+    let ready = format!("http://{listen}/readyz");
+    for _ in 0..300 {
+        if http_ok(&ready) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Started {
+        node,
+        users: users_proc,
+        _dir: dir,
+        url: format!("ws://{listen}/v1/ws"),
+        pid,
+    }
+}
+
+fn http_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+// ------------------------------------------------------------------ server measurements
+
+#[derive(Serialize, Default, Clone, Copy)]
+struct ServerStats {
+    rss_kib_idle: u64,
+    rss_kib_peak: u64,
+    cpu_s: f64,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds of `pid`, plus every PostgreSQL process this user can see (its backends work
+/// for the node too).
+fn cpu_s(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let of = |p: &str| -> f64 {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = after.split_whitespace().collect();
+                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+            })
+            .unwrap_or(0.0)
+    };
+    let mut total = of(&pid.to_string());
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.chars().all(|c| c.is_ascii_digit())
+                && std::fs::read_to_string(format!("/proc/{name}/comm"))
+                    .map(|c| c.trim() == "postgres")
+                    .unwrap_or(false)
+            {
+                total += of(&name);
+            }
+        }
+    }
+    total
+}
+
+// ------------------------------------------------------------------ one worker
+
+struct Conn {
+    user: Uuid,
+    url: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Direct,
+    Group,
+    Business,
+}
+
+/// One conversation to create and the senders in it.
+struct Room {
+    kind: Kind,
+    members: Vec<usize>, // indexes into the worker's connections; [0] creates it
+    business: Option<Uuid>,
+}
+
+fn plan_rooms(plan: &Plan, n: usize, offset: usize) -> Vec<Room> {
+    let (d, g, b) = plan.mix;
+    let with_agents = !plan.businesses.is_empty();
+    let n_group = ((n as f64) * g) as usize / plan.group_size.max(2) * plan.group_size.max(2);
+    let n_business = if with_agents || !plan.businesses.is_empty() {
+        ((n as f64) * b) as usize
+    } else {
+        0
+    };
+    let _ = d;
+    let n_direct = (n - n_group.min(n) - n_business.min(n - n_group.min(n))) / 2 * 2;
+    let mut rooms = Vec::new();
+    let mut i = 0;
+    while i + 1 < n_direct {
+        rooms.push(Room {
+            kind: Kind::Direct,
+            members: vec![i, i + 1],
+            business: None,
+        });
+        i += 2;
+    }
+    let gs = plan.group_size.max(2);
+    while i + gs <= n_direct + n_group {
+        rooms.push(Room {
+            kind: Kind::Group,
+            members: (i..i + gs).collect(),
+            business: None,
+        });
+        i += gs;
+    }
+    let mut k = offset;
+    while i < n && !plan.businesses.is_empty() && i < n_direct + n_group + n_business {
+        let business = plan.businesses[k % plan.businesses.len()].0;
+        rooms.push(Room {
+            kind: Kind::Business,
+            members: vec![i],
+            business: Some(business),
+        });
+        i += 1;
+        k += 1;
+    }
+    rooms
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, token: &str) -> Result<Ws, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "token header")?,
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    // the hello
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(_))) => Ok(ws),
+        _ => Err("no hello".to_owned()),
+    }
+}
+
+fn frame(v: &Value) -> Message {
+    Message::Binary(rmp_serde::to_vec_named(v).expect("encode").into())
+}
+
+fn decode(m: &Message) -> Option<Value> {
+    match m {
+        Message::Binary(b) => rmp_serde::from_slice(b).ok(),
+        _ => None,
+    }
+}
+
+/// Counters shared by a worker's connection tasks, for the live line.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    delivered: AtomicU64,
+}
+
+async fn call(ws: &mut Ws, id: u64, req: Value) -> Option<Value> {
+    let mut req = req;
+    req["id"] = json!(id);
+    ws.send(frame(&req)).await.ok()?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let Some(v) = decode(&m)
+            && v["id"].as_u64() == Some(id)
+        {
+            return Some(v);
+        }
+    }
+}
+
+async fn run_worker(index: usize, plan: Plan) -> Tally {
+    let mut tally = Tally::default();
+    // this worker's connections: users index, index + workers, ...
+    let mine: Vec<usize> = (index..plan.connections)
+        .step_by(plan.workers.max(1))
+        .collect();
+    let mut conns: Vec<Conn> = mine
+        .iter()
+        .map(|i| Conn {
+            user: Uuid::new_v4(),
+            url: plan.urls[i % plan.urls.len()].clone(),
+        })
+        .collect();
+    let sending = conns.len();
+    // the agents connect in worker 0, so business chats are delivered somewhere
+    if index == 0 {
+        for (_, agents) in &plan.businesses {
+            for (k, a) in agents.iter().enumerate() {
+                conns.push(Conn {
+                    user: *a,
+                    url: plan.urls[k % plan.urls.len()].clone(),
+                });
+            }
+        }
+    }
+    let bar = ProgressBar::new(conns.len() as u64);
+    if index == 0 {
+        bar.set_style(
+            ProgressStyle::with_template("connecting {bar:40} {pos}/{len} {per_sec}")
+                .expect("template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let gate = Arc::new(Semaphore::new(256));
+    let mut handles = Vec::new();
+    for c in &conns {
+        let (url, tok, gate, bar) = (
+            c.url.clone(),
+            token(&plan.tokens, c.user),
+            gate.clone(),
+            bar.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let r = connect(&url, &tok).await;
+            bar.inc(1);
+            r.ok()
+        }));
+    }
+    let mut sockets: Vec<Option<Ws>> = Vec::new();
+    for h in handles {
+        sockets.push(h.await.ok().flatten());
+    }
+    bar.finish_and_clear();
+    tally.connect_errors = sockets.iter().filter(|s| s.is_none()).count() as u64;
+    tally.connections = sockets.len() as u64 - tally.connect_errors;
+    if plan.idle {
+        let until = plan.start_us + (plan.duration * 1e6) as u64;
+        tokio::time::sleep(Duration::from_micros(until.saturating_sub(now_us()))).await;
+        return tally;
+    }
+
+    // conversations
+    let rooms = plan_rooms(&plan, sending, index);
+    let mut conv_of: Vec<Option<(String, Kind, usize)>> = vec![None; sending];
+    for room in &rooms {
+        let creator = room.members[0];
+        let Some(ws) = sockets[creator].as_mut() else {
+            continue;
+        };
+        let users: Vec<String> = room.members[1..]
+            .iter()
+            .map(|m| conns[*m].user.to_string())
+            .collect();
+        let req = match room.kind {
+            Kind::Direct => json!({"t": "create", "kind": "direct", "members": users}),
+            Kind::Group => json!({"t": "create", "kind": "group", "members": users}),
+            Kind::Business => {
+                json!({"t": "create", "kind": "business", "business": room.business.map(|b| b.to_string())})
+            }
+        };
+        match call(ws, 1, req).await {
+            Some(r) if r["t"] == "conversation" => {
+                let id = r["conversation"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let fanout = match room.kind {
+                    Kind::Direct => 1,
+                    Kind::Group => room.members.len() - 1,
+                    Kind::Business if plan.businesses.iter().any(|(_, a)| !a.is_empty()) => 1,
+                    Kind::Business => 0,
+                };
+                for m in &room.members {
+                    conv_of[*m] = Some((id.clone(), room.kind, fanout));
+                }
+            }
+            other => {
+                tally.errors += 1;
+                eprintln!("load: create failed: {other:?}");
+            }
+        }
+    }
+    let senders = conv_of.iter().filter(|c| c.is_some()).count().max(1);
+    let worker_rate = plan.rate / plan.workers.max(1) as f64;
+    let per_sender = worker_rate / senders as f64;
+    let interval_us = if per_sender > 0.0 {
+        (1e6 / per_sender) as u64
+    } else {
+        u64::MAX
+    };
+    let live = Arc::new(Live::default());
+    let end_us = plan.start_us + (plan.duration * 1e6) as u64;
+
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let Some(ws) = ws else { continue };
+        let role = conv_of.get(i).cloned().flatten();
+        let (live, body_bytes) = (live.clone(), plan.body_bytes);
+        // spread the senders' phases over one interval
+        let phase = if senders > 0 && interval_us != u64::MAX {
+            interval_us * (i as u64 % senders as u64) / senders as u64
+        } else {
+            0
+        };
+        let start = plan.start_us + phase;
+        tasks.push(tokio::spawn(connection(
+            ws,
+            role,
+            start,
+            end_us,
+            interval_us,
+            body_bytes,
+            live,
+        )));
+    }
+    if index == 0 {
+        tokio::spawn(live_line(live.clone(), plan.start_us, end_us));
+    }
+    let mut ack = histogram();
+    let mut delivery = histogram();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            tally.sent += r.sent;
+            tally.acked += r.acked;
+            tally.delivered += r.delivered;
+            tally.errors += r.errors;
+            tally.rate_limited += r.rate_limited;
+            tally.expected_deliveries += r.expected;
+            let _ = ack.add(&r.ack);
+            let _ = delivery.add(&r.delivery);
+        }
+    }
+    tally.ack_us = ack
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    tally.delivery_us = delivery
+        .iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect();
+    tally
+}
+
+struct ConnResult {
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    errors: u64,
+    rate_limited: u64,
+    expected: u64,
+    ack: Histogram<u64>,
+    delivery: Histogram<u64>,
+}
+
+/// One connection: sends on its schedule (if it sends), records acks and deliveries, and after
+/// the end waits a little for what is still in flight.
+async fn connection(
+    mut ws: Ws,
+    role: Option<(String, Kind, usize)>,
+    start_us: u64,
+    end_us: u64,
+    interval_us: u64,
+    body_bytes: usize,
+    live: Arc<Live>,
+) -> ConnResult {
+    let mut r = ConnResult {
+        sent: 0,
+        acked: 0,
+        delivered: 0,
+        errors: 0,
+        rate_limited: 0,
+        expected: 0,
+        ack: histogram(),
+        delivery: histogram(),
+    };
+    let mut pending: HashMap<u64, u64> = HashMap::new(); // request id → scheduled µs
+    let mut next_us = start_us;
+    let mut id = 10u64;
+    let drain_until = end_us + 5_000_000;
+    let pad = "x".repeat(body_bytes.saturating_sub(17));
+    loop {
+        let now = now_us();
+        let sending = role.is_some() && next_us < end_us;
+        if !sending && (now > drain_until || (pending.is_empty() && now > end_us + 2_000_000)) {
+            break;
+        }
+        let wake = if sending {
+            next_us
+        } else {
+            drain_until.min(now + 100_000)
+        };
+        let sleep = tokio::time::sleep(Duration::from_micros(wake.saturating_sub(now)));
+        tokio::select! {
+            _ = sleep, if sending => {
+                if let Some((conv, _, fanout)) = &role {
+                    id += 1;
+                    let body = format!("{next_us:016}|{pad}");
+                    if ws.send(frame(&json!({"t": "send", "id": id, "conv": conv, "body": body}))).await.is_err() {
+                        r.errors += 1;
+                        break;
+                    }
+                    pending.insert(id, next_us);
+                    r.sent += 1;
+                    r.expected += *fanout as u64;
+                    live.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                next_us += interval_us;
+            }
+            _ = tokio::time::sleep(Duration::from_micros(wake.saturating_sub(now))), if !sending => {}
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { r.errors += 1; break };
+                let Some(v) = decode(&msg) else { continue };
+                let now = now_us();
+                match v["t"].as_str() {
+                    Some("sent") => {
+                        if let Some(at) = v["id"].as_u64().and_then(|i| pending.remove(&i)) {
+                            r.acked += 1;
+                            live.acked.fetch_add(1, Ordering::Relaxed);
+                            let _ = r.ack.record(now.saturating_sub(at).max(1));
+                        }
+                    }
+                    Some("error") => {
+                        if let Some(i) = v["id"].as_u64() {
+                            pending.remove(&i);
+                        }
+                        if v["code"] == "rate_limited" { r.rate_limited += 1 } else { r.errors += 1 }
+                    }
+                    Some("message") => {
+                        if let Some(at) = v["body"].as_str().and_then(|b| b.get(..16)).and_then(|t| t.parse::<u64>().ok()) {
+                            r.delivered += 1;
+                            live.delivered.fetch_add(1, Ordering::Relaxed);
+                            let _ = r.delivery.record(now.saturating_sub(at).max(1));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    r
+}
+
+async fn live_line(live: Arc<Live>, start_us: u64, end_us: u64) {
+    tokio::time::sleep(Duration::from_micros(start_us.saturating_sub(now_us()))).await;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    let (mut last_sent, mut last_acked, mut last_delivered) = (0, 0, 0);
+    while now_us() < end_us + 2_000_000 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (s, a, d) = (
+            live.sent.load(Ordering::Relaxed),
+            live.acked.load(Ordering::Relaxed),
+            live.delivered.load(Ordering::Relaxed),
+        );
+        bar.set_message(format!(
+            "worker 0: sent {}/s  acked {}/s  delivered {}/s  (total sent {s}, acked {a}, delivered {d})",
+            s - last_sent, a - last_acked, d - last_delivered
+        ));
+        bar.tick();
+        (last_sent, last_acked, last_delivered) = (s, a, d);
+    }
+    bar.finish_and_clear();
+}
+
+// ------------------------------------------------------------------ the parent
+
+#[derive(Serialize, Clone, Copy)]
+struct Quantiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn quantiles(h: &Histogram<u64>) -> Quantiles {
+    let ms = |v: u64| v as f64 / 1000.0;
+    Quantiles {
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    connections: u64,
+    connect_errors: u64,
+    rate: f64,
+    duration_s: f64,
+    sent: u64,
+    acked: u64,
+    delivered: u64,
+    expected_deliveries: u64,
+    errors: u64,
+    rate_limited: u64,
+    throughput_msgs_s: f64,
+    deliveries_s: f64,
+    ack_ms: Quantiles,
+    delivery_ms: Quantiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<ServerStats>,
+}
+
+fn run_once(args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.json");
+    std::fs::write(&plan_path, serde_json::to_vec(plan).expect("plan")).expect("write plan");
+    let idle_rss = server_pid.map(rss_kib).unwrap_or(0);
+    let cpu_before = server_pid.map(cpu_s).unwrap_or(0.0);
+    let exe = std::env::current_exe().expect("own path");
+    let children: Vec<Child> = (0..plan.workers)
+        .map(|i| {
+            Command::new(&exe)
+                .args(["--worker", &i.to_string(), "--plan"])
+                .arg(&plan_path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start a worker")
+        })
+        .collect();
+    let peak = Arc::new(AtomicU64::new(idle_rss));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = server_pid.map(|pid| {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    });
+    let mut total = Tally::default();
+    let mut ack = histogram();
+    let mut delivery = histogram();
+    for child in children {
+        let out = child.wait_with_output().expect("worker output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find_map(|l| l.strip_prefix("WORKER_RESULT ")) else {
+            eprintln!("load: a worker reported nothing");
+            total.errors += 1;
+            continue;
+        };
+        let t: Tally = serde_json::from_str(line).expect("worker JSON");
+        total.connections += t.connections;
+        total.connect_errors += t.connect_errors;
+        total.sent += t.sent;
+        total.acked += t.acked;
+        total.delivered += t.delivered;
+        total.expected_deliveries += t.expected_deliveries;
+        total.errors += t.errors;
+        total.rate_limited += t.rate_limited;
+        for (v, n) in t.ack_us {
+            let _ = ack.record_n(v, n);
+        }
+        for (v, n) in t.delivery_us {
+            let _ = delivery.record_n(v, n);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let _ = s.join();
+    }
+    let server = server_pid.map(|pid| ServerStats {
+        rss_kib_idle: idle_rss,
+        rss_kib_peak: peak.load(Ordering::Relaxed).max(rss_kib(pid)),
+        cpu_s: cpu_s(pid) - cpu_before,
+    });
+    Report {
+        connections: total.connections,
+        connect_errors: total.connect_errors,
+        rate: args.rate,
+        duration_s: plan.duration,
+        sent: total.sent,
+        acked: total.acked,
+        delivered: total.delivered,
+        expected_deliveries: total.expected_deliveries,
+        errors: total.errors,
+        rate_limited: total.rate_limited,
+        throughput_msgs_s: total.acked as f64 / plan.duration.max(1e-9),
+        deliveries_s: total.delivered as f64 / plan.duration.max(1e-9),
+        ack_ms: quantiles(&ack),
+        delivery_ms: quantiles(&delivery),
+        server,
+    }
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "connections {:>10}   (connect errors {})",
+        r.connections, r.connect_errors
+    );
+    println!(
+        "sent        {:>10}   acked {}   delivered {}/{} expected",
+        r.sent, r.acked, r.delivered, r.expected_deliveries
+    );
+    println!(
+        "errors      {:>10}   rate_limited {}",
+        r.errors, r.rate_limited
+    );
+    println!(
+        "throughput  {:>10.0} msgs/s acked, {:.0} deliveries/s",
+        r.throughput_msgs_s, r.deliveries_s
+    );
+    for (name, q) in [("send→ack", r.ack_ms), ("send→delivery", r.delivery_ms)] {
+        println!(
+            "{name:<14} p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2}",
+            q.p50, q.p90, q.p99, q.p999, q.max
+        );
+    }
+    if let Some(s) = r.server {
+        let per_conn = if r.connections > 0 {
+            (s.rss_kib_peak.saturating_sub(s.rss_kib_idle)) as f64 / r.connections as f64
+        } else {
+            0.0
+        };
+        let per_msg = if r.acked > 0 {
+            s.cpu_s * 1e6 / r.acked as f64
+        } else {
+            0.0
+        };
+        println!(
+            "server      RSS idle {} KiB, peak {} KiB ({per_conn:.1} KiB per connection); CPU {:.2} s ({per_msg:.1} µs per acked message)",
+            s.rss_kib_idle, s.rss_kib_peak, s.cpu_s
+        );
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let (Some(index), Some(path)) = (args.worker, &args.plan) {
+        let plan: Plan =
+            serde_json::from_slice(&std::fs::read(path).expect("plan file")).expect("plan JSON");
+        let tally = rt.block_on(run_worker(index, plan));
+        println!(
+            "WORKER_RESULT {}",
+            serde_json::to_string(&tally).expect("tally JSON")
+        );
+        return;
+    }
+    let mix = parse_mix(&args.mix);
+    let mut businesses: Vec<(Uuid, Vec<Uuid>)> = Vec::new();
+    let mut started = None;
+    let urls = if args.url.is_empty() {
+        if mix.2 > 0.0 {
+            let n = ((args.connections as f64 * mix.2) / 20.0).ceil().max(1.0) as usize;
+            businesses = (0..n)
+                .map(|_| (Uuid::new_v4(), vec![Uuid::new_v4(), Uuid::new_v4()]))
+                .collect();
+        }
+        let s = start_node(&args, &businesses);
+        let url = s.url.clone();
+        started = Some(s);
+        vec![url]
+    } else {
+        if mix.2 > 0.0 && args.business.is_empty() {
+            eprintln!(
+                "load: no --business given for --url: the business share of the mix is dropped"
+            );
+        }
+        businesses = args
+            .business
+            .iter()
+            .filter_map(|b| Uuid::parse_str(b).ok())
+            .map(|b| (b, Vec::new()))
+            .collect();
+        args.url.clone()
+    };
+    let mix = if businesses.is_empty() {
+        (mix.0, mix.1, 0.0)
+    } else {
+        mix
+    };
+    let server_pid = started.as_ref().map(|s| s.pid).or(args.server_pid);
+    let private_key = args
+        .private_key
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).expect("read --private-key"));
+    let base = Plan {
+        urls,
+        connections: args.connections,
+        workers: args.workers.max(1),
+        rate: args.rate,
+        duration: args.duration,
+        mix,
+        group_size: args.group_size,
+        body_bytes: args.body_bytes,
+        idle: args.idle,
+        businesses,
+        start_us: 0,
+        tokens: TokenSpec {
+            secret: args.secret.clone(),
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            private_key,
+        },
+    };
+    // workers need time to connect before the common start
+    let ramp_s = 3.0 + args.connections as f64 / 1500.0;
+    let plan_at = |rate: f64| Plan {
+        rate,
+        start_us: now_us() + (ramp_s * 1e6) as u64,
+        ..base.clone()
+    };
+
+    let report = if args.find_max {
+        let mut rate = args.rate.max(100.0);
+        let mut best: Option<Report> = None;
+        loop {
+            println!("-- trying {rate:.0} msgs/s");
+            let r = run_once(&args, &plan_at(rate), server_pid);
+            print_table(&r);
+            let ok = r.acked == r.sent
+                && r.delivered >= r.expected_deliveries
+                && r.errors == 0
+                && r.delivery_ms.p99 <= args.p99_limit_ms
+                && r.ack_ms.p99 <= args.p99_limit_ms;
+            if !ok {
+                break;
+            }
+            best = Some(r);
+            rate *= 1.25;
+        }
+        match best {
+            Some(b) => {
+                println!(
+                    "== highest rate with p99 under {} ms and everything delivered: {:.0} msgs/s",
+                    args.p99_limit_ms, b.rate
+                );
+                b
+            }
+            None => {
+                println!("== even {:.0} msgs/s missed the limit", args.rate);
+                run_once(&args, &plan_at(args.rate), server_pid)
+            }
+        }
+    } else {
+        let r = run_once(&args, &plan_at(args.rate), server_pid);
+        print_table(&r);
+        r
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&report).expect("report JSON"),
+        )
+        .expect("write --json");
+    }
+    drop(started);
+}
