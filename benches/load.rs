@@ -333,8 +333,12 @@ fn http_ok(url: &str) -> bool {
 
 #[derive(Serialize, Default, Clone, Copy)]
 struct ServerStats {
+    /// Before the first connection.
     rss_kib_idle: u64,
+    /// The highest seen, connecting and closing included.
     rss_kib_peak: u64,
+    /// With every connection open, just before the end of the run (steady state).
+    rss_kib_held: u64,
     cpu_s: f64,
 }
 
@@ -833,12 +837,12 @@ struct Report {
     server: Option<ServerStats>,
 }
 
-fn run_once(args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
+fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
     let dir = tempfile::tempdir().expect("temp dir");
     let plan_path = dir.path().join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec(plan).expect("plan")).expect("write plan");
     let idle_rss = server_pid.map(rss_kib).unwrap_or(0);
-    let cpu_before = server_pid.map(cpu_s).unwrap_or(0.0);
+    let cpu_window = Arc::new(std::sync::Mutex::new((None::<f64>, None::<f64>)));
     let exe = std::env::current_exe().expect("own path");
     let children: Vec<Child> = (0..plan.workers)
         .map(|i| {
@@ -852,13 +856,32 @@ fn run_once(args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         })
         .collect();
     let peak = Arc::new(AtomicU64::new(idle_rss));
+    let held = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held_at_us = plan.start_us + (plan.duration * 1e6) as u64 - 300_000;
+    let send_end_us = plan.start_us + (plan.duration * 1e6) as u64;
+    let start_us = plan.start_us;
     let sampler = server_pid.map(|pid| {
-        let (peak, stop) = (peak.clone(), stop.clone());
+        let (peak, held, stop, window) =
+            (peak.clone(), held.clone(), stop.clone(), cpu_window.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(200));
+                // CPU is counted over the sending window only, not the connection ramp
+                let now = now_us();
+                if let Ok(mut w) = window.lock() {
+                    if w.0.is_none() && now >= start_us {
+                        w.0 = Some(cpu_s(pid));
+                    }
+                    if w.1.is_none() && now >= send_end_us {
+                        w.1 = Some(cpu_s(pid));
+                    }
+                }
+                let rss = rss_kib(pid);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                if now_us() < held_at_us {
+                    held.store(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         })
     });
@@ -896,12 +919,16 @@ fn run_once(args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
     let server = server_pid.map(|pid| ServerStats {
         rss_kib_idle: idle_rss,
         rss_kib_peak: peak.load(Ordering::Relaxed).max(rss_kib(pid)),
-        cpu_s: cpu_s(pid) - cpu_before,
+        rss_kib_held: held.load(Ordering::Relaxed),
+        cpu_s: match cpu_window.lock().map(|w| *w) {
+            Ok((Some(a), Some(b))) => b - a,
+            _ => 0.0,
+        },
     });
     Report {
         connections: total.connections,
         connect_errors: total.connect_errors,
-        rate: args.rate,
+        rate: plan.rate,
         duration_s: plan.duration,
         sent: total.sent,
         acked: total.acked,
@@ -941,10 +968,12 @@ fn print_table(r: &Report) {
         );
     }
     if let Some(s) = r.server {
-        let per_conn = if r.connections > 0 {
-            (s.rss_kib_peak.saturating_sub(s.rss_kib_idle)) as f64 / r.connections as f64
-        } else {
-            0.0
+        let per_conn = |rss: u64| {
+            if r.connections > 0 {
+                rss.saturating_sub(s.rss_kib_idle) as f64 / r.connections as f64
+            } else {
+                0.0
+            }
         };
         let per_msg = if r.acked > 0 {
             s.cpu_s * 1e6 / r.acked as f64
@@ -952,8 +981,16 @@ fn print_table(r: &Report) {
             0.0
         };
         println!(
-            "server      RSS idle {} KiB, peak {} KiB ({per_conn:.1} KiB per connection); CPU {:.2} s ({per_msg:.1} µs per acked message)",
-            s.rss_kib_idle, s.rss_kib_peak, s.cpu_s
+            "server      RSS idle {} KiB, held {} KiB ({:.1} KiB per connection), peak {} KiB ({:.1} per connection)",
+            s.rss_kib_idle,
+            s.rss_kib_held,
+            per_conn(s.rss_kib_held),
+            s.rss_kib_peak,
+            per_conn(s.rss_kib_peak)
+        );
+        println!(
+            "server      CPU {:.2} s, node and PostgreSQL ({per_msg:.1} µs per acked message)",
+            s.cpu_s
         );
     }
 }

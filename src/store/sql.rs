@@ -254,58 +254,118 @@ impl SqlStore {
                     results.push(Err(StoreError::DuplicateMids(mine)));
                 }
             }
-            let rows: Vec<(ConversationId, &chat_actors::ports::NewMessage)> = kept
-                .iter()
-                .flat_map(|b| b.messages.iter().map(move |m| (b.conv, m)))
-                .collect();
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) ",
-                );
-                q.push_values(chunk, |mut row, (conv, m)| {
-                    row.push_bind(conv.0)
-                        .push_bind(m.seq)
-                        .push_bind(m.mid.0)
-                        .push_bind(m.sender.0)
-                        .push_bind(m.kind.clone())
-                        .push_bind(m.body.clone())
-                        .push_bind(m.at);
-                });
-                q.build().execute(&mut *tx).await.map_err(classify)?;
-            }
-            for chunk in kept.chunks(ROWS_PER_STATEMENT) {
-                let mut q = match d {
-                    Dialect::Pg => QueryBuilder::new(
-                        "UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a FROM (",
-                    ),
-                    Dialect::Lite => QueryBuilder::new(
-                        "UPDATE conversations SET last_seq = v.column2, last_activity = v.column3 FROM (",
-                    ),
-                };
-                q.push_values(chunk, |mut row, b| {
-                    let last = b.messages.last();
-                    row.push_bind(b.conv.0);
-                    if d == Dialect::Pg {
-                        row.push_unseparated("::uuid");
-                    }
-                    row.push_bind(last.map(|m| m.seq).unwrap_or(0));
-                    if d == Dialect::Pg {
-                        row.push_unseparated("::bigint");
-                    }
-                    row.push_bind(last.map(|m| m.at).unwrap_or(0));
-                    if d == Dialect::Pg {
-                        row.push_unseparated("::bigint");
-                    }
-                });
-                match d {
-                    Dialect::Pg => q.push(") AS v(id, s, a) WHERE c.id = v.id"),
-                    Dialect::Lite => q.push(") AS v WHERE conversations.id = v.column1"),
-                };
-                q.build().execute(&mut *tx).await.map_err(classify)?;
-            }
+            WriteRows::write_rows(&mut *tx, &kept)
+                .await
+                .map_err(classify)?;
             tx.commit().await.map_err(classify)?;
             Ok(results)
         })
+    }
+}
+
+/// Writing a commit's rows: PostgreSQL binds whole columns as arrays (one statement text
+/// whatever the batch size, so it is prepared once and cached); SQLite, in process, takes
+/// multi-row VALUES.
+trait WriteRows {
+    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error>;
+}
+
+impl WriteRows for sqlx::PgConnection {
+    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
+        let n: usize = kept.iter().map(|b| b.messages.len()).sum();
+        let (mut convs, mut seqs, mut mids, mut senders) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut kinds, mut bodies, mut ats) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for b in kept {
+            for m in &b.messages {
+                convs.push(b.conv.0);
+                seqs.push(m.seq);
+                mids.push(m.mid.0);
+                senders.push(m.sender.0);
+                kinds.push(m.kind.as_str());
+                bodies.push(m.body.as_str());
+                ats.push(m.at);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[])",
+        )
+        .bind(&convs)
+        .bind(&seqs)
+        .bind(&mids)
+        .bind(&senders)
+        .bind(&kinds)
+        .bind(&bodies)
+        .bind(&ats)
+        .execute(&mut *self)
+        .await?;
+        let mut ids = Vec::with_capacity(kept.len());
+        let mut lasts = Vec::with_capacity(kept.len());
+        let mut times = Vec::with_capacity(kept.len());
+        for b in kept {
+            if let Some(last) = b.messages.last() {
+                ids.push(b.conv.0);
+                lasts.push(last.seq);
+                times.push(last.at);
+            }
+        }
+        sqlx::query(
+            "UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a \
+             FROM UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS v(id, s, a) WHERE c.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&lasts)
+        .bind(&times)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+}
+
+impl WriteRows for sqlx::SqliteConnection {
+    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
+        let rows: Vec<(ConversationId, &chat_actors::ports::NewMessage)> = kept
+            .iter()
+            .flat_map(|b| b.messages.iter().map(move |m| (b.conv, m)))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) ",
+            );
+            q.push_values(chunk, |mut row, (conv, m)| {
+                row.push_bind(conv.0)
+                    .push_bind(m.seq)
+                    .push_bind(m.mid.0)
+                    .push_bind(m.sender.0)
+                    .push_bind(m.kind.as_str())
+                    .push_bind(m.body.as_str())
+                    .push_bind(m.at);
+            });
+            q.build().execute(&mut *self).await?;
+        }
+        for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::new(
+                "UPDATE conversations SET last_seq = v.column2, last_activity = v.column3 FROM (",
+            );
+            q.push_values(chunk, |mut row, b| {
+                let last = b.messages.last();
+                row.push_bind(b.conv.0)
+                    .push_bind(last.map(|m| m.seq).unwrap_or(0))
+                    .push_bind(last.map(|m| m.at).unwrap_or(0));
+            });
+            q.push(") AS v WHERE conversations.id = v.column1");
+            q.build().execute(&mut *self).await?;
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
@@ -45,7 +46,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Close code for an expired token (PROTOCOL §2).
 const TOKEN_EXPIRED: u16 = 4001;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<TcpStream>;
 type Reply = Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
 
 /// How a connection ends.
@@ -81,8 +82,28 @@ pub async fn run(
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(t.ws.max_frame_bytes))
         .max_frame_size(Some(t.ws.max_frame_bytes));
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // Take the TCP stream back from hyper: what it read ahead is replayed into the WebSocket,
+    // and its 8 KiB read buffer is not kept alive for the life of the connection.
+    let mut ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            WebSocketStream::from_raw_socket(parts.io.into_inner(), Role::Server, Some(config))
+                .await
+        }
+        Ok(parts) => {
+            let early = parts.read_buf.to_vec();
+            WebSocketStream::from_partially_read(
+                parts.io.into_inner(),
+                early,
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+        Err(_) => {
+            tracing::error!("an upgraded connection is not a TCP stream");
+            return;
+        }
+    };
     let id = SessionId::random();
     let kick = t.shutdown.child_token();
     let (outbound, rx) = Outbound::new(identity.user, id, t.ws.outbound_queue, kick.clone());

@@ -52,12 +52,13 @@ pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> 
     let accept = derive_accept_key(key.as_bytes());
 
     let tt = t.clone();
-    t.sessions.spawn(async move {
+    let fut = async move {
         match hyper::upgrade::on(&mut req).await {
             Ok(upgraded) => session::run(tt, upgraded, identity, format, slot).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
+    };
+    t.sessions.spawn(fut);
 
     let mut res = Response::new(Body::default());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
