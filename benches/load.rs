@@ -136,9 +136,9 @@ struct TokenSpec {
     private_key: Option<String>,
 }
 
-/// What each worker reports.
-#[derive(Serialize, Deserialize, Default, Debug)]
-struct Tally {
+/// What is counted, per connection, per worker and in the report.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, Copy)]
+struct Counts {
     connections: u64,
     connect_errors: u64,
     sent: u64,
@@ -147,6 +147,26 @@ struct Tally {
     expected_deliveries: u64,
     errors: u64,
     rate_limited: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.connections += o.connections;
+        self.connect_errors += o.connect_errors;
+        self.sent += o.sent;
+        self.acked += o.acked;
+        self.delivered += o.delivered;
+        self.expected_deliveries += o.expected_deliveries;
+        self.errors += o.errors;
+        self.rate_limited += o.rate_limited;
+    }
+}
+
+/// What each worker reports: its counts and its histograms as (value, count) pairs.
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Tally {
+    #[serde(flatten)]
+    counts: Counts,
     ack_us: Vec<(u64, u64)>,
     delivery_us: Vec<(u64, u64)>,
 }
@@ -563,8 +583,8 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
         sockets.push(h.await.ok().flatten());
     }
     bar.finish_and_clear();
-    tally.connect_errors = sockets.iter().filter(|s| s.is_none()).count() as u64;
-    tally.connections = sockets.len() as u64 - tally.connect_errors;
+    tally.counts.connect_errors = sockets.iter().filter(|s| s.is_none()).count() as u64;
+    tally.counts.connections = sockets.len() as u64 - tally.counts.connect_errors;
     if plan.idle {
         let until = plan.start_us + (plan.duration * 1e6) as u64;
         tokio::time::sleep(Duration::from_micros(until.saturating_sub(now_us()))).await;
@@ -607,7 +627,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
                 }
             }
             other => {
-                tally.errors += 1;
+                tally.counts.errors += 1;
                 eprintln!("load: create failed: {other:?}");
             }
         }
@@ -652,12 +672,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
     let mut delivery = histogram();
     for t in tasks {
         if let Ok(r) = t.await {
-            tally.sent += r.sent;
-            tally.acked += r.acked;
-            tally.delivered += r.delivered;
-            tally.errors += r.errors;
-            tally.rate_limited += r.rate_limited;
-            tally.expected_deliveries += r.expected;
+            tally.counts.add(&r.counts);
             let _ = ack.add(&r.ack);
             let _ = delivery.add(&r.delivery);
         }
@@ -674,12 +689,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
 }
 
 struct ConnResult {
-    sent: u64,
-    acked: u64,
-    delivered: u64,
-    errors: u64,
-    rate_limited: u64,
-    expected: u64,
+    counts: Counts,
     ack: Histogram<u64>,
     delivery: Histogram<u64>,
 }
@@ -696,12 +706,7 @@ async fn connection(
     live: Arc<Live>,
 ) -> ConnResult {
     let mut r = ConnResult {
-        sent: 0,
-        acked: 0,
-        delivered: 0,
-        errors: 0,
-        rate_limited: 0,
-        expected: 0,
+        counts: Counts::default(),
         ack: histogram(),
         delivery: histogram(),
     };
@@ -728,25 +733,25 @@ async fn connection(
                     id += 1;
                     let body = format!("{next_us:016}|{pad}");
                     if ws.send(frame(&json!({"t": "send", "id": id, "conv": conv, "body": body}))).await.is_err() {
-                        r.errors += 1;
+                        r.counts.errors += 1;
                         break;
                     }
                     pending.insert(id, next_us);
-                    r.sent += 1;
-                    r.expected += *fanout as u64;
+                    r.counts.sent += 1;
+                    r.counts.expected_deliveries += *fanout as u64;
                     live.sent.fetch_add(1, Ordering::Relaxed);
                 }
                 next_us += interval_us;
             }
             _ = tokio::time::sleep(Duration::from_micros(wake.saturating_sub(now))), if !sending => {}
             msg = ws.next() => {
-                let Some(Ok(msg)) = msg else { r.errors += 1; break };
+                let Some(Ok(msg)) = msg else { r.counts.errors += 1; break };
                 let Some(v) = decode(&msg) else { continue };
                 let now = now_us();
                 match v["t"].as_str() {
                     Some("sent") => {
                         if let Some(at) = v["id"].as_u64().and_then(|i| pending.remove(&i)) {
-                            r.acked += 1;
+                            r.counts.acked += 1;
                             live.acked.fetch_add(1, Ordering::Relaxed);
                             let _ = r.ack.record(now.saturating_sub(at).max(1));
                         }
@@ -755,11 +760,11 @@ async fn connection(
                         if let Some(i) = v["id"].as_u64() {
                             pending.remove(&i);
                         }
-                        if v["code"] == "rate_limited" { r.rate_limited += 1 } else { r.errors += 1 }
+                        if v["code"] == "rate_limited" { r.counts.rate_limited += 1 } else { r.counts.errors += 1 }
                     }
                     Some("message") => {
                         if let Some(at) = v["body"].as_str().and_then(|b| b.get(..16)).and_then(|t| t.parse::<u64>().ok()) {
-                            r.delivered += 1;
+                            r.counts.delivered += 1;
                             live.delivered.fetch_add(1, Ordering::Relaxed);
                             let _ = r.delivery.record(now.saturating_sub(at).max(1));
                         }
@@ -819,16 +824,10 @@ fn quantiles(h: &Histogram<u64>) -> Quantiles {
 
 #[derive(Serialize)]
 struct Report {
-    connections: u64,
-    connect_errors: u64,
+    #[serde(flatten)]
+    counts: Counts,
     rate: f64,
     duration_s: f64,
-    sent: u64,
-    acked: u64,
-    delivered: u64,
-    expected_deliveries: u64,
-    errors: u64,
-    rate_limited: u64,
     throughput_msgs_s: f64,
     deliveries_s: f64,
     ack_ms: Quantiles,
@@ -893,18 +892,11 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         let text = String::from_utf8_lossy(&out.stdout);
         let Some(line) = text.lines().find_map(|l| l.strip_prefix("WORKER_RESULT ")) else {
             eprintln!("load: a worker reported nothing");
-            total.errors += 1;
+            total.counts.errors += 1;
             continue;
         };
         let t: Tally = serde_json::from_str(line).expect("worker JSON");
-        total.connections += t.connections;
-        total.connect_errors += t.connect_errors;
-        total.sent += t.sent;
-        total.acked += t.acked;
-        total.delivered += t.delivered;
-        total.expected_deliveries += t.expected_deliveries;
-        total.errors += t.errors;
-        total.rate_limited += t.rate_limited;
+        total.counts.add(&t.counts);
         for (v, n) in t.ack_us {
             let _ = ack.record_n(v, n);
         }
@@ -926,18 +918,11 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         },
     });
     Report {
-        connections: total.connections,
-        connect_errors: total.connect_errors,
+        counts: total.counts,
         rate: plan.rate,
         duration_s: plan.duration,
-        sent: total.sent,
-        acked: total.acked,
-        delivered: total.delivered,
-        expected_deliveries: total.expected_deliveries,
-        errors: total.errors,
-        rate_limited: total.rate_limited,
-        throughput_msgs_s: total.acked as f64 / plan.duration.max(1e-9),
-        deliveries_s: total.delivered as f64 / plan.duration.max(1e-9),
+        throughput_msgs_s: total.counts.acked as f64 / plan.duration.max(1e-9),
+        deliveries_s: total.counts.delivered as f64 / plan.duration.max(1e-9),
         ack_ms: quantiles(&ack),
         delivery_ms: quantiles(&delivery),
         server,
@@ -945,17 +930,18 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
 }
 
 fn print_table(r: &Report) {
+    let c = &r.counts;
     println!(
         "connections {:>10}   (connect errors {})",
-        r.connections, r.connect_errors
+        c.connections, c.connect_errors
     );
     println!(
         "sent        {:>10}   acked {}   delivered {}/{} expected",
-        r.sent, r.acked, r.delivered, r.expected_deliveries
+        c.sent, c.acked, c.delivered, c.expected_deliveries
     );
     println!(
         "errors      {:>10}   rate_limited {}",
-        r.errors, r.rate_limited
+        c.errors, c.rate_limited
     );
     println!(
         "throughput  {:>10.0} msgs/s acked, {:.0} deliveries/s",
@@ -969,14 +955,14 @@ fn print_table(r: &Report) {
     }
     if let Some(s) = r.server {
         let per_conn = |rss: u64| {
-            if r.connections > 0 {
-                rss.saturating_sub(s.rss_kib_idle) as f64 / r.connections as f64
+            if c.connections > 0 {
+                rss.saturating_sub(s.rss_kib_idle) as f64 / c.connections as f64
             } else {
                 0.0
             }
         };
-        let per_msg = if r.acked > 0 {
-            s.cpu_s * 1e6 / r.acked as f64
+        let per_msg = if c.acked > 0 {
+            s.cpu_s * 1e6 / c.acked as f64
         } else {
             0.0
         };
@@ -1083,9 +1069,10 @@ fn main() {
             println!("-- trying {rate:.0} msgs/s");
             let r = run_once(&args, &plan_at(rate), server_pid);
             print_table(&r);
-            let ok = r.acked == r.sent
-                && r.delivered >= r.expected_deliveries
-                && r.errors == 0
+            let c = &r.counts;
+            let ok = c.acked == c.sent
+                && c.delivered >= c.expected_deliveries
+                && c.errors == 0
                 && r.delivery_ms.p99 <= args.p99_limit_ms
                 && r.ack_ms.p99 <= args.p99_limit_ms;
             if !ok {
