@@ -5,7 +5,8 @@
 //! ├── ConversationActor(c)          one per active conversation owned here; stops when idle
 //! │     └─ hands batches to the Writer port, fans out through NodeDeps::deliver
 //! └── UserActor(u)                  one per user connected here; stops with its last connection
-//!       └─ Outbound queues          one bounded queue per connection, drained by its socket task
+//!       └─ Outbound queues          one bounded queue per connection, drained by its socket task;
+//!                                   listed in NodeDeps::sockets, where deliveries push directly
 //! ```
 //!
 //! A crashed child is forgotten and rebuilt from the database by the next message for it. The
@@ -27,7 +28,8 @@ use crate::ports::{Bus, ConversationRecord, Envelope, Profiles, Store, Writer};
 use crate::protocol::{ServerFrame, SharedFrame};
 use crate::rules::Limits;
 use crate::user::presence::PresenceBoard;
-use crate::user::{UserActor, UserMessage};
+use crate::user::{Outbound, UserActor, UserMessage};
+use dashmap::DashMap;
 pub use handle::Caller;
 use registry::ActorMap;
 
@@ -62,6 +64,10 @@ pub struct NodeDeps {
     pub presence: PresenceBoard,
     /// Users connected here.
     pub users: ActorMap<UserId, UserMessage>,
+    /// Each connected user's connection queues here. Written only by that user's actor
+    /// (attach, detach), read by whoever delivers: a push goes straight into the bounded queues,
+    /// with no actor hop on the way (the guard is held for the non-blocking pushes only).
+    pub sockets: DashMap<UserId, Vec<Outbound>>,
     /// Conversations live here.
     pub conversations: ActorMap<ConversationId, ConversationMessage>,
 }
@@ -69,9 +75,7 @@ pub struct NodeDeps {
 impl NodeDeps {
     /// Sends a push to every connection of `user` but `except`, here and, in a cluster, elsewhere.
     pub fn deliver(&self, user: UserId, frame: &Arc<SharedFrame>, except: Option<SessionId>) {
-        if let Some(actor) = self.users.get(&user) {
-            let _ = actor.cast(UserMessage::Deliver(frame.clone(), except));
-        }
+        self.push_local(user, frame, |s| Some(s) != except);
         if self.bus.is_distributed() {
             self.bus.publish(Envelope {
                 user,
@@ -84,14 +88,24 @@ impl NodeDeps {
 
     /// Delivers a push that came from another node to this node's connections.
     pub fn deliver_local(&self, envelope: Envelope) {
-        let Some(actor) = self.users.get(&envelope.user) else {
-            return;
-        };
-        let msg = match envelope.only {
-            Some(session) => UserMessage::DeliverTo(session, envelope.frame),
-            None => UserMessage::Deliver(envelope.frame, envelope.except),
-        };
-        let _ = actor.cast(msg);
+        let (only, except) = (envelope.only, envelope.except);
+        self.push_local(envelope.user, &envelope.frame, |s| {
+            only.is_none_or(|o| o == s) && Some(s) != except
+        });
+    }
+
+    /// Queues `frame` on each of `user`'s connections here that `wanted` picks.
+    fn push_local(
+        &self,
+        user: UserId,
+        frame: &Arc<SharedFrame>,
+        wanted: impl Fn(SessionId) -> bool,
+    ) {
+        if let Some(list) = self.sockets.get(&user) {
+            for outbound in list.iter().filter(|o| wanted(o.session)) {
+                outbound.push(frame);
+            }
+        }
     }
 
     /// Pushes `conversation` to every member, each seeing their own unread count; `except` is
@@ -146,6 +160,7 @@ impl Node {
             limits: config.limits,
             presence: PresenceBoard::default(),
             users: ActorMap::default(),
+            sockets: DashMap::new(),
             conversations: ActorMap::default(),
         });
         let (supervisor, _) = Actor::spawn(None, NodeSupervisor { deps: deps.clone() }, ()).await?;

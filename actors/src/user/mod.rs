@@ -1,5 +1,6 @@
-//! One actor per connected user per node: holds that user's connections here and forwards pushes
-//! to them in order. It stops when the last connection detaches, which makes the user offline.
+//! One actor per connected user per node: owns that user's connections here (it alone adds and
+//! removes them in the node's socket list, where deliveries push straight into their bounded
+//! queues) and their presence. It stops when the last connection detaches: the user is offline.
 
 pub mod outbound;
 pub mod presence;
@@ -10,7 +11,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::ids::{SessionId, UserId};
 use crate::node::NodeDeps;
-use crate::protocol::SharedFrame;
 pub use outbound::Outbound;
 
 /// The user actor; its dependencies are read-only.
@@ -25,16 +25,25 @@ pub enum UserMessage {
     Attach(Box<Outbound>, RpcReplyPort<()>),
     /// A connection closed.
     Detach(SessionId),
-    /// A push for every connection but `except`.
-    Deliver(Arc<SharedFrame>, Option<SessionId>),
-    /// A push for one connection.
-    DeliverTo(SessionId, Arc<SharedFrame>),
 }
 
 /// The user's connections on this node.
 pub struct UserState {
     user: UserId,
-    sessions: Vec<Outbound>,
+    sessions: Vec<SessionId>,
+}
+
+impl UserActor {
+    /// Takes `sessions` out of the node's socket list (only those: a newer actor of the same
+    /// user may have added its own).
+    fn forget_sessions(&self, user: UserId, sessions: &[SessionId]) {
+        if let Some(mut list) = self.deps.sockets.get_mut(&user) {
+            list.retain(|o| !sessions.contains(&o.session));
+        }
+        self.deps
+            .sockets
+            .remove_if(&user, |_, list| list.is_empty());
+    }
 }
 
 impl Actor for UserActor {
@@ -60,6 +69,7 @@ impl Actor for UserActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         self.deps.users.forget(&state.user, myself.get_id());
+        self.forget_sessions(state.user, &state.sessions);
         self.deps.presence.set_offline(state.user, myself.get_id());
         Ok(())
     }
@@ -72,28 +82,22 @@ impl Actor for UserActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             UserMessage::Attach(outbound, reply) => {
-                state.sessions.push(*outbound);
+                state.sessions.push(outbound.session);
+                self.deps
+                    .sockets
+                    .entry(state.user)
+                    .or_default()
+                    .push(*outbound);
                 let _ = reply.send(());
             }
             UserMessage::Detach(session) => {
-                state.sessions.retain(|s| s.session != session);
+                state.sessions.retain(|s| *s != session);
+                self.forget_sessions(state.user, &[session]);
                 if state.sessions.is_empty() {
                     // Leave the map first, so that a new connection spawns a fresh actor instead
                     // of attaching to one that is stopping.
                     self.deps.users.forget(&state.user, myself.get_id());
                     myself.stop(None);
-                }
-            }
-            UserMessage::Deliver(frame, except) => {
-                for s in &state.sessions {
-                    if Some(s.session) != except {
-                        s.push(&frame);
-                    }
-                }
-            }
-            UserMessage::DeliverTo(session, frame) => {
-                if let Some(s) = state.sessions.iter().find(|s| s.session == session) {
-                    s.push(&frame);
                 }
             }
         }
