@@ -65,9 +65,4 @@ impl<K: Eq + Hash + Copy, M: Send + 'static> ActorMap<K, M> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-
-    /// Every live actor (for shutdown).
-    pub fn all(&self) -> Vec<ActorRef<M>> {
-        self.map.iter().map(|e| e.value().clone()).collect()
-    }
 }

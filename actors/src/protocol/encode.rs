@@ -82,10 +82,6 @@ impl SharedFrame {
             json: OnceLock::new(),
         }
     }
-    /// The frame.
-    pub fn frame(&self) -> &ServerFrame {
-        &self.frame
-    }
     /// Its bytes in `format`, encoded on first use.
     pub fn bytes(&self, format: Format) -> Bytes {
         let cell = match format {

@@ -57,9 +57,4 @@ impl Outbound {
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
-
-    /// Whether the connection was kicked.
-    pub fn is_kicked(&self) -> bool {
-        self.kick.is_cancelled()
-    }
 }

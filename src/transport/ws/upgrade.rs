@@ -142,11 +142,6 @@ impl Slot {
         t.open.fetch_add(1, Ordering::Relaxed);
         Some(Slot { t: t.clone(), user })
     }
-
-    /// The identity this slot was taken for.
-    pub fn user(&self) -> UserId {
-        self.user
-    }
 }
 
 impl Drop for Slot {
