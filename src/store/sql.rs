@@ -121,6 +121,23 @@ macro_rules! member {
     }};
 }
 
+/// Reads an `ExistingMid` from `mid, conv_id, sender, seq, at`.
+macro_rules! existing_mid {
+    ($row:expr) => {{
+        let row = $row;
+        let read = || -> Result<ExistingMid, sqlx::Error> {
+            Ok(ExistingMid {
+                mid: Mid(row.try_get(0)?),
+                conv: ConversationId(row.try_get(1)?),
+                sender: UserId(row.try_get(2)?),
+                seq: row.try_get(3)?,
+                at: row.try_get(4)?,
+            })
+        };
+        read().map_err(classify)
+    }};
+}
+
 fn corrupt(what: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unexpected {what} in the database").into())
 }
@@ -205,168 +222,184 @@ impl SqlStore {
         &self,
         batches: &[AppendBatch],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        on_pool!(self, |p, d| {
-            let mut tx = begin_write!(p, d).map_err(classify)?;
-            // Client-chosen mids may be stored already (a retry, or a clash): find them first, so
-            // the batches they belong to are left out instead of failing the transaction.
-            let client_mids: Vec<Uuid> = batches
-                .iter()
-                .flat_map(|b| b.messages.iter())
-                .filter(|m| m.client_mid)
-                .map(|m| m.mid.0)
-                .collect();
-            let mut hits: Vec<ExistingMid> = Vec::new();
-            for chunk in client_mids.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::new(
-                    "SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid IN (",
-                );
-                let mut list = q.separated(", ");
-                for mid in chunk {
-                    list.push_bind(*mid);
-                }
-                q.push(")");
-                let rows = q.build().fetch_all(&mut *tx).await.map_err(classify)?;
-                for row in rows {
-                    let read = || -> Result<ExistingMid, sqlx::Error> {
-                        Ok(ExistingMid {
-                            mid: Mid(row.try_get(0)?),
-                            conv: ConversationId(row.try_get(1)?),
-                            sender: UserId(row.try_get(2)?),
-                            seq: row.try_get(3)?,
-                            at: row.try_get(4)?,
-                        })
-                    };
-                    hits.push(read().map_err(classify)?);
-                }
-            }
-            let mut results = Vec::with_capacity(batches.len());
-            let mut kept: Vec<&AppendBatch> = Vec::with_capacity(batches.len());
-            for b in batches {
-                let mine: Vec<ExistingMid> = hits
-                    .iter()
-                    .filter(|h| b.messages.iter().any(|m| m.mid == h.mid))
-                    .cloned()
-                    .collect();
-                if mine.is_empty() {
-                    kept.push(b);
-                    results.push(Ok(()));
-                } else {
-                    results.push(Err(StoreError::DuplicateMids(mine)));
-                }
-            }
-            WriteRows::write_rows(&mut *tx, &kept)
-                .await
-                .map_err(classify)?;
-            tx.commit().await.map_err(classify)?;
-            Ok(results)
-        })
-    }
-}
-
-/// Writing a commit's rows: PostgreSQL binds whole columns as arrays (one statement text
-/// whatever the batch size, so it is prepared once and cached); SQLite, in process, takes
-/// multi-row VALUES.
-trait WriteRows {
-    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error>;
-}
-
-impl WriteRows for sqlx::PgConnection {
-    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
-        let n: usize = kept.iter().map(|b| b.messages.len()).sum();
-        let (mut convs, mut seqs, mut mids, mut senders) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut kinds, mut bodies, mut ats) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for b in kept {
-            for m in &b.messages {
-                convs.push(b.conv.0);
-                seqs.push(m.seq);
-                mids.push(m.mid.0);
-                senders.push(m.sender.0);
-                kinds.push(m.kind.as_str());
-                bodies.push(m.body.as_str());
-                ats.push(m.at);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[])",
-        )
-        .bind(&convs)
-        .bind(&seqs)
-        .bind(&mids)
-        .bind(&senders)
-        .bind(&kinds)
-        .bind(&bodies)
-        .bind(&ats)
-        .execute(&mut *self)
-        .await?;
-        let mut ids = Vec::with_capacity(kept.len());
-        let mut lasts = Vec::with_capacity(kept.len());
-        let mut times = Vec::with_capacity(kept.len());
-        for b in kept {
-            if let Some(last) = b.messages.last() {
-                ids.push(b.conv.0);
-                lasts.push(last.seq);
-                times.push(last.at);
-            }
-        }
-        sqlx::query(
-            "UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a \
-             FROM UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS v(id, s, a) WHERE c.id = v.id",
-        )
-        .bind(&ids)
-        .bind(&lasts)
-        .bind(&times)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
-    }
-}
-
-impl WriteRows for sqlx::SqliteConnection {
-    async fn write_rows(&mut self, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
-        let rows: Vec<(ConversationId, &chat_actors::ports::NewMessage)> = kept
+        // Client-chosen mids may be stored already (a retry, or a clash): find them first, so
+        // the batches they belong to are left out instead of failing the transaction.
+        let client_mids: Vec<Uuid> = batches
             .iter()
-            .flat_map(|b| b.messages.iter().map(move |m| (b.conv, m)))
+            .flat_map(|b| b.messages.iter())
+            .filter(|m| m.client_mid)
+            .map(|m| m.mid.0)
             .collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) ",
-            );
-            q.push_values(chunk, |mut row, (conv, m)| {
-                row.push_bind(conv.0)
-                    .push_bind(m.seq)
-                    .push_bind(m.mid.0)
-                    .push_bind(m.sender.0)
-                    .push_bind(m.kind.as_str())
-                    .push_bind(m.body.as_str())
-                    .push_bind(m.at);
-            });
-            q.build().execute(&mut *self).await?;
+        match &self.pool {
+            Pool::Pg(p) => {
+                let hits = if client_mids.is_empty() {
+                    Vec::new()
+                } else {
+                    let rows = sqlx::query(
+                        "SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid = ANY($1::uuid[])",
+                    )
+                    .bind(&client_mids)
+                    .fetch_all(p)
+                    .await
+                    .map_err(classify)?;
+                    rows.iter()
+                        .map(|r| existing_mid!(r))
+                        .collect::<Result<_, _>>()?
+                };
+                let (results, kept) = leave_out_stored(batches, &hits);
+                // A mid stored between the look-up and this statement fails it with a unique
+                // violation, which `append` isolates; nothing is half written, as the one
+                // statement is its own transaction.
+                if !kept.is_empty() {
+                    pg_write_rows(p, &kept).await.map_err(classify)?;
+                }
+                Ok(results)
+            }
+            Pool::Lite(p) => {
+                let mut tx = begin_write!(p, Dialect::Lite).map_err(classify)?;
+                let mut hits: Vec<ExistingMid> = Vec::new();
+                for chunk in client_mids.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = QueryBuilder::new(
+                        "SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for mid in chunk {
+                        list.push_bind(*mid);
+                    }
+                    q.push(")");
+                    let rows = q.build().fetch_all(&mut *tx).await.map_err(classify)?;
+                    for row in &rows {
+                        hits.push(existing_mid!(row)?);
+                    }
+                }
+                let (results, kept) = leave_out_stored(batches, &hits);
+                lite_write_rows(&mut tx, &kept).await.map_err(classify)?;
+                tx.commit().await.map_err(classify)?;
+                Ok(results)
+            }
         }
-        for chunk in kept.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::new(
-                "UPDATE conversations SET last_seq = v.column2, last_activity = v.column3 FROM (",
-            );
-            q.push_values(chunk, |mut row, b| {
-                let last = b.messages.last();
-                row.push_bind(b.conv.0)
-                    .push_bind(last.map(|m| m.seq).unwrap_or(0))
-                    .push_bind(last.map(|m| m.at).unwrap_or(0));
-            });
-            q.push(") AS v WHERE conversations.id = v.column1");
-            q.build().execute(&mut *self).await?;
-        }
-        Ok(())
     }
+}
+
+/// Splits the batches into those to write and, for each batch, its result: a batch with a mid
+/// already stored is answered with those mids and not written.
+fn leave_out_stored<'a>(
+    batches: &'a [AppendBatch],
+    hits: &[ExistingMid],
+) -> (Vec<Result<(), StoreError>>, Vec<&'a AppendBatch>) {
+    let mut results = Vec::with_capacity(batches.len());
+    let mut kept = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mine: Vec<ExistingMid> = hits
+            .iter()
+            .filter(|h| b.messages.iter().any(|m| m.mid == h.mid))
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            kept.push(b);
+            results.push(Ok(()));
+        } else {
+            results.push(Err(StoreError::DuplicateMids(mine)));
+        }
+    }
+    (results, kept)
+}
+
+/// PostgreSQL: the messages and the conversations' new `last_seq` in one statement, so one round
+/// trip and one implicit transaction per commit. Whole columns are bound as arrays, so the
+/// statement text is the same whatever the batch size: prepared once and cached.
+async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
+    let n: usize = kept.iter().map(|b| b.messages.len()).sum();
+    let (mut convs, mut seqs, mut mids, mut senders) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut kinds, mut bodies, mut ats) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut ids = Vec::with_capacity(kept.len());
+    let mut lasts = Vec::with_capacity(kept.len());
+    let mut times = Vec::with_capacity(kept.len());
+    for b in kept {
+        for m in &b.messages {
+            convs.push(b.conv.0);
+            seqs.push(m.seq);
+            mids.push(m.mid.0);
+            senders.push(m.sender.0);
+            kinds.push(m.kind.as_str());
+            bodies.push(m.body.as_str());
+            ats.push(m.at);
+        }
+        if let Some(last) = b.messages.last() {
+            ids.push(b.conv.0);
+            lasts.push(last.seq);
+            times.push(last.at);
+        }
+    }
+    // A data-modifying WITH runs exactly once, whether or not the outer statement reads it.
+    sqlx::query(
+        "WITH inserted AS (\
+           INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
+           SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[])) \
+         UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a \
+         FROM UNNEST($8::uuid[], $9::int8[], $10::int8[]) AS v(id, s, a) WHERE c.id = v.id",
+    )
+    .bind(&convs)
+    .bind(&seqs)
+    .bind(&mids)
+    .bind(&senders)
+    .bind(&kinds)
+    .bind(&bodies)
+    .bind(&ats)
+    .bind(&ids)
+    .bind(&lasts)
+    .bind(&times)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// SQLite, in process: multi-row `VALUES`, inside the caller's `BEGIN IMMEDIATE` transaction.
+async fn lite_write_rows(
+    conn: &mut sqlx::SqliteConnection,
+    kept: &[&AppendBatch],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<(ConversationId, &chat_actors::ports::NewMessage)> = kept
+        .iter()
+        .flat_map(|b| b.messages.iter().map(move |m| (b.conv, m)))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::new("INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) ");
+        q.push_values(chunk, |mut row, (conv, m)| {
+            row.push_bind(conv.0)
+                .push_bind(m.seq)
+                .push_bind(m.mid.0)
+                .push_bind(m.sender.0)
+                .push_bind(m.kind.as_str())
+                .push_bind(m.body.as_str())
+                .push_bind(m.at);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::new(
+            "UPDATE conversations SET last_seq = v.column2, last_activity = v.column3 FROM (",
+        );
+        q.push_values(chunk, |mut row, b| {
+            let last = b.messages.last();
+            row.push_bind(b.conv.0)
+                .push_bind(last.map(|m| m.seq).unwrap_or(0))
+                .push_bind(last.map(|m| m.at).unwrap_or(0));
+        });
+        q.push(") AS v WHERE conversations.id = v.column1");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
