@@ -69,6 +69,9 @@ struct Session {
 }
 
 /// Serves one upgraded connection to the end.
+///
+/// The opening and the closing are boxed: an async fn is as big as its biggest await, and this
+/// task lives as long as the connection, so only the serving loop's state stays resident.
 pub async fn run(
     t: Arc<Transport>,
     upgraded: Upgraded,
@@ -76,14 +79,29 @@ pub async fn run(
     format: Format,
     slot: Slot,
 ) {
+    let Some((mut ws, mut s, rx)) = Box::pin(open(t, upgraded, identity, format)).await else {
+        return;
+    };
+    metrics::counter!("chat_connections_opened_total").increment(1);
+    let ending = s.serve(&mut ws, rx).await;
+    Box::pin(finish(s, ws, ending)).await;
+    drop(slot);
+}
+
+/// Takes the stream back from hyper and attaches the connection to its user actor.
+async fn open(
+    t: Arc<Transport>,
+    upgraded: Upgraded,
+    identity: Identity,
+    format: Format,
+) -> Option<(Ws, Session, mpsc::Receiver<Arc<SharedFrame>>)> {
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(t.ws.max_frame_bytes))
         .max_frame_size(Some(t.ws.max_frame_bytes));
-    // Take the TCP stream back from hyper: what it read ahead is replayed into the WebSocket,
-    // and its 8 KiB read buffer is not kept alive for the life of the connection.
+    // Take the TCP stream back from hyper: what it read ahead is replayed into the WebSocket.
     let mut ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) if parts.read_buf.is_empty() => {
             WebSocketStream::from_raw_socket(parts.io.into_inner(), Role::Server, Some(config))
@@ -101,7 +119,7 @@ pub async fn run(
         }
         Err(_) => {
             tracing::error!("an upgraded connection is not a TCP stream");
-            return;
+            return None;
         }
     };
     let id = SessionId::random();
@@ -116,9 +134,9 @@ pub async fn run(
             },
         )
         .await;
-        return;
+        return None;
     }
-    let mut s = Session {
+    let s = Session {
         format,
         user: identity.user,
         id,
@@ -126,18 +144,20 @@ pub async fn run(
         kick,
         watching: Vec::new(),
         expires: tokio::time::Instant::now() + identity.remaining(),
-        t: t.clone(),
+        t,
     };
-    metrics::counter!("chat_connections_opened_total").increment(1);
-    let ending = s.serve(&mut ws, rx).await;
-    t.node.unwatch(s.id, &s.watching);
-    t.node.disconnect(s.user, s.id);
+    Some((ws, s, rx))
+}
+
+/// Detaches the connection, says why it ends and closes it.
+async fn finish(s: Session, mut ws: Ws, ending: Ending) {
+    s.t.node.unwatch(s.id, &s.watching);
+    s.t.node.disconnect(s.user, s.id);
     if let Some(reason) = ending.bye {
-        let bye = encode_frame(format, &ServerFrame::Bye { reason });
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(to_message(format, bye))).await;
+        let bye = encode_frame(s.format, &ServerFrame::Bye { reason });
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(to_message(s.format, bye))).await;
     }
     close(&mut ws, &ending).await;
-    drop(slot);
 }
 
 /// Sends the close frame and waits (bounded) for the peer's reply before the socket is dropped:
@@ -162,7 +182,8 @@ async fn close(ws: &mut Ws, ending: &Ending) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if ending.code == CloseCode::Size {
             let io = ws.get_mut();
-            let mut sink = [0u8; 4096];
+            // On the heap: an array here would sit in every session task's state, idle or not.
+            let mut sink = vec![0u8; 4096];
             while let Ok(n) = io.read(&mut sink).await {
                 if n == 0 {
                     break;

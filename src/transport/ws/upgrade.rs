@@ -51,9 +51,13 @@ pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> 
     };
     let accept = derive_accept_key(key.as_bytes());
 
+    // Only the upgrade handle goes into the session task: the request's headers share hyper's
+    // 8 KiB read buffer, and holding the request would keep it for the life of the connection.
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
     let tt = t.clone();
     let fut = async move {
-        match hyper::upgrade::on(&mut req).await {
+        match on_upgrade.await {
             Ok(upgraded) => session::run(tt, upgraded, identity, format, slot).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
