@@ -10,7 +10,8 @@
 //! Knobs: `--url` (repeatable; default: start a release node on a temporary SQLite database, or
 //! on `--database-url`, with a stand-in user service so business chats work), `--secret`,
 //! `--issuer`, `--audience`, `--private-key PEM`, `--connections`, `--rate` (messages/s in
-//! total), `--duration` (s), `--mix direct=70,group=25,business=5` (shares of the senders),
+//! total), `--duration` (s, measured), `--warmup` (s of sending before the measured window,
+//! neither counted nor sampled; default 0), `--mix direct=70,group=25,business=5` (shares of the senders),
 //! `--group-size`, `--body-bytes`, `--workers` (child processes, each holding a share of the
 //! connections: one process may hold at most 20,000 open files here), `--json PATH`, `--idle`
 //! (connect and hold, send nothing), `--find-max` (raise the rate until p99 passes
@@ -19,6 +20,7 @@
 //! are made fresh each run (random UUIDs); nothing else is random.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -65,9 +67,13 @@ struct Args {
     /// Messages per second, in total.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Seconds of sending.
+    /// Seconds of sending, measured.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds of sending at the same rate before the measured window: its messages are not
+    /// counted and the server's CPU is not sampled (fresh connections, caches and plans).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Shares of the senders by conversation kind.
     #[arg(long, default_value = "direct=70,group=25,business=5")]
     mix: String,
@@ -117,13 +123,15 @@ struct Plan {
     workers: usize,
     rate: f64,
     duration: f64,
+    warmup: f64,
     mix: (f64, f64, f64),
     group_size: usize,
     body_bytes: usize,
     idle: bool,
     /// business → its agents (agents connect in worker 0; empty agent lists against --url)
     businesses: Vec<(Uuid, Vec<Uuid>)>,
-    /// When the worker may start sending (µs since the epoch), so all workers start together.
+    /// When the measured window starts (µs since the epoch), so all workers start together;
+    /// the warm-up comes before it.
     start_us: u64,
     tokens: TokenSpec,
 }
@@ -496,6 +504,31 @@ fn frame(v: &Value) -> Message {
     Message::Binary(rmp_serde::to_vec_named(v).expect("encode").into())
 }
 
+/// A `send` request, encoded without building a `Value`.
+#[derive(Serialize)]
+struct SendFrame<'a> {
+    t: &'static str,
+    id: u64,
+    conv: &'a str,
+    body: &'a str,
+}
+
+/// The fields of a server frame the measuring loop reads, borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct InFrame<'a> {
+    t: &'a str,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    code: Option<&'a str>,
+    #[serde(default)]
+    body: Option<&'a str>,
+}
+
+fn encode(v: &impl Serialize) -> Message {
+    Message::Binary(rmp_serde::to_vec_named(v).expect("encode").into())
+}
+
 fn decode(m: &Message) -> Option<Value> {
     match m {
         Message::Binary(b) => rmp_serde::from_slice(b).ok(),
@@ -509,6 +542,8 @@ struct Live {
     sent: AtomicU64,
     acked: AtomicU64,
     delivered: AtomicU64,
+    /// send→delivery latencies since the last live line, for its p99.
+    recent: std::sync::Mutex<Option<Histogram<u64>>>,
 }
 
 async fn call(ws: &mut Ws, id: u64, req: Value) -> Option<Value> {
@@ -654,15 +689,16 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
         } else {
             0
         };
-        let start = plan.start_us + phase;
-        tasks.push(tokio::spawn(connection(
-            ws,
-            role,
-            start,
+        let warmup_us = (plan.warmup * 1e6) as u64;
+        let start = plan.start_us - warmup_us + phase;
+        let schedule = Schedule {
+            start_us: start,
+            measure_from_us: plan.start_us,
             end_us,
             interval_us,
-            body_bytes,
-            live,
+        };
+        tasks.push(tokio::spawn(connection(
+            ws, role, schedule, body_bytes, live,
         )));
     }
     if index == 0 {
@@ -696,12 +732,22 @@ struct ConnResult {
 
 /// One connection: sends on its schedule (if it sends), records acks and deliveries, and after
 /// the end waits a little for what is still in flight.
+/// When one connection sends (µs since the epoch).
+struct Schedule {
+    /// Its first send (warm-up included).
+    start_us: u64,
+    /// Sends scheduled from here on are measured.
+    measure_from_us: u64,
+    /// No sends from here on.
+    end_us: u64,
+    /// Between two sends.
+    interval_us: u64,
+}
+
 async fn connection(
     mut ws: Ws,
     role: Option<(String, Kind, usize)>,
-    start_us: u64,
-    end_us: u64,
-    interval_us: u64,
+    schedule: Schedule,
     body_bytes: usize,
     live: Arc<Live>,
 ) -> ConnResult {
@@ -711,10 +757,19 @@ async fn connection(
         delivery: histogram(),
     };
     let mut pending: HashMap<u64, u64> = HashMap::new(); // request id → scheduled µs
+    let Schedule {
+        start_us,
+        measure_from_us,
+        end_us,
+        interval_us,
+    } = schedule;
     let mut next_us = start_us;
     let mut id = 10u64;
     let drain_until = end_us + 5_000_000;
     let pad = "x".repeat(body_bytes.saturating_sub(17));
+    // One timer for the connection, moved rather than made anew on every frame.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
     loop {
         let now = now_us();
         let sending = role.is_some() && next_us < end_us;
@@ -726,47 +781,61 @@ async fn connection(
         } else {
             drain_until.min(now + 100_000)
         };
-        let sleep = tokio::time::sleep(Duration::from_micros(wake.saturating_sub(now)));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_micros(wake.saturating_sub(now));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
-            _ = sleep, if sending => {
+            _ = &mut timer => {
+                if !sending {
+                    continue;
+                }
                 if let Some((conv, _, fanout)) = &role {
                     id += 1;
                     let body = format!("{next_us:016}|{pad}");
-                    if ws.send(frame(&json!({"t": "send", "id": id, "conv": conv, "body": body}))).await.is_err() {
+                    let out = SendFrame { t: "send", id, conv, body: &body };
+                    if ws.send(encode(&out)).await.is_err() {
                         r.counts.errors += 1;
                         break;
                     }
                     pending.insert(id, next_us);
-                    r.counts.sent += 1;
-                    r.counts.expected_deliveries += *fanout as u64;
-                    live.sent.fetch_add(1, Ordering::Relaxed);
+                    if next_us >= measure_from_us {
+                        r.counts.sent += 1;
+                        r.counts.expected_deliveries += *fanout as u64;
+                        live.sent.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 next_us += interval_us;
             }
-            _ = tokio::time::sleep(Duration::from_micros(wake.saturating_sub(now))), if !sending => {}
             msg = ws.next() => {
                 let Some(Ok(msg)) = msg else { r.counts.errors += 1; break };
-                let Some(v) = decode(&msg) else { continue };
+                let Message::Binary(bytes) = &msg else { continue };
+                let Ok(f) = rmp_serde::from_slice::<InFrame>(bytes) else { continue };
                 let now = now_us();
-                match v["t"].as_str() {
-                    Some("sent") => {
-                        if let Some(at) = v["id"].as_u64().and_then(|i| pending.remove(&i)) {
+                match f.t {
+                    "sent" => {
+                        if let Some(at) = f.id.and_then(|i| pending.remove(&i)).filter(|at| *at >= measure_from_us) {
                             r.counts.acked += 1;
                             live.acked.fetch_add(1, Ordering::Relaxed);
                             let _ = r.ack.record(now.saturating_sub(at).max(1));
                         }
                     }
-                    Some("error") => {
-                        if let Some(i) = v["id"].as_u64() {
+                    "error" => {
+                        if let Some(i) = f.id {
                             pending.remove(&i);
                         }
-                        if v["code"] == "rate_limited" { r.counts.rate_limited += 1 } else { r.counts.errors += 1 }
+                        if f.code == Some("rate_limited") { r.counts.rate_limited += 1 } else { r.counts.errors += 1 }
                     }
-                    Some("message") => {
-                        if let Some(at) = v["body"].as_str().and_then(|b| b.get(..16)).and_then(|t| t.parse::<u64>().ok()) {
+                    "message" => {
+                        if let Some(at) = f.body.and_then(|b| b.get(..16)).and_then(|t| t.parse::<u64>().ok()).filter(|at| *at >= measure_from_us) {
                             r.counts.delivered += 1;
                             live.delivered.fetch_add(1, Ordering::Relaxed);
-                            let _ = r.delivery.record(now.saturating_sub(at).max(1));
+                            let latency = now.saturating_sub(at).max(1);
+                            let _ = r.delivery.record(latency);
+                            if let Ok(mut recent) = live.recent.lock() {
+                                let _ = recent.get_or_insert_with(histogram).record(latency);
+                            }
                         }
                     }
                     _ => {}
@@ -780,21 +849,39 @@ async fn connection(
 
 async fn live_line(live: Arc<Live>, start_us: u64, end_us: u64) {
     tokio::time::sleep(Duration::from_micros(start_us.saturating_sub(now_us()))).await;
+    // On a terminal the line is redrawn in place; into a file or a pipe it is printed each second.
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
+    let plain = !std::io::stderr().is_terminal();
     let (mut last_sent, mut last_acked, mut last_delivered) = (0, 0, 0);
+    let mut second = 0;
     while now_us() < end_us + 2_000_000 {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        second += 1;
         let (s, a, d) = (
             live.sent.load(Ordering::Relaxed),
             live.acked.load(Ordering::Relaxed),
             live.delivered.load(Ordering::Relaxed),
         );
-        bar.set_message(format!(
-            "worker 0: sent {}/s  acked {}/s  delivered {}/s  (total sent {s}, acked {a}, delivered {d})",
-            s - last_sent, a - last_acked, d - last_delivered
-        ));
-        bar.tick();
+        let p99 = live
+            .recent
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let line = format!(
+            "worker 0, second {second}: sent {}/s  acked {}/s  delivered {}/s  delivery p99 {p99:.1} ms  (total sent {s}, acked {a}, delivered {d})",
+            s - last_sent,
+            a - last_acked,
+            d - last_delivered
+        );
+        if plain {
+            eprintln!("{line}");
+        } else {
+            bar.set_message(line);
+            bar.tick();
+        }
         (last_sent, last_acked, last_delivered) = (s, a, d);
     }
     bar.finish_and_clear();
@@ -983,11 +1070,13 @@ fn print_table(r: &Report) {
 
 fn main() {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     if let (Some(index), Some(path)) = (args.worker, &args.plan) {
+        // A worker is one thread: `--workers N` spreads the load over N processes, and a
+        // single-threaded runtime spends nothing on waking and stealing between threads.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let plan: Plan =
             serde_json::from_slice(&std::fs::read(path).expect("plan file")).expect("plan JSON");
         let tally = rt.block_on(run_worker(index, plan));
@@ -1041,6 +1130,7 @@ fn main() {
         workers: args.workers.max(1),
         rate: args.rate,
         duration: args.duration,
+        warmup: args.warmup.max(0.0),
         mix,
         group_size: args.group_size,
         body_bytes: args.body_bytes,
@@ -1058,7 +1148,7 @@ fn main() {
     let ramp_s = 3.0 + args.connections as f64 / 1500.0;
     let plan_at = |rate: f64| Plan {
         rate,
-        start_us: now_us() + (ramp_s * 1e6) as u64,
+        start_us: now_us() + ((ramp_s + args.warmup) * 1e6) as u64,
         ..base.clone()
     };
 

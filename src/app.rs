@@ -43,7 +43,7 @@ pub async fn serve(
         .context("opening the database")?;
     tracing::info!(backend = sql.backend(), "database ready");
     let store: Arc<dyn Store> = Arc::new(sql.clone());
-    let (writer, writer_task) = BatchingWriter::start(store.clone());
+    let (writer, writer_task) = BatchingWriter::start(store.clone(), sql.write_concurrency());
     if !config.redis_url.is_empty() {
         tracing::warn!(
             "CHAT_REDIS_URL is set, but cluster mode is not built yet: running as a single node"

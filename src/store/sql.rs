@@ -184,6 +184,15 @@ impl SqlStore {
         on_pool!(self, |p, d| p.close().await)
     }
 
+    /// How many commits the batching writer may have in flight: PostgreSQL commits on several
+    /// connections at once; SQLite has one writer, and a second would only wait for its lock.
+    pub fn write_concurrency(&self) -> usize {
+        match self.pool {
+            Pool::Pg(_) => 2,
+            Pool::Lite(_) => 1,
+        }
+    }
+
     /// Which backend this is, for logs.
     pub fn backend(&self) -> &'static str {
         match self.pool {
@@ -341,12 +350,16 @@ async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx:
         }
     }
     // A data-modifying WITH runs exactly once, whether or not the outer statement reads it.
+    // The conversations are found with `id = ANY(..)` (an index scan whatever the plan cache
+    // decides; a join with the unnested ids was planned as a hash join over a sequential scan
+    // of the whole table while the table was small), each commit names a conversation once.
     sqlx::query(
         "WITH inserted AS (\
            INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
            SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[])) \
-         UPDATE conversations AS c SET last_seq = v.s, last_activity = v.a \
-         FROM UNNEST($8::uuid[], $9::int8[], $10::int8[]) AS v(id, s, a) WHERE c.id = v.id",
+         UPDATE conversations SET last_seq = ($9::int8[])[array_position($8::uuid[], id)], \
+           last_activity = ($10::int8[])[array_position($8::uuid[], id)] \
+         WHERE id = ANY($8::uuid[])",
     )
     .bind(&convs)
     .bind(&seqs)

@@ -1,17 +1,22 @@
 //! The per-node batching writer: many conversations' batches, one transaction, one commit.
 //!
 //! Conversation actors hand it their batch and get the outcome back through a callback, so no
-//! actor ever waits on the database. While one transaction commits, the next batches queue up
-//! and go together: the busier the node, the bigger the batch, the fewer the commits.
+//! actor ever waits on the database. While commits are in flight, the next batches queue up
+//! and go together: the busier the node, the bigger the batch, the fewer the commits. A few
+//! commits may be in flight at once (on PostgreSQL): a conversation never has two batches here,
+//! so commits in flight never hold two batches of one conversation, and one slow commit does
+//! not hold up every conversation of the node.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use chat_actors::ports::{AppendBatch, Store, StoreError, Writer};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The most messages in one transaction.
 const MAX_MESSAGES_PER_COMMIT: usize = 4096;
@@ -44,13 +49,17 @@ pub struct BatchingWriter {
 }
 
 impl BatchingWriter {
-    /// Starts the writer task. It ends, after committing everything queued, once every handle
-    /// is dropped; await the returned task to know the last batch is committed.
-    pub fn start(store: Arc<dyn Store>) -> (Arc<BatchingWriter>, JoinHandle<()>) {
+    /// Starts the writer task with at most `concurrency` commits in flight (1 for a store with
+    /// one writer, such as SQLite). It ends, after committing everything queued, once every
+    /// handle is dropped; await the returned task to know the last batch is committed.
+    pub fn start(
+        store: Arc<dyn Store>,
+        concurrency: usize,
+    ) -> (Arc<BatchingWriter>, JoinHandle<()>) {
         // Unbounded on purpose: each conversation has at most one batch here at a time, so the
         // queue is bounded by the number of live conversations.
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx));
+        let task = tokio::spawn(run(store, rx, concurrency.max(1)));
         (Arc::new(BatchingWriter { jobs: tx }), task)
     }
 }
@@ -79,55 +88,109 @@ impl Writer for BatchingWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batches: Vec<AppendBatch> = Vec::new();
-    let mut dones: Vec<Done> = Vec::new();
+/// One commit's batches and their callbacks.
+struct Commit {
+    batches: Vec<AppendBatch>,
+    dones: Vec<Done>,
+    messages: usize,
+}
+
+/// A commit in flight: resolves to the commit and each batch's outcome.
+type InFlight = BoxFuture<'static, (Commit, Vec<Result<(), StoreError>>)>;
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, concurrency: usize) {
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // The first job of the next commit, taken while it waits for its start time.
+    let mut next: Option<Job> = None;
+    let mut next_start: Option<Instant> = None;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut last_start: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        if let Some(next_start) = last_start.map(|at| at + MIN_COMMIT_INTERVAL)
-            && Instant::now() < next_start
-        {
-            tokio::time::sleep_until(next_start).await;
-        }
-        let mut messages = 0;
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Append { batch, done } => {
-                    messages += batch.messages.len();
-                    batches.push(batch);
-                    dones.push(done);
-                }
-                Job::Flush(tx) => flushes.push(tx),
-            }
-            // A flush closes the batch: it must be answered after what came before it only.
-            if messages < MAX_MESSAGES_PER_COMMIT && flushes.is_empty() {
-                next = rx.try_recv().ok();
-            }
-        }
-        if batches.is_empty() {
+    let mut open = true;
+    loop {
+        // A flush waits for every commit before it: nothing new starts meanwhile.
+        if !flushes.is_empty() && in_flight.is_empty() {
             for f in flushes.drain(..) {
                 let _ = f.send(());
             }
+        }
+        let may_start = flushes.is_empty() && in_flight.len() < concurrency;
+        if may_start && next.is_some() && next_start.is_none_or(|at| Instant::now() >= at) {
+            if let Some(first) = next.take() {
+                let commit = gather(first, &mut rx, &mut flushes);
+                if !commit.batches.is_empty() {
+                    next_start = (commit.batches.len() >= BUSY_BATCHES)
+                        .then(|| Instant::now() + MIN_COMMIT_INTERVAL);
+                    in_flight.push(start_commit(store.clone(), commit));
+                }
+            }
             continue;
         }
-        metrics::gauge!("chat_writer_queue_depth").decrement(batches.len() as f64);
-        let started = Instant::now();
-        last_start = (batches.len() >= BUSY_BATCHES).then_some(started);
-        let results = store.append(&batches).await;
-        metrics::histogram!("chat_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("chat_commit_messages").record(messages as f64);
-        let mut persisted = 0u64;
-        for ((batch, done), result) in batches.drain(..).zip(dones.drain(..)).zip(results) {
-            if result.is_ok() {
-                persisted += batch.messages.len() as u64;
+        if !open && next.is_none() && in_flight.is_empty() {
+            for f in flushes.drain(..) {
+                let _ = f.send(());
             }
-            done(result);
+            return;
         }
-        metrics::counter!("chat_messages_persisted_total").increment(persisted);
-        for f in flushes.drain(..) {
-            let _ = f.send(());
+        let wait_until = next_start.filter(|_| may_start && next.is_some());
+        tokio::select! {
+            Some((commit, results)) = in_flight.next(), if !in_flight.is_empty() => answer(commit, results),
+            job = rx.recv(), if open && next.is_none() && may_start => match job {
+                Some(job) => next = Some(job),
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(wait_until.unwrap_or_else(Instant::now)), if wait_until.is_some() => {
+                next_start = None;
+            }
         }
     }
+}
+
+/// Takes `first` and whatever else is queued, up to one commit's worth; a flush ends the commit.
+fn gather(
+    first: Job,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+) -> Commit {
+    let mut commit = Commit {
+        batches: Vec::new(),
+        dones: Vec::new(),
+        messages: 0,
+    };
+    let mut job = Some(first);
+    while let Some(j) = job.take() {
+        match j {
+            Job::Append { batch, done } => {
+                commit.messages += batch.messages.len();
+                commit.batches.push(batch);
+                commit.dones.push(done);
+            }
+            Job::Flush(tx) => flushes.push(tx),
+        }
+        if commit.messages < MAX_MESSAGES_PER_COMMIT && flushes.is_empty() {
+            job = rx.try_recv().ok();
+        }
+    }
+    commit
+}
+
+fn start_commit(store: Arc<dyn Store>, commit: Commit) -> InFlight {
+    metrics::gauge!("chat_writer_queue_depth").decrement(commit.batches.len() as f64);
+    Box::pin(async move {
+        let started = Instant::now();
+        let results = store.append(&commit.batches).await;
+        metrics::histogram!("chat_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("chat_commit_messages").record(commit.messages as f64);
+        (commit, results)
+    })
+}
+
+/// Tells each batch's conversation how its commit went.
+fn answer(commit: Commit, results: Vec<Result<(), StoreError>>) {
+    let mut persisted = 0u64;
+    for ((batch, done), result) in commit.batches.into_iter().zip(commit.dones).zip(results) {
+        if result.is_ok() {
+            persisted += batch.messages.len() as u64;
+        }
+        done(result);
+    }
+    metrics::counter!("chat_messages_persisted_total").increment(persisted);
 }
