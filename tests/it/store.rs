@@ -244,3 +244,102 @@ async fn the_store_suite_passes_on_sqlite() {
 async fn the_store_suite_passes_on_postgres() {
     suite(Backend::Postgres).await;
 }
+
+/// The batching writer with the store's own commit concurrency: many conversations' batches
+/// in flight together land in order, a flush returns only after every earlier batch is
+/// answered, and a batch whose client mid is stored is answered with it and not written.
+async fn writer_suite(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chat_actors::ports::Writer;
+    use chat_backend::store::writer::BatchingWriter;
+
+    let (s, _db) = open(backend).await;
+    let store: Arc<dyn Store> = Arc::new(s.clone());
+    let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency());
+    let sender = UserId::random();
+    let mut convs = Vec::new();
+    for _ in 0..40 {
+        let (record, _) = store
+            .create_conversation(direct(sender, UserId::random()))
+            .await
+            .unwrap();
+        convs.push(record.id);
+    }
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let rounds = 5;
+    for round in 0..rounds {
+        for conv in &convs {
+            let messages = (1..=3).map(|k| msg(round * 3 + k, sender, false)).collect();
+            let (answered, failed) = (answered.clone(), failed.clone());
+            writer.submit(
+                AppendBatch {
+                    conv: *conv,
+                    messages,
+                },
+                Box::new(move |r| {
+                    if r.is_err() {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+        }
+        // One batch per conversation at a time, as the conversation actors do.
+        writer.flush().await;
+        assert_eq!(
+            answered.load(Ordering::SeqCst),
+            convs.len() * (round as usize + 1),
+            "a flush returned before the batches before it were answered"
+        );
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    for conv in &convs {
+        let record = store.load_conversation(*conv).await.unwrap().unwrap();
+        assert_eq!(record.last_seq, rounds * 3);
+    }
+
+    // A retried client mid: its batch is answered with the stored result, nothing is written.
+    let first = msg(rounds * 3 + 1, sender, true);
+    let mut retry = first.clone();
+    retry.seq += 1;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer.submit(
+        AppendBatch {
+            conv: convs[0],
+            messages: vec![first],
+        },
+        Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    assert!(rx.await.unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer.submit(
+        AppendBatch {
+            conv: convs[0],
+            messages: vec![retry],
+        },
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    match rx.await.unwrap() {
+        Err(StoreError::DuplicateMids(hits)) => assert_eq!(hits[0].seq, rounds * 3 + 1),
+        other => panic!("expected the stored mid, got {other:?}"),
+    }
+    drop(writer);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_writer_commits_concurrently_in_order_on_sqlite() {
+    writer_suite(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_writer_commits_concurrently_in_order_on_postgres() {
+    writer_suite(Backend::Postgres).await;
+}
