@@ -76,11 +76,11 @@ impl BatchingWriter {
 
 impl Writer for BatchingWriter {
     fn submit(&self, batch: AppendBatch, done: Done) {
-        metrics::gauge!("chat_writer_queue_depth").increment(1.0);
+        crate::metrics::hot().writer_queue.increment(1.0);
         if let Err(mpsc::error::SendError(Job::Append { done, .. })) =
             self.jobs.send(Job::Append { batch, done })
         {
-            metrics::gauge!("chat_writer_queue_depth").decrement(1.0);
+            crate::metrics::hot().writer_queue.decrement(1.0);
             done(Err(StoreError::Unavailable(
                 "the writer has stopped".into(),
             )));
@@ -173,12 +173,18 @@ fn gather(
 }
 
 fn start_commit(store: Arc<dyn Store>, commit: Commit) -> InFlight {
-    metrics::gauge!("chat_writer_queue_depth").decrement(commit.batches.len() as f64);
+    crate::metrics::hot()
+        .writer_queue
+        .decrement(commit.batches.len() as f64);
     Box::pin(async move {
         let started = Instant::now();
         let results = store.append(&commit.batches).await;
-        metrics::histogram!("chat_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("chat_commit_messages").record(commit.messages as f64);
+        crate::metrics::hot()
+            .commit_seconds
+            .record(started.elapsed().as_secs_f64());
+        crate::metrics::hot()
+            .commit_messages
+            .record(commit.messages as f64);
         (commit, results)
     })
 }
@@ -192,5 +198,5 @@ fn answer(commit: Commit, results: Vec<Result<(), StoreError>>) {
         }
         done(result);
     }
-    metrics::counter!("chat_messages_persisted_total").increment(persisted);
+    crate::metrics::hot().persisted.increment(persisted);
 }

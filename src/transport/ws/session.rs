@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chat_actors::ids::{SessionId, UserId};
@@ -222,13 +223,18 @@ impl Session {
         let mut in_flight: FuturesUnordered<Reply> = FuturesUnordered::new();
         let expiry = tokio::time::sleep_until(self.expires);
         tokio::pin!(expiry);
+        // Made once: a cancellation future registers with the token's tree when it is created,
+        // which every turn of the loop paid for.
+        let kick = self.kick.clone();
+        let kicked = kick.cancelled();
+        tokio::pin!(kicked);
         loop {
             if expiry.deadline() != self.expires {
                 expiry.as_mut().reset(self.expires);
             }
             let outcome: Result<(), Ending> = tokio::select! {
                 biased;
-                _ = self.kick.cancelled() => Err(self.kicked()),
+                _ = &mut kicked => Err(self.kicked()),
                 _ = &mut expiry => Err(Ending { bye: Some(ByeReason::TokenExpired), code: CloseCode::from(TOKEN_EXPIRED) }),
                 Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                     self.write(ws, encode_frame(self.format, &reply)).await
@@ -279,7 +285,7 @@ impl Session {
             // tungstenite answers pings itself; a close is answered on the next write.
             _ => return Ok(()),
         };
-        metrics::counter!("chat_frames_in_total").increment(1);
+        crate::metrics::hot().frames_in.increment(1);
         match decode_request(self.format, &data) {
             Ok(req) => match self.dispatch(req) {
                 Dispatched::Now(frame) => self.write(ws, encode_frame(self.format, &frame)).await,
@@ -474,12 +480,12 @@ impl Session {
                 next = rx.try_recv().ok();
             }
         }
-        metrics::counter!("chat_frames_out_total").increment(written);
+        crate::metrics::hot().frames_out.increment(written);
         self.guarded(ws.flush()).await
     }
 
     async fn write(&mut self, ws: &mut Ws, bytes: bytes::Bytes) -> Result<(), Ending> {
-        metrics::counter!("chat_frames_out_total").increment(1);
+        crate::metrics::hot().frames_out.increment(1);
         self.send_ws(ws, to_message(self.format, bytes)).await
     }
 
@@ -493,6 +499,15 @@ impl Session {
         &self,
         write: impl std::future::Future<Output = Result<(), WsError>>,
     ) -> Result<(), Ending> {
+        let mut write = std::pin::pin!(write);
+        // Most writes finish at once; only one that has to wait watches for a kick.
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if let Poll::Ready(r) = first {
+            return r.map_err(|_| Ending {
+                bye: None,
+                code: CloseCode::Abnormal,
+            });
+        }
         tokio::select! {
             r = write => r.map_err(|_| Ending { bye: None, code: CloseCode::Abnormal }),
             _ = self.kick.cancelled() => Err(self.kicked()),
@@ -518,7 +533,8 @@ fn later(
             Ok(frame) => frame,
             Err(r) => error_frame(id, r),
         };
-        metrics::histogram!("chat_request_seconds", "t" => kind)
+        crate::metrics::hot()
+            .request_seconds(kind)
             .record(started.elapsed().as_secs_f64());
         frame
     }))
