@@ -3,9 +3,12 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, SqlSafeStr};
+
+/// A pooled connection idle longer than this is pinged before it is used.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A pool whose every wait is bounded, so no request outlives PROTOCOL's 5 s.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -15,6 +18,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(3))
+        // sqlx pings every connection before handing it out: a round trip before every
+        // statement, the commit's included. Only a connection that sat idle is checked now; a
+        // busy one that died fails its statement, is dropped, and the batch is answered
+        // `unavailable` (a retry with the same mid is safe).
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
 }

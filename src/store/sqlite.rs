@@ -32,6 +32,9 @@ pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
         .max_connections(4)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(3))
+        // A connection to a local file does not go stale; sqlx's ping before every acquire
+        // was a trip through the connection's worker thread before every statement.
+        .test_before_acquire(false)
         .connect_with(options)
         .await?)
 }
