@@ -52,11 +52,11 @@ const REQUEST_KINDS: [&str; 11] = [
 ];
 
 impl Hot {
-    /// `chat_request_seconds{t=kind}`.
-    pub fn request_seconds(&self, kind: &'static str) -> Histogram {
+    /// Records a request's latency in `chat_request_seconds{t=kind}`.
+    pub fn record_request(&self, kind: &'static str, seconds: f64) {
         match self.request_seconds.get(kind) {
-            Some(h) => h.clone(),
-            None => metrics::histogram!("chat_request_seconds", "t" => kind),
+            Some(h) => h.record(seconds),
+            None => metrics::histogram!("chat_request_seconds", "t" => kind).record(seconds),
         }
     }
 }

@@ -590,7 +590,7 @@ impl ConversationActor {
         match outcome {
             Ok(()) => {
                 let conv = live.record.id;
-                for p in batch {
+                for mut p in batch {
                     live.record.last_seq = p.seq;
                     live.record.last_activity = p.at;
                     let committed = Committed {
@@ -604,8 +604,9 @@ impl ConversationActor {
                         seq: p.seq,
                         mid: p.cmd.mid,
                         from: p.cmd.sender,
-                        kind: p.cmd.kind.clone(),
-                        body: Some(p.cmd.body.clone()),
+                        // Committed: the command's text is not needed again, so it moves.
+                        kind: std::mem::take(&mut p.cmd.kind),
+                        body: Some(std::mem::take(&mut p.cmd.body)),
                         at: p.at,
                         deleted_at: None,
                     };

@@ -533,9 +533,7 @@ fn later(
             Ok(frame) => frame,
             Err(r) => error_frame(id, r),
         };
-        crate::metrics::hot()
-            .request_seconds(kind)
-            .record(started.elapsed().as_secs_f64());
+        crate::metrics::hot().record_request(kind, started.elapsed().as_secs_f64());
         frame
     }))
 }
