@@ -29,6 +29,9 @@ pub enum AuthConfigError {
     /// The file is neither an RSA nor an EC P-256 public key in PEM.
     #[error("{0} holds no RSA or EC public key in PEM")]
     Key(String),
+    /// An EC key on another curve than P-256: ES256 could never verify a token with it.
+    #[error("{0} is an EC key on another curve than P-256; ES256 needs a P-256 key")]
+    Curve(String),
     /// Tokens cannot be minted here: the node verifies with a public key.
     #[error(
         "CHAT_JWT_PUBLIC_KEY is set: tokens are signed by your identity provider, not by chat-backend"
@@ -45,21 +48,49 @@ pub enum AuthError {
     /// Bad signature, wrong algorithm, expired, wrong issuer or audience, malformed.
     #[error("invalid token: {0}")]
     Invalid(#[from] jsonwebtoken::errors::Error),
-    /// `sub` is not a UUID.
-    #[error("the token's sub is not a UUID")]
+    /// `sub` is not a UUID, or is the nil UUID (nobody).
+    #[error("the token's sub is not a user's UUID")]
     Subject,
+    /// `iat` is later than now (beyond the leeway): the token is not issued yet.
+    #[error("the token is issued in the future")]
+    IssuedInFuture,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The claims `chat-backend token` signs.
+#[derive(Debug, Serialize)]
 struct Claims {
     sub: String,
     exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
+    iat: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
+}
+
+/// The claims read from a verified token. `iss`, `aud` (a string or an array, RFC 7519
+/// §4.1.3), `nbf` and `exp` are checked by jsonwebtoken; times are NumericDates, which may
+/// carry fractions, and any value must be handled (an `exp` of 2^64-1 is "never").
+#[derive(Debug, Deserialize)]
+struct VerifiedClaims {
+    sub: String,
+    exp: f64,
+    iat: Option<f64>,
+}
+
+/// The DER of the P-256 curve's object identifier (1.2.840.10045.3.1.7).
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Whether a PEM EC public key is on P-256.
+fn is_p256(pem_bytes: &[u8]) -> bool {
+    pem::parse(pem_bytes).is_ok_and(|p| p.contents().windows(P256_OID.len()).any(|w| w == P256_OID))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// A verified token.
@@ -105,6 +136,9 @@ impl Verifier {
             if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
                 (k, Algorithm::RS256)
             } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                if !is_p256(&pem) {
+                    return Err(AuthConfigError::Curve(path.clone()));
+                }
                 (k, Algorithm::ES256)
             } else {
                 return Err(AuthConfigError::Key(path.clone()));
@@ -112,6 +146,7 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         // A configured iss/aud must also be present: jsonwebtoken only checks the claims a
         // token carries unless they are required.
         let mut required = vec!["exp", "sub"];
@@ -138,11 +173,21 @@ impl Verifier {
 
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
-        let user = UserId::parse(&data.claims.sub).ok_or(AuthError::Subject)?;
+        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)?;
+        let claims = data.claims;
+        let user = UserId::parse(&claims.sub)
+            .filter(|u| !u.uuid().is_nil())
+            .ok_or(AuthError::Subject)?;
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now_secs().saturating_add(LEEWAY_SECS) as f64)
+        {
+            return Err(AuthError::IssuedInFuture);
+        }
         Ok(Identity {
             user,
-            exp: data.claims.exp,
+            // `as` saturates: a huge or fractional exp becomes the nearest whole second.
+            exp: claims.exp as u64,
         })
     }
 }
@@ -166,14 +211,11 @@ pub fn sign(config: &Config, user: UserId, ttl: Duration) -> Result<String, Auth
     if !config.jwt_public_key.is_empty() {
         return Err(AuthConfigError::PublicKeyOnly);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = now_secs();
     let claims = Claims {
         sub: user.to_string(),
-        exp: now + ttl.as_secs(),
-        iat: Some(now),
+        exp: now.saturating_add(ttl.as_secs()),
+        iat: now,
         iss: (!config.jwt_issuer.is_empty()).then(|| config.jwt_issuer.clone()),
         aud: (!config.jwt_audience.is_empty()).then(|| config.jwt_audience.clone()),
     };
@@ -226,6 +268,81 @@ mod tests {
         let unsigned =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(Verifier::new(&c).unwrap().verify(unsigned).is_err());
+    }
+
+    /// Signs arbitrary claims with `c`'s secret.
+    fn signed(c: &Config, claims: serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(c.jwt_secret.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn any_claim_value_is_handled_and_the_time_claims_are_checked() {
+        let c = Config {
+            jwt_audience: "chat".to_owned(),
+            ..config()
+        };
+        let v = Verifier::new(&c).unwrap();
+        let user = UserId::random().to_string();
+        let now = now_secs();
+        let base = serde_json::json!({"sub": user, "iss": "kaha", "aud": "chat", "exp": now + 600});
+        let with = |extra: serde_json::Value| {
+            let mut claims = base.clone();
+            for (k, val) in extra.as_object().unwrap() {
+                claims[k] = val.clone();
+            }
+            v.verify(&signed(&c, claims))
+        };
+        // An exp at the end of u64 is a token that never expires, not a panic later on.
+        let forever = with(serde_json::json!({"exp": u64::MAX})).unwrap();
+        assert!(forever.remaining() > Duration::from_secs(100 * 365 * 24 * 3600));
+        // aud may be an array holding the configured audience.
+        assert!(with(serde_json::json!({"aud": ["other", "chat"]})).is_ok());
+        assert!(with(serde_json::json!({"aud": ["other"]})).is_err());
+        // Not valid yet, or issued in the future, or for nobody: refused.
+        assert!(with(serde_json::json!({"nbf": now + 600})).is_err());
+        assert!(with(serde_json::json!({"nbf": now - 10})).is_ok());
+        assert!(matches!(
+            with(serde_json::json!({"iat": now + 600})),
+            Err(AuthError::IssuedInFuture)
+        ));
+        assert!(with(serde_json::json!({"iat": now})).is_ok());
+        assert!(matches!(
+            with(serde_json::json!({"sub": uuid::Uuid::nil().to_string()})),
+            Err(AuthError::Subject)
+        ));
+        assert!(with(serde_json::json!({"exp": "soon"})).is_err());
+    }
+
+    #[test]
+    fn an_ec_key_not_on_p256_is_refused_at_start() {
+        // openssl ecparam -name secp384r1 -genkey | openssl ec -pubout
+        const P384: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEZgihdPGaE44RR5G4WMmBSV1orZXXON1e
+JVhv2ANiybGyKIC8HtJdXIlst17VC7YUGUeANR7yh2oZq1o74ZMdGffsnN3I/nNX
+UjoQ+8aZvPNwuP0wR+vmOYM5E1FtwCq/
+-----END PUBLIC KEY-----
+";
+        // openssl ecparam -name prime256v1 -genkey | openssl ec -pubout
+        const P256: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEMl6AOIgwLlztBQjimtGEGnha/VNI
+MdYtJo57Uz+kLguo+UALrMsS8A8ze6djQmOjldWkPXfqRcRDwKQlt8vfHQ==
+-----END PUBLIC KEY-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        let key = |pem: &str| {
+            let path = dir.path().join(format!("{}.pem", pem.len()));
+            std::fs::write(&path, pem).unwrap();
+            Config {
+                jwt_public_key: path.display().to_string(),
+                ..Config::default()
+            }
+        };
+        assert!(matches!(
+            Verifier::new(&key(P384)),
+            Err(AuthConfigError::Curve(_))
+        ));
+        assert!(Verifier::new(&key(P256)).is_ok());
     }
 
     #[test]
