@@ -4,11 +4,13 @@
 //! Both backends share the SQL in [`sql`] (sqlx binds `$N` placeholders on both); what differs —
 //! connection options, migrations, a few statements — lives in [`postgres`] and [`sqlite`].
 
+pub mod guard;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
 pub mod writer;
 
+pub use guard::GuardedStore;
 pub use sql::SqlStore;
 
 /// Why the store could not be opened.
@@ -36,7 +38,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, Connec
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         SqlStore::postgres(postgres::connect(url, max_connections).await?)
     } else {
-        return Err(ConnectError::Scheme(url.to_owned()));
+        return Err(ConnectError::Scheme(crate::config::redact_url(url)));
     };
     store.migrate().await?;
     Ok(store)

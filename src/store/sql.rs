@@ -193,6 +193,11 @@ impl SqlStore {
         }
     }
 
+    /// The pool's connection limit.
+    pub fn pool_size(&self) -> u32 {
+        on_pool!(self, |p, d| p.options().get_max_connections())
+    }
+
     /// Which backend this is, for logs.
     pub fn backend(&self) -> &'static str {
         match self.pool {

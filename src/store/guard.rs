@@ -1,0 +1,261 @@
+//! The store as the node uses it: the SQL store behind a breaker and a read budget.
+//!
+//! - **Breaker.** Once the database is known down (a call failed to reach it), every call fails
+//!   at once with `unavailable` instead of each waiting out the pool's acquire timeout; a probe
+//!   pings the database every [`PROBE_EVERY`] and closes the breaker as soon as it answers.
+//! - **Writes keep capacity.** Reads (history, lists, look-ups) may hold at most the pool's size
+//!   less [`RESERVED_FOR_WRITES`] connections at once, so a flood of reads queues on its own
+//!   budget while commits still find a connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
+use chat_actors::ports::{
+    AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
+    NewConversation, Store, StoreError,
+};
+use chat_actors::protocol::MessageObject;
+use tokio::sync::Semaphore;
+
+use super::SqlStore;
+
+/// How often a tripped breaker asks the database whether it is back.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pool connections reads may never take (at least one read connection is always allowed).
+const RESERVED_FOR_WRITES: u32 = 4;
+/// The longest a read waits for its budget (the pool's own acquire timeout is 3 s).
+const READ_WAIT: Duration = Duration::from_secs(3);
+
+/// Why a call was refused without reaching the database.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("the database is down (breaker open)")]
+    Down,
+    #[error("no read capacity within {0:?}")]
+    Busy(Duration),
+}
+
+/// The SQL store with a breaker and a read budget.
+pub struct GuardedStore {
+    inner: SqlStore,
+    health: Arc<Health>,
+    reads: Semaphore,
+}
+
+/// Whether the database is known down, shared with the probe.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+}
+
+impl GuardedStore {
+    /// Guards `inner`; reads get its pool size less the write reserve.
+    pub fn new(inner: SqlStore) -> Arc<GuardedStore> {
+        let pool = inner.pool_size();
+        let reads = pool
+            .saturating_sub(RESERVED_FOR_WRITES.min(pool / 2))
+            .max(1);
+        Arc::new(GuardedStore {
+            inner,
+            health: Arc::new(Health::default()),
+            reads: Semaphore::new(reads as usize),
+        })
+    }
+
+    /// Whether the breaker is closed (the database answered last time).
+    pub fn is_up(&self) -> bool {
+        !self.health.down.load(Ordering::Acquire)
+    }
+
+    fn refuse_when_down(&self) -> Result<(), StoreError> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(Box::new(Refused::Down)))
+        }
+    }
+
+    /// Notes the outcome of a call: a failure to reach the database opens the breaker.
+    fn observe<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &outcome
+            && unreachable(e)
+            && !self.health.down.swap(true, Ordering::AcqRel)
+        {
+            tracing::warn!(error = %e, "database unreachable: failing fast until it answers");
+            metrics::gauge!("chat_database_up").set(0.0);
+            tokio::spawn(probe(self.inner.clone(), self.health.clone()));
+        }
+        outcome
+    }
+
+    /// Runs a write.
+    async fn write<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.refuse_when_down()?;
+        self.observe(call.await)
+    }
+
+    /// Runs a read within the read budget.
+    async fn read<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.refuse_when_down()?;
+        let _permit = match tokio::time::timeout(READ_WAIT, self.reads.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                return Err(StoreError::Unavailable(Box::new(Refused::Busy(READ_WAIT))));
+            }
+        };
+        self.observe(call.await)
+    }
+}
+
+/// Pings until the database answers, then closes the breaker.
+async fn probe(store: SqlStore, health: Arc<Health>) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if let Ok(Ok(())) = tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
+            health.down.store(false, Ordering::Release);
+            metrics::gauge!("chat_database_up").set(1.0);
+            tracing::info!("database answers again");
+            return;
+        }
+    }
+}
+
+/// Whether an error says the database could not be reached (rather than refusing one request).
+fn unreachable(e: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = e else {
+        return false;
+    };
+    match source.downcast_ref::<sqlx::Error>() {
+        Some(
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed,
+        ) => true,
+        // Class 08: connection exception; 57P01-03: the server shuts down or is starting.
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+#[async_trait]
+impl Store for GuardedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(self.inner.ping()).await
+    }
+
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.read(self.inner.load_conversation(id)).await
+    }
+
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<(ConversationRecord, bool), StoreError> {
+        self.write(self.inner.create_conversation(new)).await
+    }
+
+    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+        if !self.is_up() {
+            return batches
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(Box::new(Refused::Down))))
+                .collect();
+        }
+        let outcomes = self.inner.append(batches).await;
+        outcomes.into_iter().map(|o| self.observe(o)).collect()
+    }
+
+    async fn change_members(
+        &self,
+        conv: ConversationId,
+        change: &MembershipChange,
+    ) -> Result<(), StoreError> {
+        self.write(self.inner.change_members(conv, change)).await
+    }
+
+    async fn set_read(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        self.write(self.inner.set_read(conv, user, seq)).await
+    }
+
+    async fn set_muted(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        self.write(self.inner.set_muted(conv, user, on)).await
+    }
+
+    async fn history(
+        &self,
+        conv: ConversationId,
+        range: HistoryRange,
+        limit: usize,
+    ) -> Result<(Vec<MessageObject>, bool), StoreError> {
+        self.read(self.inner.history(conv, range, limit)).await
+    }
+
+    async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError> {
+        self.read(self.inner.find_message(mid)).await
+    }
+
+    async fn mark_deleted(&self, mid: Mid, at: i64) -> Result<(), StoreError> {
+        self.write(self.inner.mark_deleted(mid, at)).await
+    }
+
+    async fn last_message_and_unread(
+        &self,
+        conv: ConversationId,
+        user: UserId,
+        last_read: Seq,
+    ) -> Result<(Option<MessageObject>, i64), StoreError> {
+        self.read(self.inner.last_message_and_unread(conv, user, last_read))
+            .await
+    }
+
+    async fn list_conversations(
+        &self,
+        user: UserId,
+        query: ListQuery,
+    ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
+        self.read(self.inner.list_conversations(user, query)).await
+    }
+
+    async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {
+        self.read(self.inner.agent_loads(agents)).await
+    }
+
+    async fn purge(
+        &self,
+        retention_cutoff: i64,
+        audit_cutoff: i64,
+    ) -> Result<(u64, u64), StoreError> {
+        self.read(self.inner.purge(retention_cutoff, audit_cutoff))
+            .await
+    }
+}
