@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chat_actors::node::budget::BudgetConfig;
 use chat_actors::node::{Node, NodeConfig};
 use chat_actors::ports::{Profiles, Store};
 use chat_actors::rules::Limits;
@@ -17,7 +18,7 @@ use crate::auth::{self, Verifier};
 use crate::bus::LocalBus;
 use crate::config::Config;
 use crate::profiles::{CachedProfiles, PlaceholderProfiles, UserServiceClient};
-use crate::store::{self, writer::BatchingWriter};
+use crate::store::{self, GuardedStore, writer::BatchingWriter};
 use crate::transport::{self, Probe, Transport, WsSettings};
 use crate::{metrics, retention};
 
@@ -42,7 +43,8 @@ pub async fn serve(
         .await
         .context("opening the database")?;
     tracing::info!(backend = sql.backend(), "database ready");
-    let store: Arc<dyn Store> = Arc::new(sql.clone());
+    let store: Arc<dyn Store> = GuardedStore::new(sql.clone());
+    ::metrics::gauge!("chat_database_up").set(1.0);
     let (writer, writer_task) = BatchingWriter::start(store.clone(), sql.write_concurrency());
     if !config.redis_url.is_empty() {
         tracing::warn!(
@@ -69,8 +71,11 @@ pub async fn serve(
                 max_group_size: config.max_group_size,
                 max_message_bytes: config.max_message_bytes,
             },
-            rate_per_second: config.rate_messages,
-            rate_burst: config.rate_burst,
+            budgets: BudgetConfig {
+                sends: (config.rate_messages, config.rate_burst),
+                requests: (config.rate_requests, config.rate_requests_burst),
+                max_in_flight: config.max_in_flight_per_user,
+            },
         },
         store.clone(),
         writer.clone(),
@@ -102,6 +107,7 @@ pub async fn serve(
             outbound_queue: config.outbound_queue,
             allowed_origins: config.origins(),
             max_connections_per_user: config.max_connections_per_user,
+            max_connections: config.max_connections,
             node_id: node_id.clone(),
         },
         per_user: DashMap::new(),

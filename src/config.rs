@@ -53,7 +53,8 @@ macro_rules! settings {
         /// The same settings as flags, each also read from its `CHAT_*` variable.
         #[derive(clap::Args, Debug, Default, Clone)]
         pub struct SettingsArgs {
-            $( $(#[doc = $doc])* #[arg(long, env = $env, global = true)] pub $field: Option<$ty>, )*
+            // `hide_env_values`: `--help` would print each variable's value, secrets included.
+            $( $(#[doc = $doc])* #[arg(long, env = $env, global = true, hide_env_values = true)] pub $field: Option<$ty>, )*
         }
 
         impl SettingsArgs {
@@ -64,13 +65,15 @@ macro_rules! settings {
         }
 
         impl fmt::Debug for Config {
-            /// Secrets (any key naming a secret or token) never reach a log.
+            /// Secrets (any key naming a secret or token, a URL's password) never reach a log.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let mut d = f.debug_struct("Config");
                 $(
                     let name = stringify!($field);
                     if name.contains("secret") || name.contains("token") {
                         d.field(name, &"<redacted>");
+                    } else if name.ends_with("_url") {
+                        d.field(name, &redact_url(&self.$field.to_string()));
                     } else {
                         d.field(name, &self.$field);
                     }
@@ -114,6 +117,12 @@ settings! {
     rate_messages: u32 = 20, "CHAT_RATE_MESSAGES";
     /// Per-user burst of `send`s.
     rate_burst: u32 = 40, "CHAT_RATE_BURST";
+    /// Per-user rate of every other request (and `typing`), per second.
+    rate_requests: u32 = 50, "CHAT_RATE_REQUESTS";
+    /// Per-user burst of other requests.
+    rate_requests_burst: u32 = 200, "CHAT_RATE_REQUESTS_BURST";
+    /// Requests of one user in flight at once on this node, over all its connections.
+    max_in_flight_per_user: usize = 64, "CHAT_MAX_IN_FLIGHT_PER_USER";
     /// Days a message is kept.
     retention_days: u32 = 90, "CHAT_RETENTION_DAYS";
     /// Days a deleted message's body is kept for audit.
@@ -122,6 +131,8 @@ settings! {
     allowed_origins: String = String::new(), "CHAT_ALLOWED_ORIGINS";
     /// Open connections per user on this node; one more is refused with 429.
     max_connections_per_user: usize = 16, "CHAT_MAX_CONNECTIONS_PER_USER";
+    /// Open WebSocket connections on this node; one more is refused with 503.
+    max_connections: usize = 50_000, "CHAT_MAX_CONNECTIONS";
     /// WebSocket ping interval; a connection silent for twice this is closed.
     heartbeat_ms: u64 = 30_000, "CHAT_HEARTBEAT_MS";
     /// The largest WebSocket frame accepted; a larger one closes the connection with 1009.
@@ -130,6 +141,22 @@ settings! {
     outbound_queue: usize = 1024, "CHAT_OUTBOUND_QUEUE";
     /// PostgreSQL connections per node.
     db_max_connections: u32 = 16, "CHAT_DB_MAX_CONNECTIONS";
+}
+
+/// `url` with its password (if any) replaced, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // Not a URL we can take apart: show only its scheme.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://<redacted>"),
+            None => "<redacted>".to_owned(),
+        },
+    }
 }
 
 impl Config {
@@ -168,6 +195,10 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes as u64),
             ("rate_messages", u64::from(self.rate_messages)),
             ("rate_burst", u64::from(self.rate_burst)),
+            ("rate_requests", u64::from(self.rate_requests)),
+            ("rate_requests_burst", u64::from(self.rate_requests_burst)),
+            ("max_in_flight_per_user", self.max_in_flight_per_user as u64),
+            ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
                 self.max_connections_per_user as u64,
@@ -221,8 +252,15 @@ mod tests {
         assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
         let config = Config {
             jwt_secret: "hunter2".to_owned(),
+            database_url: "postgres://chat:pa55word@db:5432/chat".to_owned(),
+            redis_url: "redis://:r3dis@cache:6379".to_owned(),
             ..Config::default()
         };
-        assert!(!format!("{config:?}").contains("hunter2"));
+        let shown = format!("{config:?}");
+        for secret in ["hunter2", "pa55word", "r3dis"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("postgres://chat:redacted@db:5432/chat"));
+        assert_eq!(redact_url("sqlite://data/chat.db"), "sqlite://data/chat.db");
     }
 }

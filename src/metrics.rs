@@ -37,7 +37,7 @@ pub struct Hot {
 }
 
 /// The request types timed in `chat_request_seconds`.
-const REQUEST_KINDS: [&str; 11] = [
+const REQUEST_KINDS: [&str; 12] = [
     "send",
     "history",
     "read",
@@ -49,6 +49,7 @@ const REQUEST_KINDS: [&str; 11] = [
     "add_member",
     "remove_member",
     "transfer",
+    "typing",
 ];
 
 impl Hot {

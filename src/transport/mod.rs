@@ -44,6 +44,8 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     /// Connections per user on this node.
     pub max_connections_per_user: usize,
+    /// WebSocket connections on this node.
+    pub max_connections: usize,
     /// This node's name, for `hello`.
     pub node_id: String,
 }
@@ -80,21 +82,49 @@ impl Transport {
     }
 }
 
+/// TCP connections beyond the WebSocket cap kept for plain HTTP (probes, metrics, the API).
+const HTTP_HEADROOM: usize = 1024;
+/// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a client may take to send a request body before the connection is dropped.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `listener` until `shutdown`; then waits (bounded) for every WebSocket to say `bye`.
 pub async fn serve(listener: TcpListener, transport: Arc<Transport>) {
     let connections = TaskTracker::new();
+    // Every HTTP connection holds a permit while hyper serves it: past the cap, new ones are
+    // closed at once instead of costing a task and a parser each. An upgraded WebSocket leaves
+    // hyper and counts against its own cap (`max_connections`, answered 503 at the upgrade).
+    let tcp_cap = transport.ws.max_connections.saturating_add(HTTP_HEADROOM);
+    let permits = Arc::new(tokio::sync::Semaphore::new(tcp_cap));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, _) = tokio::select! {
             _ = transport.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    a
+                }
                 Err(e) => {
-                    // Out of file descriptors, mostly: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors, mostly: back off (doubling) instead of spinning,
+                    // so the connections being served get the CPU to finish and free some.
+                    tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accept failed");
+                    metrics::counter!("chat_accept_errors_total").increment(1);
+                    tokio::select! {
+                        _ = transport.shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("chat_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let t = transport.clone();
@@ -108,6 +138,7 @@ pub async fn serve(listener: TcpListener, transport: Arc<Transport>) {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -37,6 +37,8 @@ const IDLE_AFTER: Duration = Duration::from_secs(120);
 const REQUEST_DEADLINE: Duration = Duration::from_millis(4500);
 /// Typing expires unless repeated.
 const TYPING_TTL: Duration = Duration::from_secs(5);
+/// A repeated typing `on` is passed on at most this often.
+const TYPING_REFRESH: Duration = Duration::from_secs(2);
 /// The most messages of one conversation in one append.
 const MAX_BATCH: usize = 512;
 
@@ -76,14 +78,23 @@ pub struct SendCommand {
 /// A reply port for requests answered with `ok`.
 pub type OkReply = RpcReplyPort<Result<(), Rejection>>;
 
+/// A per-member setting written outside the batching writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberFlag {
+    /// The read pointer, moved forward to this seq.
+    Read(Seq),
+    /// The mute flag.
+    Muted(bool),
+}
+
 /// What a conversation actor is asked.
 pub enum ConversationMessage {
     /// Numbers, persists and fans out a message; replies after commit.
     Send(Box<SendCommand>),
     /// Moves `user`'s read pointer forward; pushes a receipt after commit.
     Read(UserId, Seq, OkReply),
-    /// Tells the other members that `user` is (not) typing.
-    Typing(UserId, bool),
+    /// Tells the other members that `user` is (not) typing; answered only when it carried an id.
+    Typing(UserId, bool, Option<OkReply>),
     /// Soft-deletes a message of `user`'s.
     Delete(UserId, Box<MessageObject>, OkReply),
     /// Sets `user`'s mute flag.
@@ -109,6 +120,9 @@ pub enum ConversationMessage {
     MembersChanged(Result<(), StoreError>),
     /// A fresh copy of the record after a failed write.
     Reloaded(Result<Option<ConversationRecord>, StoreError>),
+    /// The store's answer for a read pointer or mute flag written for `user`: the state moves
+    /// (and the caller hears `ok`) only now, after the commit.
+    MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, OkReply),
     /// Sent to ourselves every [`TICK`].
     Tick,
 }
@@ -173,8 +187,19 @@ pub struct Live {
     queue: VecDeque<Work>,
     inflight: InFlight,
     recent: RecentMids,
-    typing: Vec<(UserId, Instant)>,
+    typing: Vec<Typist>,
     last_used: Instant,
+}
+
+/// A member typing now.
+struct Typist {
+    user: UserId,
+    /// When it expires unless repeated.
+    until: Instant,
+    /// When the others were last told: a repeated `on` is passed on at most every
+    /// [`TYPING_REFRESH`], so receivers that expire typing by themselves see it go on, and a
+    /// sender repeating it faster costs them nothing.
+    told: Instant,
 }
 
 impl Actor for ConversationActor {
@@ -187,12 +212,21 @@ impl Actor for ConversationActor {
         myself: ActorRef<Self::Msg>,
         conv: ConversationId,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A load failure fails the start: the node forgets us and the caller answers
-        // `unavailable`; the next request tries the database again.
-        let record = self.deps.store.load_conversation(conv).await?;
+        // A load failure fails the start: we leave the node's map at once (nothing stays behind
+        // for an id that could not be loaded), queued callers answer `unavailable`, and the next
+        // request tries the database again.
+        let record = match self.deps.store.load_conversation(conv).await {
+            Ok(record) => record,
+            Err(e) => {
+                self.deps.conversations.forget(&conv, myself.get_id());
+                return Err(e.into());
+            }
+        };
         metrics::counter!("chat_conversation_loads_total").increment(1);
         let Some(record) = record else {
-            myself.send_after(TICK * 5, || ConversationMessage::Tick);
+            // An unknown id holds nothing: the requests queued behind the load are answered
+            // `not_found`, then the actor stops (its stop message queues after them).
+            let _ = myself.cast(ConversationMessage::Tick);
             return Ok(ConversationState::Missing(conv));
         };
         myself.send_after(TICK, || ConversationMessage::Tick);
@@ -257,12 +291,16 @@ impl Actor for ConversationActor {
         }
         match message {
             ConversationMessage::Send(cmd) => self.on_send(live, *cmd),
-            ConversationMessage::Read(user, seq, reply) => self.on_read(live, user, seq, reply),
-            ConversationMessage::Typing(user, on) => self.on_typing(live, user, on),
+            ConversationMessage::Read(user, seq, reply) => {
+                self.on_read(&myself, live, user, seq, reply)
+            }
+            ConversationMessage::Typing(user, on, reply) => self.on_typing(live, user, on, reply),
             ConversationMessage::Delete(user, msg, reply) => {
                 self.on_delete(live, user, *msg, reply)
             }
-            ConversationMessage::Mute(user, on, reply) => self.on_mute(live, user, on, reply),
+            ConversationMessage::Mute(user, on, reply) => {
+                self.on_mute(&myself, live, user, on, reply)
+            }
             ConversationMessage::AddMember(actor, user, reply) => {
                 self.enqueue_member(live, actor, MemberOp::Add(user), reply)
             }
@@ -281,6 +319,9 @@ impl Actor for ConversationActor {
                 self.on_members_changed(&myself, live, outcome)
             }
             ConversationMessage::Reloaded(outcome) => self.on_reloaded(&myself, live, outcome)?,
+            ConversationMessage::MemberFlagSaved(user, flag, outcome, reply) => {
+                self.on_member_flag_saved(live, user, flag, outcome, reply)
+            }
             ConversationMessage::Tick => {
                 if self.on_tick(live) {
                     self.deps
@@ -333,52 +374,151 @@ impl ConversationActor {
         }));
     }
 
-    fn on_read(&self, live: &mut Live, user: UserId, seq: Seq, reply: OkReply) {
+    fn on_read(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        user: UserId,
+        seq: Seq,
+        reply: OkReply,
+    ) {
         let last_seq = live.record.last_seq;
-        let Some(m) = live.record.members.iter_mut().find(|m| m.user == user) else {
-            let _ = reply.send(Err(Rejection::forbidden(
-                "not a member of this conversation",
-            )));
-            return;
+        let m = match state::member(&live.record, user) {
+            Ok(m) => m,
+            Err(r) => {
+                let _ = reply.send(Err(r));
+                return;
+            }
         };
         let target = seq.min(last_seq);
         if target <= m.last_read {
             let _ = reply.send(Ok(()));
             return;
         }
-        m.last_read = target;
+        self.save_member_flag(
+            myself,
+            live.record.id,
+            user,
+            MemberFlag::Read(target),
+            reply,
+        );
+    }
+
+    fn on_mute(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        user: UserId,
+        on: bool,
+        reply: OkReply,
+    ) {
+        if let Err(r) = state::member(&live.record, user) {
+            let _ = reply.send(Err(r));
+            return;
+        }
+        self.save_member_flag(myself, live.record.id, user, MemberFlag::Muted(on), reply);
+    }
+
+    /// Writes a member's flag off the handler; the outcome comes back as `MemberFlagSaved`.
+    fn save_member_flag(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        conv: ConversationId,
+        user: UserId,
+        flag: MemberFlag,
+        reply: OkReply,
+    ) {
         let deps = self.deps.clone();
-        let conv = live.record.id;
-        let others: Vec<UserId> = others(&live.record, user);
+        let me = myself.clone();
         tokio::spawn(async move {
-            match deps.store.set_read(conv, user, target).await {
-                Ok(()) => {
-                    let _ = reply.send(Ok(()));
-                    let frame = shared(ServerFrame::Receipt {
-                        conv,
-                        user,
-                        seq: target,
-                    });
-                    for other in others {
-                        deps.deliver(other, &frame, None);
-                    }
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(store_rejection(&e)));
-                }
-            }
+            let outcome = match flag {
+                MemberFlag::Read(seq) => deps.store.set_read(conv, user, seq).await,
+                MemberFlag::Muted(on) => deps.store.set_muted(conv, user, on).await,
+            };
+            let _ = me.cast(ConversationMessage::MemberFlagSaved(
+                user, flag, outcome, reply,
+            ));
         });
     }
 
-    fn on_typing(&self, live: &mut Live, user: UserId, on: bool) {
-        if state::member(&live.record, user).is_err() {
+    /// Applies a committed read pointer or mute flag, answers, and pushes the receipt.
+    fn on_member_flag_saved(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        flag: MemberFlag,
+        outcome: Result<(), StoreError>,
+        reply: OkReply,
+    ) {
+        if let Err(e) = outcome {
+            let _ = reply.send(Err(store_rejection(&e)));
             return;
         }
-        live.typing.retain(|(u, _)| *u != user);
-        if on {
-            live.typing.push((user, Instant::now() + TYPING_TTL));
+        let conv = live.record.id;
+        // The member may have left while the write was at the store: then nothing moves here.
+        let receipt = match live.record.members.iter_mut().find(|m| m.user == user) {
+            Some(m) => match flag {
+                MemberFlag::Read(seq) if seq > m.last_read => {
+                    m.last_read = seq;
+                    Some(seq)
+                }
+                MemberFlag::Read(_) => None,
+                MemberFlag::Muted(on) => {
+                    m.muted = on;
+                    None
+                }
+            },
+            None => None,
+        };
+        let _ = reply.send(Ok(()));
+        if let Some(seq) = receipt {
+            let frame = shared(ServerFrame::Receipt { conv, user, seq });
+            for other in others(&live.record, user) {
+                self.deps.deliver(other, &frame, None);
+            }
         }
-        self.push_typing(&live.record, user, on);
+    }
+
+    fn on_typing(&self, live: &mut Live, user: UserId, on: bool, reply: Option<OkReply>) {
+        if let Err(r) = state::member(&live.record, user) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(r));
+            }
+            return;
+        }
+        let now = Instant::now();
+        let found = live.typing.iter().position(|t| t.user == user);
+        // Only a change, or a repeated `on` after a while, reaches the others.
+        let tell = match (found, on) {
+            (Some(i), true) => {
+                let t = &mut live.typing[i];
+                t.until = now + TYPING_TTL;
+                let refresh = now.duration_since(t.told) >= TYPING_REFRESH;
+                if refresh {
+                    t.told = now;
+                }
+                refresh
+            }
+            (Some(i), false) => {
+                live.typing.swap_remove(i);
+                true
+            }
+            (None, true) => {
+                live.typing.push(Typist {
+                    user,
+                    until: now + TYPING_TTL,
+                    told: now,
+                });
+                true
+            }
+            (None, false) => false,
+        };
+        if tell {
+            self.push_typing(&live.record, user, on);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(()));
+        }
     }
 
     fn push_typing(&self, record: &ConversationRecord, user: UserId, on: bool) {
@@ -426,22 +566,6 @@ impl ConversationActor {
                     let _ = reply.send(Err(store_rejection(&e)));
                 }
             }
-        });
-    }
-
-    fn on_mute(&self, live: &mut Live, user: UserId, on: bool, reply: OkReply) {
-        let Some(m) = live.record.members.iter_mut().find(|m| m.user == user) else {
-            let _ = reply.send(Err(Rejection::forbidden(
-                "not a member of this conversation",
-            )));
-            return;
-        };
-        m.muted = on;
-        let deps = self.deps.clone();
-        let conv = live.record.id;
-        tokio::spawn(async move {
-            let outcome = deps.store.set_muted(conv, user, on).await;
-            let _ = reply.send(outcome.map_err(|e| store_rejection(&e)));
         });
     }
 
@@ -853,10 +977,10 @@ impl ConversationActor {
         let expired: Vec<UserId> = live
             .typing
             .iter()
-            .filter(|(_, until)| *until <= now)
-            .map(|(u, _)| *u)
+            .filter(|t| t.until <= now)
+            .map(|t| t.user)
             .collect();
-        live.typing.retain(|(_, until)| *until > now);
+        live.typing.retain(|t| t.until > now);
         for user in expired {
             self.push_typing(&live.record, user, false);
         }
@@ -925,6 +1049,8 @@ fn reject_message(message: ConversationMessage, rejection: Rejection) {
             let _ = cmd.reply.send(Err(rejection));
         }
         ConversationMessage::Read(_, _, reply)
+        | ConversationMessage::Typing(_, _, Some(reply))
+        | ConversationMessage::MemberFlagSaved(_, _, _, reply)
         | ConversationMessage::Delete(_, _, reply)
         | ConversationMessage::Mute(_, _, reply)
         | ConversationMessage::AddMember(_, _, reply)
@@ -938,7 +1064,7 @@ fn reject_message(message: ConversationMessage, rejection: Rejection) {
         ConversationMessage::Get(_, reply) => {
             let _ = reply.send(Err(rejection));
         }
-        ConversationMessage::Typing(..)
+        ConversationMessage::Typing(_, _, None)
         | ConversationMessage::Committed(_)
         | ConversationMessage::MembersChanged(_)
         | ConversationMessage::Reloaded(_)

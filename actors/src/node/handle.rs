@@ -10,6 +10,7 @@ use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::Node;
+use super::budget::{Admitted, Cost};
 use crate::clock::now_ms;
 use crate::conversation::{ConversationMessage, SendCommand, Sent, store_rejection, view};
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
@@ -17,8 +18,7 @@ use crate::ports::{
     ConversationRecord, HistoryRange, ListQuery, MemberRecord, NewConversation, ProfilesError,
 };
 use crate::protocol::{
-    ConversationKind, ConversationObject, CreateKind, ErrorCode, MessageObject, PresenceItem,
-    Rejection, Role,
+    ConversationKind, ConversationObject, CreateKind, MessageObject, PresenceItem, Rejection, Role,
 };
 use crate::rules::{assignment, limits};
 use crate::user::{Outbound, UserMessage};
@@ -63,7 +63,12 @@ impl Node {
         kind: Option<String>,
     ) -> impl Future<Output = Result<Sent, Rejection>> + Send + 'static {
         let asked = self.ask_send(caller, conv, mid, body, kind);
-        async move { answer(asked?).await }
+        async move {
+            let (admitted, rx) = asked?;
+            let sent = answer(rx).await;
+            drop(admitted);
+            sent
+        }
     }
 
     fn ask_send(
@@ -73,16 +78,10 @@ impl Node {
         mid: Option<Mid>,
         body: String,
         kind: Option<String>,
-    ) -> Result<oneshot::Receiver<Result<Sent, Rejection>>, Rejection> {
+    ) -> Result<(Admitted, oneshot::Receiver<Result<Sent, Rejection>>), Rejection> {
         let kind = limits::message_kind(kind.as_deref())?;
         limits::message_body(&body, &self.deps.limits)?;
-        if self.limiter.check_key(&caller.user).is_err() {
-            metrics::counter!("chat_rate_limited_total").increment(1);
-            return Err(Rejection::new(
-                ErrorCode::RateLimited,
-                "too many messages; slow down",
-            ));
-        }
+        let admitted = self.budgets.admit(caller.user, Cost::Send)?;
         let (client_mid, mid) = match mid {
             Some(m) => (true, m),
             None => (false, Mid(uuid::Uuid::now_v7())),
@@ -98,7 +97,18 @@ impl Node {
             reply: RpcReplyPort::from(tx),
         };
         self.tell(conv, ConversationMessage::Send(Box::new(cmd)))?;
-        Ok(rx)
+        Ok((admitted, rx))
+    }
+
+    /// Charges one request answered by the transport itself (a token check, say) to the caller's
+    /// request rate.
+    pub fn charge(&self, caller: Caller) -> Result<(), Rejection> {
+        self.budgets.admit_now(caller.user)
+    }
+
+    /// Admits one request of the caller against their budgets (rate and in flight).
+    fn admit(&self, caller: Caller) -> Result<Admitted, Rejection> {
+        self.budgets.admit(caller.user, Cost::Request)
     }
 
     /// A page of history.
@@ -111,6 +121,7 @@ impl Node {
         limit: Option<i64>,
     ) -> Result<(Vec<MessageObject>, bool), Rejection> {
         let limit = limits::page_limit(limit)?;
+        let _admitted = self.admit(caller)?;
         let range = match (after, before) {
             (Some(a), b) => HistoryRange::After(seq(a), b.map(seq)),
             (None, Some(b)) => HistoryRange::Before(seq(b)),
@@ -129,17 +140,37 @@ impl Node {
         conv: ConversationId,
         at: u64,
     ) -> Result<(), Rejection> {
+        let _admitted = self.admit(caller)?;
         self.ask(conv, |r| ConversationMessage::Read(caller.user, seq(at), r))
             .await
     }
 
-    /// Tells the others the caller is (not) typing.
-    pub fn typing(&self, caller: Caller, conv: ConversationId, on: bool) -> Result<(), Rejection> {
-        self.tell(conv, ConversationMessage::Typing(caller.user, on))
+    /// Tells the others the caller is (not) typing, with no answer: a frame over the typing
+    /// budget, or for a conversation the caller is not in, is dropped.
+    pub fn typing(&self, caller: Caller, conv: ConversationId, on: bool) {
+        if self.budgets.typing(caller.user, conv).is_ok() {
+            let _ = self.tell(conv, ConversationMessage::Typing(caller.user, on, None));
+        }
+    }
+
+    /// `typing` that carries an `id`: answered `ok`, or why it was refused.
+    pub async fn typing_answered(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+        on: bool,
+    ) -> Result<(), Rejection> {
+        self.budgets.typing(caller.user, conv)?;
+        let _admitted = self.admit(caller)?;
+        self.ask(conv, |r| {
+            ConversationMessage::Typing(caller.user, on, Some(r))
+        })
+        .await
     }
 
     /// Soft-deletes one of the caller's messages.
     pub async fn delete(&self, caller: Caller, mid: Mid) -> Result<(), Rejection> {
+        let _admitted = self.admit(caller)?;
         let found = self
             .deps
             .store
@@ -163,6 +194,7 @@ impl Node {
         conv: ConversationId,
         on: bool,
     ) -> Result<(), Rejection> {
+        let _admitted = self.admit(caller)?;
         self.ask(conv, |r| ConversationMessage::Mute(caller.user, on, r))
             .await
     }
@@ -174,6 +206,7 @@ impl Node {
         conv: ConversationId,
         user: UserId,
     ) -> Result<(), Rejection> {
+        let _admitted = self.admit(caller)?;
         self.ask(conv, |r| {
             ConversationMessage::AddMember(caller.user, user, r)
         })
@@ -187,6 +220,7 @@ impl Node {
         conv: ConversationId,
         user: UserId,
     ) -> Result<(), Rejection> {
+        let _admitted = self.admit(caller)?;
         self.ask(conv, |r| {
             ConversationMessage::RemoveMember(caller.user, user, r)
         })
@@ -200,7 +234,8 @@ impl Node {
         conv: ConversationId,
         agent: UserId,
     ) -> Result<(), Rejection> {
-        let object = self.get(caller, conv).await?;
+        let _admitted = self.admit(caller)?;
+        let object = self.get_unbudgeted(caller, conv).await?;
         let Some(business) = object.business else {
             return Err(Rejection::bad_request(
                 "only business conversations are transferred",
@@ -241,6 +276,16 @@ impl Node {
         caller: Caller,
         conv: ConversationId,
     ) -> Result<ConversationObject, Rejection> {
+        let _admitted = self.admit(caller)?;
+        self.get_unbudgeted(caller, conv).await
+    }
+
+    /// `get` for an operation that was admitted already.
+    async fn get_unbudgeted(
+        &self,
+        caller: Caller,
+        conv: ConversationId,
+    ) -> Result<ConversationObject, Rejection> {
         self.ask(conv, |r| ConversationMessage::Get(caller.user, r))
             .await
     }
@@ -252,12 +297,13 @@ impl Node {
         caller: Caller,
         req: CreateRequest,
     ) -> Result<(ConversationObject, bool), Rejection> {
+        let _admitted = self.admit(caller)?;
         let new = self.plan_conversation(caller, req).await?;
         let (record, created) = timed(self.deps.store.create_conversation(new))
             .await?
             .map_err(|e| store_rejection(&e))?;
         if !created {
-            return Ok((self.get(caller, record.id).await?, false));
+            return Ok((self.get_unbudgeted(caller, record.id).await?, false));
         }
         metrics::counter!("chat_conversations_created_total").increment(1);
         let profiles = view::profiles_for(self.deps.profiles.as_ref(), [&record]).await;
@@ -384,6 +430,7 @@ impl Node {
         before: Option<u64>,
         since: Option<u64>,
     ) -> Result<(Vec<ConversationObject>, bool), Rejection> {
+        let _admitted = self.admit(caller)?;
         let query = ListQuery {
             before: before.map(seq),
             since: since.map(seq),
@@ -405,7 +452,12 @@ impl Node {
     }
 
     /// The presence of each of `users` (at most 100).
-    pub fn presence(&self, users: &[UserId]) -> Result<Vec<PresenceItem>, Rejection> {
+    pub fn presence(
+        &self,
+        caller: Caller,
+        users: &[UserId],
+    ) -> Result<Vec<PresenceItem>, Rejection> {
+        self.budgets.admit_now(caller.user)?;
         if users.len() > limits::MAX_PRESENCE_USERS {
             return Err(Rejection::bad_request(
                 "at most 100 users per presence request",
@@ -424,6 +476,7 @@ impl Node {
         old: &[UserId],
         new: &[UserId],
     ) -> Result<(), Rejection> {
+        self.budgets.admit_now(watcher.user)?;
         if new.len() > limits::MAX_WATCH_USERS {
             return Err(Rejection::bad_request("at most 200 users in a watch list"));
         }

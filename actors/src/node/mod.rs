@@ -12,14 +12,13 @@
 //! A crashed child is forgotten and rebuilt from the database by the next message for it. The
 //! maps from key to actor live here ([`registry::ActorMap`]), not in ractor's global registry.
 
+pub mod budget;
 pub mod handle;
 pub mod registry;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 
 use crate::conversation::{ConversationActor, ConversationMessage, view};
@@ -29,6 +28,7 @@ use crate::protocol::{ServerFrame, SharedFrame};
 use crate::rules::Limits;
 use crate::user::presence::PresenceBoard;
 use crate::user::{Outbound, UserActor, UserMessage};
+use budget::{BudgetConfig, Budgets};
 use dashmap::DashMap;
 pub use handle::Caller;
 use registry::ActorMap;
@@ -40,10 +40,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Size and body limits.
     pub limits: Limits,
-    /// Per-user `send`s per second.
-    pub rate_per_second: u32,
-    /// Per-user burst of `send`s.
-    pub rate_burst: u32,
+    /// Per-user rates and in-flight budget.
+    pub budgets: BudgetConfig,
 }
 
 /// The node's shared parts, read-only once built; every actor holds an `Arc` of it.
@@ -139,7 +137,7 @@ impl NodeDeps {
 pub struct Node {
     deps: Arc<NodeDeps>,
     supervisor: ActorRef<()>,
-    limiter: Arc<DefaultKeyedRateLimiter<UserId>>,
+    budgets: Arc<Budgets>,
 }
 
 impl Node {
@@ -164,26 +162,21 @@ impl Node {
             conversations: ActorMap::default(),
         });
         let (supervisor, _) = Actor::spawn(None, NodeSupervisor { deps: deps.clone() }, ()).await?;
-        let rate = NonZeroU32::new(config.rate_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let limiter = Arc::new(RateLimiter::keyed(
-            Quota::per_second(rate).allow_burst(burst),
-        ));
+        let budgets = Arc::new(Budgets::new(&config.budgets));
         // Keyed limiters keep every key forever unless told to forget the idle ones.
-        let weak = Arc::downgrade(&limiter);
+        let weak = Arc::downgrade(&budgets);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
-                let Some(limiter) = weak.upgrade() else { break };
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
+                let Some(budgets) = weak.upgrade() else { break };
+                budgets.forget_idle();
             }
         });
         Ok(Node {
             deps,
             supervisor,
-            limiter,
+            budgets,
         })
     }
 

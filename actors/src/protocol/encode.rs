@@ -64,13 +64,192 @@ pub fn decode_request(format: Format, data: &[u8]) -> Result<Request, DecodeFail
     })
 }
 
-/// Reads `id` out of a frame that did not decode as a request: only from a map, only when unsigned.
+/// Reads `id` out of a frame that did not decode as a request: only from a map, only when
+/// unsigned. Nothing else in the frame is interpreted, so a bad value anywhere else (binary,
+/// extension types, invalid UTF-8, integer keys, deep nesting) does not lose the id.
 fn probe_id(format: Format, data: &[u8]) -> Option<u64> {
-    let value: serde_json::Value = match format {
-        Format::MsgPack => rmp_serde::from_slice(data).ok()?,
-        Format::Json => serde_json::from_slice(data).ok()?,
+    match format {
+        Format::MsgPack => msgpack_id(data),
+        Format::Json => json_id(data),
+    }
+}
+
+/// `id` of a MessagePack map, read by walking the bytes: every other value is skipped by its
+/// length, iteratively, so no nesting depth or content can fail the walk short of running out.
+fn msgpack_id(data: &[u8]) -> Option<u64> {
+    let mut r = Cursor { data, pos: 0 };
+    let entries = match r.byte()? {
+        m @ 0x80..=0x8f => u64::from(m & 0x0f),
+        0xde => r.be(2)?,
+        0xdf => r.be(4)?,
+        _ => return None,
     };
-    value.as_object()?.get("id")?.as_u64()
+    for _ in 0..entries {
+        if r.key_is_id()? {
+            return r.unsigned();
+        }
+        r.skip()?;
+    }
+    None
+}
+
+/// A read position in a MessagePack frame.
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn take(&mut self, n: u64) -> Option<&[u8]> {
+        let n = usize::try_from(n).ok()?;
+        let end = self.pos.checked_add(n)?;
+        let bytes = self.data.get(self.pos..end)?;
+        self.pos = end;
+        Some(bytes)
+    }
+
+    /// A big-endian unsigned integer of `n` bytes.
+    fn be(&mut self, n: u64) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+        )
+    }
+
+    /// Reads a key: true when it is the string `id`; any other key is skipped.
+    fn key_is_id(&mut self) -> Option<bool> {
+        let len = match *self.data.get(self.pos)? {
+            m @ 0xa0..=0xbf => {
+                self.pos += 1;
+                u64::from(m & 0x1f)
+            }
+            0xd9 => {
+                self.pos += 1;
+                self.be(1)?
+            }
+            0xda => {
+                self.pos += 1;
+                self.be(2)?
+            }
+            0xdb => {
+                self.pos += 1;
+                self.be(4)?
+            }
+            _ => {
+                self.skip()?;
+                return Some(false);
+            }
+        };
+        Some(self.take(len)? == b"id")
+    }
+
+    /// An unsigned integer (or a non-negative signed one); anything else is no id.
+    fn unsigned(&mut self) -> Option<u64> {
+        let signed = |v: i64| u64::try_from(v).ok();
+        match self.byte()? {
+            m @ 0x00..=0x7f => Some(u64::from(m)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            0xd0 => signed(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => signed(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => signed(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => signed(self.be(8)? as i64),
+            _ => None,
+        }
+    }
+
+    /// Skips one value, containers included, without recursion.
+    fn skip(&mut self) -> Option<()> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            match self.byte()? {
+                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => {}
+                m @ 0x80..=0x8f => pending += 2 * u64::from(m & 0x0f),
+                m @ 0x90..=0x9f => pending += u64::from(m & 0x0f),
+                m @ 0xa0..=0xbf => {
+                    self.take(u64::from(m & 0x1f))?;
+                }
+                0xc1 => return None,
+                // bin 8/16/32 and str 8/16/32: a length of 1, 2 or 4 bytes, then the bytes.
+                m @ (0xc4..=0xc6 | 0xd9..=0xdb) => {
+                    let width = match m {
+                        0xc4 | 0xd9 => 1,
+                        0xc5 | 0xda => 2,
+                        _ => 4,
+                    };
+                    let n = self.be(width)?;
+                    self.take(n)?;
+                }
+                m @ 0xc7..=0xc9 => {
+                    let n = self.be(1 << (m - 0xc7))?;
+                    self.take(n + 1)?;
+                }
+                0xca => {
+                    self.take(4)?;
+                }
+                0xcb => {
+                    self.take(8)?;
+                }
+                m @ 0xcc..=0xd3 => {
+                    self.take(1 << ((m - 0xcc) % 4))?;
+                }
+                m @ 0xd4..=0xd8 => {
+                    self.take(1 + (1 << (m - 0xd4)))?;
+                }
+                0xdc => pending += self.be(2)?,
+                0xdd => pending += self.be(4)?,
+                0xde => pending += 2 * self.be(2)?,
+                0xdf => pending += 2 * self.be(4)?,
+            }
+        }
+        Some(())
+    }
+}
+
+/// `id` of a JSON object. The id is kept as soon as it is read, so a value after it that fails
+/// (nesting beyond the parser's depth limit) does not lose it.
+fn json_id(data: &[u8]) -> Option<u64> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+
+    struct Probe<'c>(&'c Cell<Option<u64>>);
+    impl<'de> DeserializeSeed<'de> for Probe<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Probe<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "id" {
+                    let v: serde_json::Value = map.next_value()?;
+                    self.0.set(v.as_u64());
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let _ = Probe(&found).deserialize(&mut de);
+    found.get()
 }
 
 /// A push shared by every socket it goes to, encoded lazily once per format.
@@ -148,6 +327,72 @@ mod tests {
         assert_eq!(decode_request(Format::Json, &neg).unwrap_err().id, None);
         let arr = rmp_serde::to_vec(&vec![1, 2, 3]).unwrap();
         assert_eq!(decode_request(Format::MsgPack, &arr).unwrap_err().id, None);
+    }
+
+    /// A MessagePack map `{"t":"send", <key>: <value>, "id": 42}` written by hand.
+    fn map_with(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut m = vec![0x83, 0xa1, b't', 0xa4, b's', b'e', b'n', b'd'];
+        m.extend_from_slice(key);
+        m.extend_from_slice(value);
+        m.extend_from_slice(&[0xa2, b'i', b'd', 42]);
+        m
+    }
+
+    #[test]
+    fn a_bad_value_of_any_type_elsewhere_keeps_the_id() {
+        let conv = [0xa4, b'c', b'o', b'n', b'v'];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("binary", map_with(&conv, &[0xc4, 3, 1, 2, 3])),
+            ("ext", map_with(&conv, &[0xc7, 2, 5, 9, 9])),
+            ("fixext", map_with(&conv, &[0xd6, 1, 0, 0, 0, 0])),
+            ("invalid utf-8", map_with(&conv, &[0xa2, 0xff, 0xfe])),
+            ("integer key", map_with(&[0x07], &[0xc3])),
+            ("float", map_with(&conv, &[0xcb, 0, 0, 0, 0, 0, 0, 0, 0])),
+            ("deep nesting", {
+                let mut deep = vec![0x91; 5000];
+                deep.push(0xc0);
+                map_with(&conv, &deep)
+            }),
+        ];
+        for (what, frame) in cases {
+            let failure = decode_request(Format::MsgPack, &frame).unwrap_err();
+            assert_eq!(failure.id, Some(42), "{what}");
+        }
+        // A signed encoding of a non-negative id is still that id; a negative one is none.
+        let mut signed = vec![0x81, 0xa2, b'i', b'd', 0xd1, 0x01, 0x00];
+        assert_eq!(msgpack_id(&signed), Some(256));
+        signed[5] = 0xff;
+        assert_eq!(msgpack_id(&signed), None);
+        // Truncated frames give up instead of reading past the end.
+        assert_eq!(msgpack_id(&[0x82, 0xa1, b't', 0xdb, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn a_json_id_before_a_too_deep_value_is_kept() {
+        let deep = format!(
+            r#"{{"id": 5, "t": "send", "x": {}1{}}}"#,
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        assert_eq!(
+            decode_request(Format::Json, deep.as_bytes())
+                .unwrap_err()
+                .id,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn a_huge_history_limit_is_clamped_not_refused() {
+        let conv = ConversationId::random().to_string();
+        let frame = serde_json::json!({"t": "history", "id": 1, "conv": conv, "limit": u64::MAX});
+        let packed = rmp_serde::to_vec_named(&frame).unwrap();
+        match decode_request(Format::MsgPack, &packed).unwrap() {
+            Request::History { limit, .. } => assert_eq!(limit, Some(i64::MAX)),
+            other => panic!("decoded as {other:?}"),
+        }
+        let float = serde_json::json!({"t": "history", "id": 1, "conv": conv, "limit": 1.5});
+        assert!(decode_request(Format::Json, &serde_json::to_vec(&float).unwrap()).is_err());
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub enum Request {
         conv: ConversationId,
         after: Option<u64>,
         before: Option<u64>,
+        #[serde(default, deserialize_with = "saturating_limit")]
         limit: Option<i64>,
     },
     Read {
@@ -64,6 +65,7 @@ pub enum Request {
     },
     Conversations {
         id: Option<u64>,
+        #[serde(default, deserialize_with = "saturating_limit")]
         limit: Option<i64>,
         before: Option<u64>,
         since: Option<u64>,
@@ -103,6 +105,42 @@ pub enum Request {
     Ping {
         id: Option<u64>,
     },
+}
+
+/// A page `limit`: any integer, one beyond `i64` saturating (PROTOCOL §4 clamps a large
+/// `limit` to the largest page; it does not refuse it). Anything else is a type error.
+fn saturating_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct Limit;
+    impl<'de> serde::de::Visitor<'de> for Limit {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+        }
+        fn visit_i128<E>(self, v: i128) -> Result<Self::Value, E> {
+            Ok(Some(
+                v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+            ))
+        }
+        fn visit_u128<E>(self, v: u128) -> Result<Self::Value, E> {
+            Ok(Some(i64::try_from(v).unwrap_or(i64::MAX)))
+        }
+    }
+    d.deserialize_option(Limit)
 }
 
 impl Request {

@@ -51,8 +51,11 @@ impl Outbound {
         match self.tx.try_send(frame.clone()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("chat_slow_consumers_total").increment(1);
-                self.kick.cancel();
+                // Counted once per connection cut off, not once per push it missed.
+                if !self.kick.is_cancelled() {
+                    metrics::counter!("chat_slow_consumers_total").increment(1);
+                    self.kick.cancel();
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

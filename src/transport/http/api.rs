@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Body, json};
-use crate::transport::Transport;
 use crate::transport::error::http_error;
+use crate::transport::{BODY_READ_TIMEOUT, Transport};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -48,17 +48,24 @@ pub fn caller(t: &Transport, headers: &HeaderMap) -> Result<Caller, Rejection> {
     })
 }
 
-/// Reads a JSON body of type `T`: over the limit is `too_large`, anything else off is `bad_request`.
+/// Reads a JSON body of type `T`: over the limit is `too_large` (refused from its
+/// `Content-Length` before anything is read), one that does not arrive within
+/// [`BODY_READ_TIMEOUT`] or anything else off is `bad_request`.
 pub async fn body<T: DeserializeOwned>(incoming: Incoming) -> Result<T, Rejection> {
-    let collected = Limited::new(incoming, MAX_BODY_BYTES)
-        .collect()
+    use hyper::body::Body as _;
+    if incoming.size_hint().lower() > MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(incoming, MAX_BODY_BYTES).collect(),
+    );
+    let collected = read
         .await
+        .map_err(|_| Rejection::bad_request("the body did not arrive in time"))?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                Rejection::new(
-                    ErrorCode::TooLarge,
-                    format!("the body is over {MAX_BODY_BYTES} bytes"),
-                )
+                too_large()
             } else {
                 Rejection::bad_request("the body could not be read")
             }
@@ -66,6 +73,13 @@ pub async fn body<T: DeserializeOwned>(incoming: Incoming) -> Result<T, Rejectio
     let bytes: Bytes = collected.to_bytes();
     serde_json::from_slice(&bytes)
         .map_err(|e| Rejection::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn too_large() -> Rejection {
+    Rejection::new(
+        ErrorCode::TooLarge,
+        format!("the body is over {MAX_BODY_BYTES} bytes"),
+    )
 }
 
 /// The query string's parameters.
@@ -92,14 +106,32 @@ pub fn number<N: std::str::FromStr>(
         .transpose()
 }
 
-/// An optional non-negative integer query parameter (a time or a seq, within int64).
+/// An optional non-negative integer query parameter (a time or a seq): the same range as over
+/// WebSocket, where they are unsigned 64-bit integers.
 pub fn unsigned(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Rejection> {
-    match number::<i64>(q, name)? {
-        Some(v) if v < 0 => Err(Rejection::bad_request(format!(
+    match q.get(name) {
+        Some(v) if v.starts_with('-') => Err(Rejection::bad_request(format!(
             "{name} must not be negative"
         ))),
-        v => Ok(v.map(|v| v as u64)),
+        _ => number::<u64>(q, name),
     }
+}
+
+/// An optional page `limit`: any integer; one beyond the 64-bit range is served like any other
+/// value over the largest page (PROTOCOL §4 clamps, it does not refuse).
+pub fn page_limit(q: &HashMap<String, String>) -> Result<Option<i64>, Rejection> {
+    let Some(v) = q.get("limit") else {
+        return Ok(None);
+    };
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Rejection::bad_request("limit must be an integer"));
+    }
+    Ok(Some(v.parse::<i64>().unwrap_or(if v.starts_with('-') {
+        i64::MIN
+    } else {
+        i64::MAX
+    })))
 }
 
 /// A path segment that must be a UUID; otherwise `not_found` (no such resource).

@@ -47,7 +47,7 @@ pub async fn list(t: Arc<Transport>, req: Request<Incoming>) -> Answer {
         .node
         .conversations(
             caller,
-            api::number(&q, "limit")?,
+            api::page_limit(&q)?,
             api::unsigned(&q, "before")?,
             api::unsigned(&q, "since")?,
         )

@@ -24,7 +24,7 @@ pub async fn history(t: Arc<Transport>, req: Request<Incoming>, conv: &str) -> A
             conv,
             api::unsigned(&q, "after")?,
             api::unsigned(&q, "before")?,
-            api::number(&q, "limit")?,
+            api::page_limit(&q)?,
         )
         .await?;
     api::ok_json(

@@ -46,6 +46,12 @@ const READ_BUFFER: usize = 2048;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Close code for an expired token (PROTOCOL §2).
 const TOKEN_EXPIRED: u16 = 4001;
+/// How long a stopping node waits for a connection's requests in flight, so that what it commits
+/// is also answered (PROTOCOL §4 bounds every request by 5 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The farthest a token's expiry timer is set: a token may claim any `exp`, and an `Instant` does
+/// not hold every one of them.
+const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 type Ws = WebSocketStream<TcpStream>;
 type Reply = Pin<Box<dyn std::future::Future<Output = ServerFrame> + Send>>;
@@ -67,6 +73,31 @@ struct Session {
     watching: Vec<UserId>,
     /// When the token expires; `auth` moves it.
     expires: tokio::time::Instant,
+    /// Whether the connection has left its user actor and the watch lists; if the task ends any
+    /// other way (a panic), `Drop` does it, so no presence or actor outlives the socket.
+    detached: bool,
+}
+
+impl Session {
+    /// Leaves the user actor (the user may go offline) and every watch list.
+    fn detach(&mut self) {
+        if std::mem::replace(&mut self.detached, true) {
+            return;
+        }
+        self.t.node.unwatch(self.id, &self.watching);
+        self.t.node.disconnect(self.user, self.id);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// When a token with `remaining` validity expires, as a timer deadline.
+fn expiry_after(remaining: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + remaining.min(MAX_TOKEN_LIFE)
 }
 
 /// Serves one upgraded connection to the end.
@@ -144,16 +175,16 @@ async fn open(
         outbound,
         kick,
         watching: Vec::new(),
-        expires: tokio::time::Instant::now() + identity.remaining(),
+        expires: expiry_after(identity.remaining()),
+        detached: false,
         t,
     };
     Some((ws, s, rx))
 }
 
 /// Detaches the connection, says why it ends and closes it.
-async fn finish(s: Session, mut ws: Ws, ending: Ending) {
-    s.t.node.unwatch(s.id, &s.watching);
-    s.t.node.disconnect(s.user, s.id);
+async fn finish(mut s: Session, mut ws: Ws, ending: Ending) {
+    s.detach();
     if let Some(reason) = ending.bye {
         let bye = encode_frame(s.format, &ServerFrame::Bye { reason });
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(to_message(s.format, bye))).await;
@@ -234,7 +265,12 @@ impl Session {
             }
             let outcome: Result<(), Ending> = tokio::select! {
                 biased;
-                _ = &mut kicked => Err(self.kicked()),
+                _ = &mut kicked => {
+                    if self.t.shutdown.is_cancelled() {
+                        self.drain(ws, &mut in_flight).await;
+                    }
+                    Err(self.kicked())
+                }
                 _ = &mut expiry => Err(Ending { bye: Some(ByeReason::TokenExpired), code: CloseCode::from(TOKEN_EXPIRED) }),
                 Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
                     self.write(ws, encode_frame(self.format, &reply)).await
@@ -247,10 +283,7 @@ impl Session {
                         Some(Ok(msg)) => self.on_message(ws, msg, &mut in_flight).await,
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))
                         | Some(Err(WsError::Capacity(_))) => Err(Ending { bye: None, code: CloseCode::Size }),
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "websocket read failed");
-                            Err(Ending { bye: None, code: CloseCode::Abnormal })
-                        }
+                        Some(Err(e)) => Err(read_failed(&e)),
                     }
                 }
                 _ = ticks.tick() => {
@@ -351,11 +384,14 @@ impl Session {
                 node.read(caller, conv, seq).await?;
                 Ok(ServerFrame::Ok { id })
             }),
-            Request::Typing { conv, on, .. } => match (node.typing(caller, conv, on), id) {
-                (_, None) => Dispatched::Nothing,
-                (Ok(()), Some(_)) => Dispatched::Now(ServerFrame::Ok { id }),
-                (Err(r), Some(_)) => Dispatched::Now(error_frame(id, r)),
-            },
+            Request::Typing { conv, on, id: None } => {
+                node.typing(caller, conv, on);
+                Dispatched::Nothing
+            }
+            Request::Typing { conv, on, .. } => later(id, "typing", started, async move {
+                node.typing_answered(caller, conv, on).await?;
+                Ok(ServerFrame::Ok { id })
+            }),
             Request::Delete { mid, .. } => later(id, "delete", started, async move {
                 node.delete(caller, mid).await?;
                 Ok(ServerFrame::Ok { id })
@@ -413,10 +449,12 @@ impl Session {
                 node.transfer(caller, conv, agent).await?;
                 Ok(ServerFrame::Ok { id })
             }),
-            Request::Presence { users, .. } => Dispatched::Now(match node.presence(&users) {
-                Ok(items) => ServerFrame::PresenceReply { id, items },
-                Err(r) => error_frame(id, r),
-            }),
+            Request::Presence { users, .. } => {
+                Dispatched::Now(match node.presence(caller, &users) {
+                    Ok(items) => ServerFrame::PresenceReply { id, items },
+                    Err(r) => error_frame(id, r),
+                })
+            }
             Request::Watch { users, .. } => {
                 let mut unique = users;
                 unique.sort();
@@ -429,8 +467,26 @@ impl Session {
                     Err(r) => error_frame(id, r),
                 })
             }
-            Request::Auth { token, .. } => Dispatched::Now(self.reauthenticate(id, &token)),
+            Request::Auth { token, .. } => Dispatched::Now(match node.charge(caller) {
+                Ok(()) => self.reauthenticate(id, &token),
+                Err(r) => error_frame(id, r),
+            }),
         }
+    }
+
+    /// The node is stopping: answer the requests already handed to the node (a `send` among them
+    /// commits, so its `sent` must reach the client), reading nothing new.
+    async fn drain(&mut self, ws: &mut Ws, in_flight: &mut FuturesUnordered<Reply>) {
+        let format = self.format;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(reply) = in_flight.next().await {
+                let msg = to_message(format, encode_frame(format, &reply));
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Why the connection was kicked: the node stops, or the client fell behind.
@@ -452,7 +508,7 @@ impl Session {
     fn reauthenticate(&mut self, id: Option<u64>, token: &str) -> ServerFrame {
         match self.t.verifier.verify(token) {
             Ok(identity) if identity.user == self.user => {
-                self.expires = tokio::time::Instant::now() + identity.remaining();
+                self.expires = expiry_after(identity.remaining());
                 ServerFrame::Ok { id }
             }
             Ok(_) => error_frame(
@@ -513,6 +569,18 @@ impl Session {
             _ = self.kick.cancelled() => Err(self.kicked()),
         }
     }
+}
+
+/// How a failed read ends the connection: a peer that broke the WebSocket protocol hears why
+/// (1002, or 1007 for text that is not UTF-8) before the socket closes.
+fn read_failed(e: &WsError) -> Ending {
+    tracing::debug!(error = %e, "websocket read failed");
+    let code = match e {
+        WsError::Protocol(_) => CloseCode::Protocol,
+        WsError::Utf8(_) => CloseCode::Invalid,
+        _ => CloseCode::Abnormal,
+    };
+    Ending { bye: None, code }
 }
 
 enum Dispatched {

@@ -1,5 +1,6 @@
 //! The upgrade of `GET /v1/ws`: every check happens before the 101, so a refused client gets a
-//! plain HTTP status (401 bad token, 403 origin, 429 too many connections) and no socket.
+//! plain HTTP status (401 bad token, 403 origin, 429 too many connections for the user, 503 the
+//! node is full) and no socket.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,8 +36,15 @@ pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> 
             return refuse(401, "unauthorized", "invalid token");
         }
     };
-    let Some(slot) = Slot::take(&t, identity.user) else {
-        return refuse(429, "rate_limited", "too many connections for this user");
+    let slot = match Slot::take(&t, identity.user) {
+        Ok(slot) => slot,
+        Err(Full::User) => {
+            return refuse(429, "rate_limited", "too many connections for this user");
+        }
+        Err(Full::Node) => {
+            metrics::counter!("chat_connections_refused_total").increment(1);
+            return refuse(503, "unavailable", "this node is full; try again later");
+        }
     };
     let json_wanted = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -135,16 +143,29 @@ pub struct Slot {
     user: UserId,
 }
 
+/// Why no slot was given.
+enum Full {
+    /// The user has all their connections open here.
+    User,
+    /// The node holds as many connections as it is configured for.
+    Node,
+}
+
 impl Slot {
-    fn take(t: &Arc<Transport>, user: UserId) -> Option<Slot> {
+    fn take(t: &Arc<Transport>, user: UserId) -> Result<Slot, Full> {
+        if t.open.fetch_add(1, Ordering::Relaxed) >= t.ws.max_connections {
+            t.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::Node);
+        }
         let mut count = t.per_user.entry(user).or_insert(0);
         if *count >= t.ws.max_connections_per_user {
-            return None;
+            drop(count);
+            t.open.fetch_sub(1, Ordering::Relaxed);
+            t.per_user.remove_if(&user, |_, c| *c == 0);
+            return Err(Full::User);
         }
         *count += 1;
-        drop(count);
-        t.open.fetch_add(1, Ordering::Relaxed);
-        Some(Slot { t: t.clone(), user })
+        Ok(Slot { t: t.clone(), user })
     }
 }
 
