@@ -61,3 +61,26 @@ async fn sigterm_says_bye_closes_1001_and_exits_0() {
         .unwrap();
     assert_eq!(code.code(), Some(0));
 }
+
+#[test]
+fn help_never_prints_secrets_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .args(["serve", "--help"])
+        .env("CHAT_JWT_SECRET", "jwt-secret-value-1")
+        .env("CHAT_PROFILES_TOKEN", "profiles-token-value-2")
+        .env("CHAT_SERVICE_TOKEN", "service-token-value-3")
+        .env("CHAT_DATABASE_URL", "postgres://chat:db-password-4@db/chat")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CHAT_JWT_SECRET"), "{text}");
+    for secret in [
+        "jwt-secret-value-1",
+        "profiles-token-value-2",
+        "service-token-value-3",
+        "db-password-4",
+    ] {
+        assert!(!text.contains(secret), "--help shows {secret}");
+    }
+}

@@ -194,6 +194,27 @@ impl Client {
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        Client::greeted(ws).await
+    }
+
+    /// Connects with a small kernel receive buffer, so a client that stops reading fills up
+    /// after little data whatever the machine's socket defaults are.
+    pub async fn connect_small_buffer(url: &str, token: &str) -> Client {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let host = req.uri().authority().unwrap().as_str().to_owned();
+        let addr: SocketAddr = host.parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+        Client::greeted(ws).await
+    }
+
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         let mut c = Client {
             ws,
             next_id: 1,
@@ -207,6 +228,11 @@ impl Client {
 
     pub async fn send_frame(&mut self, frame: Value) {
         let bytes = rmp_serde::to_vec_named(&frame).unwrap();
+        self.ws.send(Message::Binary(bytes.into())).await.unwrap();
+    }
+
+    /// Sends bytes as one binary frame, whatever they hold.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::Binary(bytes.into())).await.unwrap();
     }
 
@@ -227,6 +253,14 @@ impl Client {
                 Err(_) => return None,
                 Ok(_) => continue,
             }
+        }
+    }
+
+    /// The raw connection, for frames the helpers do not make.
+    pub fn raw(&mut self) -> &mut TcpStream {
+        match self.ws.get_mut() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("tests use plain TCP"),
         }
     }
 
@@ -266,4 +300,157 @@ impl Client {
             self.pushes.push(f);
         }
     }
+}
+
+/// The real binary, serving on a free port with its own database; killed when dropped.
+pub struct Binary {
+    pub port: u16,
+    pub child: std::process::Child,
+    pub db: TestDb,
+    /// The working directory (removed when dropped).
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Starts `chat-backend serve` with `env` on top of a fresh database on `backend`, and waits
+    /// until it is ready.
+    pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let db = TestDb::new(backend).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"));
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CHAT_DATABASE_URL", &db.url)
+            .env("CHAT_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let b = Binary {
+            port,
+            child,
+            db,
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if b.get("/readyz").await.0 == 200 {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the binary never became ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    /// A token for `user`, signed like the binary's `token` command would.
+    pub fn token(&self, user: Uuid) -> String {
+        let config = Config {
+            jwt_secret: SECRET.to_owned(),
+            ..Config::default()
+        };
+        chat_backend::auth::sign(
+            &config,
+            chat_actors::ids::UserId(user),
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+    }
+
+    pub async fn client(&self, user: Uuid) -> Client {
+        Client::connect(&self.url(), &self.token(user)).await
+    }
+
+    /// A plain HTTP GET: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return (0, String::new());
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).await.is_err() {
+            return (0, String::new());
+        }
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one metric series in `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .filter(|rest| rest.starts_with(' '))
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// The process's resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit and returns its code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().unwrap(),
+        );
+        let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        code.code()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The p50 and p99 of `samples` (milliseconds), for the figures a flood test prints.
+pub fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
 }

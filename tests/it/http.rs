@@ -37,20 +37,19 @@ async fn http(
     (status, json)
 }
 
+/// `POST /v1/conversations` for a direct chat with `other`.
+async fn create_direct(node: &TestNode, token: &str, other: Uuid) -> (u16, Value) {
+    let body = json!({"kind": "direct", "members": [other]}).to_string();
+    http(node, "POST", "/v1/conversations", Some(token), Some(&body)).await
+}
+
 #[tokio::test]
 async fn an_http_send_reaches_websocket_clients_and_errors_map_to_statuses() {
     let node = TestNode::spawn(Backend::Postgres, |_| {}).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let ta = node.token(a);
     let mut cb = node.client(b).await;
-    let (status, conv) = http(
-        &node,
-        "POST",
-        "/v1/conversations",
-        Some(&ta),
-        Some(&json!({"kind": "direct", "members": [b]}).to_string()),
-    )
-    .await;
+    let (status, conv) = create_direct(&node, &ta, b).await;
     assert_eq!(status, 201);
     let id = conv["id"].as_str().unwrap();
     let path = format!("/v1/conversations/{id}/messages");
@@ -121,5 +120,67 @@ async fn an_http_send_reaches_websocket_clients_and_errors_map_to_statuses() {
     );
     let (status, doc) = http(&node, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!((status, doc["openapi"].clone()), (200, json!("3.0.3")));
+    node.shutdown().await;
+}
+
+/// Sends `head` (request line and headers, no body or part of one) and reads the answer, or
+/// `None` when the server only closed the connection.
+async fn raw_exchange(node: &TestNode, head: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut raw)).await;
+    assert!(read.is_ok(), "the server held the connection for 30 s");
+    String::from_utf8_lossy(&raw)
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test]
+async fn a_body_too_large_is_refused_from_its_length_and_a_slow_body_is_not_waited_for() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let token = node.token(Uuid::new_v4());
+    let head = |length: u64, body: &str| {
+        format!(
+            "POST /v1/conversations HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+        )
+    };
+    // Refused before a byte of the body is read.
+    assert_eq!(
+        raw_exchange(&node, &head(1_000_000_000_000, "")).await,
+        Some(413)
+    );
+    // A body that stops arriving is given up on: an error or a closed connection, in time.
+    let status = raw_exchange(&node, &head(100, r#"{"kind":"#)).await;
+    assert!(matches!(status, None | Some(400)), "{status:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_paging_takes_the_same_ranges_as_websocket() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ta = node.token(a);
+    let (_, conv) = create_direct(&node, &ta, b).await;
+    let id = conv["id"].as_str().unwrap();
+    let max = u64::MAX;
+    for path in [
+        format!("/v1/conversations/{id}/messages?limit=99999999999999999999999&before={max}"),
+        format!("/v1/conversations?limit=99999999999999999999999&before={max}"),
+    ] {
+        let (status, body) = http(&node, "GET", &path, Some(&ta), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = http(
+        &node,
+        "GET",
+        &format!("/v1/conversations/{id}/messages?limit=-1"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
     node.shutdown().await;
 }

@@ -1,6 +1,8 @@
 //! Integration tests: one binary (one link on two cores). Each test makes its own database.
 
+mod abuse;
 mod binary;
+mod faults;
 mod helpers;
 mod http;
 mod profiles;

@@ -5,6 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
 use crate::helpers::{Backend, Client, TestNode};
 
 fn high_rate(c: &mut chat_backend::config::Config) {
@@ -138,42 +140,170 @@ async fn a_token_that_expires_gets_bye_and_4001_unless_renewed() {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_others_go_on() {
-    let node = TestNode::spawn(Backend::Sqlite, |c| {
-        high_rate(c);
-        c.outbound_queue = 8;
-    })
-    .await;
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+async fn typing_with_an_id_is_answered_like_any_request() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let (a, b, outsider) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let mut ca = node.client(a).await;
-    let mut stalled = node.client(b).await;
-    let mut reading = node.client(b).await;
     let conv = direct(&mut ca, b).await;
-    let reader = tokio::spawn(async move {
-        let mut count = 0;
-        while count < 3000 {
-            reading.push("message").await;
-            count += 1;
+    let mut co = node.client(outsider).await;
+    let r = co.call("typing", json!({"conv": conv, "on": true})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let r = co
+        .call(
+            "typing",
+            json!({"conv": Uuid::new_v4().to_string(), "on": true}),
+        )
+        .await;
+    assert_eq!(r["code"], "not_found", "{r}");
+    let r = ca.call("typing", json!({"conv": conv, "on": true})).await;
+    assert_eq!(r["t"], "ok", "{r}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_valid_until_the_end_of_time_is_served_and_its_session_ends_cleanly() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let user = Uuid::new_v4();
+    let claims = json!({"sub": user.to_string(), "exp": u64::MAX});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(crate::helpers::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let url = format!("ws://{}/v1/ws", node.addr);
+    let mut forever = Client::connect(&url, &token).await;
+    assert_eq!(forever.call("ping", json!({})).await["t"], "pong");
+    let mut watcher = node.client(Uuid::new_v4()).await;
+    let online = watcher
+        .call("presence", json!({"users": [user.to_string()]}))
+        .await;
+    assert_eq!(online["items"][0]["status"], "online");
+    drop(forever);
+    // Its user goes offline once the connection is gone.
+    let mut offline = false;
+    for _ in 0..50 {
+        let p = watcher
+            .call("presence", json!({"users": [user.to_string()]}))
+            .await;
+        if p["items"][0]["status"] == "offline" {
+            offline = true;
+            break;
         }
-        reading
-    });
-    let body = "x".repeat(4000);
-    // Enough to fill the stalled client's socket buffers and then its queue.
-    for _ in 0..3000 {
-        let r = ca.call("send", json!({"conv": conv, "body": body})).await;
-        assert_eq!(r["t"], "sent", "{r} (close code {:?})", ca.close_code);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut reading = reader.await.unwrap();
-    let mut got_bye = false;
-    while let Some(f) = stalled.next_frame().await {
-        if f["t"] == "bye" {
-            assert_eq!(f["reason"], "slow_consumer");
-            got_bye = true;
+    assert!(offline, "the user stayed online");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_at_its_connection_cap_answers_503_before_upgrading() {
+    let node = TestNode::spawn(Backend::Sqlite, |c| c.max_connections = 2).await;
+    let first = node.client(Uuid::new_v4()).await;
+    let _second = node.client(Uuid::new_v4()).await;
+    let url = format!("ws://{}/v1/ws", node.addr);
+    let mut req = url.as_str().into_client_request().unwrap();
+    let bearer = format!("Bearer {}", node.token(Uuid::new_v4()));
+    req.headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    match tokio_tungstenite::connect_async(req.clone()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 503)
         }
+        other => panic!(
+            "a third connection was not refused: {:?}",
+            other.map(|_| ())
+        ),
     }
-    assert!(got_bye, "the stalled client was never dropped");
-    assert_eq!(stalled.close_code, Some(1008));
-    let r = reading.call("ping", json!({})).await;
-    assert_eq!(r["t"], "pong");
+    // A slot freed is a slot taken.
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if tokio_tungstenite::connect_async(req.clone()).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the freed slot was never given again");
+    node.shutdown().await;
+}
+
+/// Writes raw bytes on an open connection and returns the close code the server answers with.
+async fn close_code_after(node: &TestNode, raw: &[u8]) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let mut c = node.client(Uuid::new_v4()).await;
+    c.raw().write_all(raw).await.unwrap();
+    while c.next_frame().await.is_some() {}
+    c.close_code
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_are_closed_with_their_code() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    // An unmasked frame from a client: 1002.
+    assert_eq!(
+        close_code_after(&node, &[0x82, 0x01, 0x00]).await,
+        Some(1002)
+    );
+    // Reserved bits set: 1002.
+    assert_eq!(
+        close_code_after(&node, &[0xc2, 0x81, 1, 2, 3, 4, 0x00]).await,
+        Some(1002)
+    );
+    // An unknown opcode: 1002.
+    assert_eq!(
+        close_code_after(&node, &[0x83, 0x81, 1, 2, 3, 4, 0x00]).await,
+        Some(1002)
+    );
+    // A text frame that is not UTF-8 (masked with zeros): 1007.
+    assert_eq!(
+        close_code_after(&node, &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await,
+        Some(1007)
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_field_of_any_type_keeps_the_request_id_over_the_wire() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let mut c = node.client(Uuid::new_v4()).await;
+    // {"t": "send", "conv": <bin 3>, "id": 77}
+    let frame = vec![
+        0x83, 0xa1, b't', 0xa4, b's', b'e', b'n', b'd', 0xa4, b'c', b'o', b'n', b'v', 0xc4, 3, 1,
+        2, 3, 0xa2, b'i', b'd', 77,
+    ];
+    c.send_raw(frame).await;
+    let f = c.next_frame().await.unwrap();
+    assert_eq!(
+        (f["t"].as_str(), f["id"].as_u64()),
+        (Some("error"), Some(77)),
+        "{f}"
+    );
+    assert_eq!(f["code"], "bad_request");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn page_limits_beyond_64_bits_are_clamped_and_cursors_take_the_whole_unsigned_range() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let mut c = node.client(Uuid::new_v4()).await;
+    let conv = direct(&mut c, Uuid::new_v4()).await;
+    c.call("send", json!({"conv": conv, "body": "hi"})).await;
+    let r = c
+        .call(
+            "history",
+            json!({"conv": conv, "limit": u64::MAX, "before": u64::MAX}),
+        )
+        .await;
+    assert_eq!(r["t"], "history", "{r}");
+    assert_eq!(r["messages"].as_array().unwrap().len(), 1);
+    let r = c
+        .call(
+            "conversations",
+            json!({"limit": u64::MAX, "before": u64::MAX}),
+        )
+        .await;
+    assert_eq!(r["items"].as_array().unwrap().len(), 1, "{r}");
     node.shutdown().await;
 }
