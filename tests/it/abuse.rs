@@ -285,3 +285,37 @@ async fn a_client_that_stops_reading_is_cut_off_alone_and_counted_once() {
     assert_eq!(sender.call("ping", json!({})).await["t"], "pong");
     assert_eq!(b.metric("chat_slow_consumers_total").await, 1.0);
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_node_backs_off_and_recovers() {
+    let b = Binary::start_with(Backend::Sqlite, &[], Some(64)).await;
+    // Far more connections than the node may hold files: accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", b.port)).await {
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(held);
+    let mut ready = false;
+    for _ in 0..100 {
+        if b.get("/readyz").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the node did not serve again once files were free");
+    let failures = b.metric("chat_accept_errors_total").await;
+    println!("3 s out of file descriptors: {failures} failed accepts");
+    // Retrying every 50 ms would be ~60 in 3 s; doubling pauses up to 1 s make ~10.
+    assert!(
+        failures > 0.0,
+        "the node never ran out: the test proves nothing"
+    );
+    assert!(
+        failures < 30.0,
+        "{failures} failed accepts in 3 s: no back-off"
+    );
+}

@@ -26,12 +26,28 @@ async fn outage(db_name: &str, down: bool) {
         !down
     ))
     .await;
-    if down {
-        admin(format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
-        ))
-        .await;
+    if !down {
+        return;
     }
+    admin(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
+    ))
+    .await;
+    // Termination is a signal: wait until every backend of the database is gone.
+    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    for _ in 0..100 {
+        let left: i64 = sqlx::query("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(db_name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
 }
 
 /// Times one request.

@@ -315,6 +315,15 @@ impl Binary {
     /// Starts `chat-backend serve` with `env` on top of a fresh database on `backend`, and waits
     /// until it is ready.
     pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Binary {
+        Binary::start_with(backend, env, None).await
+    }
+
+    /// [`Binary::start`], with at most `open_files` file descriptors when given.
+    pub async fn start_with(
+        backend: Backend,
+        env: &[(&str, &str)],
+        open_files: Option<u32>,
+    ) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new(backend).await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -322,7 +331,15 @@ impl Binary {
             .local_addr()
             .unwrap()
             .port();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"));
+        let bin = env!("CARGO_BIN_EXE_chat-backend");
+        let mut cmd = match open_files {
+            None => std::process::Command::new(bin),
+            Some(n) => {
+                let mut sh = std::process::Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                sh
+            }
+        };
         cmd.arg("serve")
             .current_dir(dir.path())
             .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
