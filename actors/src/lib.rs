@@ -8,6 +8,8 @@
 
 pub mod clock;
 pub mod conversation;
+pub mod delivery;
+pub mod directory;
 pub mod ids;
 pub mod node;
 pub mod ownership;

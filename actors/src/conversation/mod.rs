@@ -17,16 +17,17 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::clock::now_ms;
+use crate::delivery::Delivery;
+use crate::directory::Directory;
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
-use crate::node::NodeDeps;
 use crate::ports::{
     AppendBatch, ConversationRecord, HistoryRange, MemberRecord, MembershipChange, NewMessage,
-    StoreError,
+    Profiles, Store, StoreError, Writer,
 };
 use crate::protocol::{
     ConversationObject, MessageObject, Rejection, Role, ServerFrame, SharedFrame,
 };
-use crate::rules::membership;
+use crate::rules::{Limits, membership};
 use state::{Committed, RecentMids, Retry};
 
 /// How often a live conversation looks at its clock (typing expiry, stale queue, idleness).
@@ -127,10 +128,54 @@ pub enum ConversationMessage {
     Tick,
 }
 
+/// What every conversation actor of a node shares, read-only. Only conversation actors (and the
+/// node's `create`, which makes conversations) reach the store and the writer.
+pub struct ConversationDeps {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// The batching writer.
+    pub writer: Arc<dyn Writer>,
+    /// Pushes to members, here and on other nodes.
+    pub delivery: Arc<Delivery>,
+    /// Names and avatars.
+    pub profiles: Arc<dyn Profiles>,
+    /// Size limits.
+    pub limits: Limits,
+    /// The node's map of conversation actors, left before stopping.
+    pub directory: Arc<dyn Directory<ConversationId>>,
+}
+
+impl ConversationDeps {
+    /// Pushes `record`, as each member sees it (their own unread count), to every member; `except`
+    /// is the connection whose request caused it (it gets the reply instead).
+    pub async fn push_conversation(&self, record: &ConversationRecord, except: Option<SessionId>) {
+        let profiles = view::profiles_for(self.profiles.as_ref(), [record]).await;
+        for m in &record.members {
+            let (last, unread) = match self
+                .store
+                .last_message_and_unread(record.id, m.user, m.last_read)
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(conv = %record.id, error = %e, "conversation push skipped");
+                    return;
+                }
+            };
+            let object = view::object(record, last, unread, &profiles);
+            let frame = Arc::new(SharedFrame::new(ServerFrame::Conversation {
+                id: None,
+                conversation: Box::new(object),
+            }));
+            self.delivery.deliver(m.user, &frame, except);
+        }
+    }
+}
+
 /// The conversation actor; `deps` is read-only.
 pub struct ConversationActor {
     /// The node's shared parts.
-    pub deps: Arc<NodeDeps>,
+    pub deps: Arc<ConversationDeps>,
 }
 
 /// Whether the conversation could be loaded.
@@ -218,7 +263,7 @@ impl Actor for ConversationActor {
         let record = match self.deps.store.load_conversation(conv).await {
             Ok(record) => record,
             Err(e) => {
-                self.deps.conversations.forget(&conv, myself.get_id());
+                self.deps.directory.leave(&conv, myself.get_id());
                 return Err(e.into());
             }
         };
@@ -235,7 +280,9 @@ impl Actor for ConversationActor {
             let deps = self.deps.clone();
             tokio::spawn(async move {
                 if let Ok(agents) = deps.profiles.business_agents(business).await {
-                    deps.presence.set_business_agents(business, &agents);
+                    deps.delivery
+                        .presence
+                        .set_business_agents(business, &agents);
                 }
             });
         }
@@ -264,7 +311,7 @@ impl Actor for ConversationActor {
                 l.record.id
             }
         };
-        self.deps.conversations.forget(&conv, myself.get_id());
+        self.deps.directory.leave(&conv, myself.get_id());
         Ok(())
     }
 
@@ -278,7 +325,7 @@ impl Actor for ConversationActor {
             ConversationState::Live(live) => live,
             ConversationState::Missing(conv) => {
                 if matches!(message, ConversationMessage::Tick) {
-                    self.deps.conversations.forget(conv, myself.get_id());
+                    self.deps.directory.leave(conv, myself.get_id());
                     myself.stop(None);
                 } else {
                     reject_message(message, Rejection::not_found("no such conversation"));
@@ -324,9 +371,7 @@ impl Actor for ConversationActor {
             }
             ConversationMessage::Tick => {
                 if self.on_tick(live) {
-                    self.deps
-                        .conversations
-                        .forget(&live.record.id, myself.get_id());
+                    self.deps.directory.leave(&live.record.id, myself.get_id());
                     myself.stop(None);
                     return Ok(());
                 }
@@ -474,7 +519,7 @@ impl ConversationActor {
         if let Some(seq) = receipt {
             let frame = shared(ServerFrame::Receipt { conv, user, seq });
             for other in others(&live.record, user) {
-                self.deps.deliver(other, &frame, None);
+                self.deps.delivery.deliver(other, &frame, None);
             }
         }
     }
@@ -528,7 +573,7 @@ impl ConversationActor {
             on,
         });
         for other in others(record, user) {
-            self.deps.deliver(other, &frame, None);
+            self.deps.delivery.deliver(other, &frame, None);
         }
     }
 
@@ -559,7 +604,7 @@ impl ConversationActor {
                         seq: msg.seq,
                     });
                     for m in members {
-                        deps.deliver(m, &frame, None);
+                        deps.delivery.deliver(m, &frame, None);
                     }
                 }
                 Err(e) => {
@@ -892,7 +937,7 @@ impl ConversationActor {
         let _ = pending.reply.send(Ok(()));
         for removed in &change.remove {
             let frame = shared(ServerFrame::Removed { conv: record.id });
-            self.deps.deliver(*removed, &frame, None);
+            self.deps.delivery.deliver(*removed, &frame, None);
         }
         if let Some(system) = &change.system {
             record.last_seq = system.seq;
@@ -905,7 +950,7 @@ impl ConversationActor {
                 .iter()
                 .filter(|m| !change.add.iter().any(|a| a.user == m.user))
             {
-                self.deps.deliver(m.user, &frame, None);
+                self.deps.delivery.deliver(m.user, &frame, None);
             }
         }
         self.push_conversation(record.clone());
@@ -967,7 +1012,7 @@ impl ConversationActor {
                 Some((sender, session)) if sender == m.user => session,
                 _ => None,
             };
-            self.deps.deliver(m.user, &frame, except);
+            self.deps.delivery.deliver(m.user, &frame, except);
         }
     }
 

@@ -13,6 +13,7 @@ use super::Node;
 use super::budget::{Admitted, Cost};
 use crate::clock::now_ms;
 use crate::conversation::{ConversationMessage, SendCommand, Sent, store_rejection, view};
+use crate::delivery::Outbound;
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
 use crate::ports::{
     ConversationRecord, HistoryRange, ListQuery, MemberRecord, NewConversation, ProfilesError,
@@ -21,7 +22,7 @@ use crate::protocol::{
     ConversationKind, ConversationObject, CreateKind, MessageObject, PresenceItem, Rejection, Role,
 };
 use crate::rules::{assignment, limits};
-use crate::user::{Outbound, UserMessage};
+use crate::user::UserMessage;
 
 /// No request waits longer than this (PROTOCOL §4 allows 5 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(4800);
@@ -255,7 +256,10 @@ impl Node {
     async fn agents_of(&self, business: UserId) -> Result<Vec<UserId>, Rejection> {
         match self.deps.profiles.business_agents(business).await {
             Ok(agents) if !agents.is_empty() => {
-                self.deps.presence.set_business_agents(business, &agents);
+                self.deps
+                    .delivery
+                    .presence
+                    .set_business_agents(business, &agents);
                 Ok(agents)
             }
             Ok(_) | Err(ProfilesError::UnknownBusiness) => Err(Rejection::not_found(
@@ -385,7 +389,7 @@ impl Node {
                 let loads = timed(self.deps.store.agent_loads(&agents))
                     .await?
                     .map_err(|e| store_rejection(&e))?;
-                let presence = &self.deps.presence;
+                let presence = &self.deps.delivery.presence;
                 let agent = assignment::choose_agent(
                     &agents,
                     |a| presence.is_online(a),
@@ -465,7 +469,7 @@ impl Node {
         }
         Ok(users
             .iter()
-            .map(|u| self.deps.presence.status(*u))
+            .map(|u| self.deps.delivery.presence.status(*u))
             .collect())
     }
 
@@ -480,13 +484,13 @@ impl Node {
         if new.len() > limits::MAX_WATCH_USERS {
             return Err(Rejection::bad_request("at most 200 users in a watch list"));
         }
-        self.deps.presence.watch(watcher, old, new);
+        self.deps.delivery.presence.watch(watcher, old, new);
         Ok(())
     }
 
     /// Forgets a closed connection's watch list.
     pub fn unwatch(&self, session: SessionId, users: &[UserId]) {
-        self.deps.presence.unwatch(session, users);
+        self.deps.delivery.presence.unwatch(session, users);
     }
 
     /// Attaches a new connection to its user's actor here (the user is online from now on).
@@ -506,7 +510,7 @@ impl Node {
                     return Err(Rejection::unavailable());
                 }
                 Err(MessagingErr::SendErr(UserMessage::Attach(back, _))) => {
-                    self.deps.users.forget_actor(actor.get_id());
+                    self.users.forget_actor(actor.get_id());
                     outbound = back;
                 }
                 Err(_) => return Err(Rejection::unavailable()),
@@ -517,7 +521,7 @@ impl Node {
 
     /// Detaches a closed connection.
     pub fn disconnect(&self, user: UserId, session: SessionId) {
-        if let Some(actor) = self.deps.users.get(&user) {
+        if let Some(actor) = self.users.get(&user) {
             let _ = actor.cast(UserMessage::Detach(session));
         }
     }
@@ -532,7 +536,7 @@ impl Node {
             match actor.cast(msg) {
                 Ok(()) => return Ok(()),
                 Err(MessagingErr::SendErr(back)) => {
-                    self.deps.conversations.forget_actor(actor.get_id());
+                    self.conversations.forget_actor(actor.get_id());
                     msg = back;
                 }
                 Err(_) => return Err(Rejection::unavailable()),

@@ -7,6 +7,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use ractor::{ActorId, ActorRef, SpawnErr};
 
+use crate::directory::Directory;
+
 /// Live actors of one kind, by key.
 pub struct ActorMap<K, M> {
     map: DashMap<K, ActorRef<M>>,
@@ -60,9 +62,12 @@ impl<K: Eq + Hash + Copy, M: Send + 'static> ActorMap<K, M> {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+}
 
-    /// Whether none is live.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+impl<K: Eq + Hash + Copy + Send + Sync + 'static, M: Send + 'static> Directory<K>
+    for ActorMap<K, M>
+{
+    fn leave(&self, key: &K, id: ActorId) {
+        self.forget(key, id);
     }
 }

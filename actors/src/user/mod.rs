@@ -1,22 +1,21 @@
-//! One actor per connected user per node: owns that user's connections here (it alone adds and
-//! removes them in the node's socket list, where deliveries push straight into their bounded
+//! One actor per connected user per node: owns that user's connections here (it alone attaches
+//! and detaches them in the node's [`Delivery`], where pushes go straight into their bounded
 //! queues) and their presence. It stops when the last connection detaches: the user is offline.
-
-pub mod outbound;
-pub mod presence;
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::delivery::{Delivery, Outbound};
+use crate::directory::Directory;
 use crate::ids::{SessionId, UserId};
-use crate::node::NodeDeps;
-pub use outbound::Outbound;
 
 /// The user actor; its dependencies are read-only.
 pub struct UserActor {
-    /// The node's shared parts.
-    pub deps: Arc<NodeDeps>,
+    /// Sockets and presence.
+    pub delivery: Arc<Delivery>,
+    /// The node's map of user actors, left before stopping.
+    pub directory: Arc<dyn Directory<UserId>>,
 }
 
 /// What a user actor is asked. Kept small: every idle actor pays for its mailbox blocks.
@@ -33,19 +32,6 @@ pub struct UserState {
     sessions: Vec<SessionId>,
 }
 
-impl UserActor {
-    /// Takes `sessions` out of the node's socket list (only those: a newer actor of the same
-    /// user may have added its own).
-    fn forget_sessions(&self, user: UserId, sessions: &[SessionId]) {
-        if let Some(mut list) = self.deps.sockets.get_mut(&user) {
-            list.retain(|o| !sessions.contains(&o.session));
-        }
-        self.deps
-            .sockets
-            .remove_if(&user, |_, list| list.is_empty());
-    }
-}
-
 impl Actor for UserActor {
     type Msg = UserMessage;
     type State = UserState;
@@ -56,7 +42,7 @@ impl Actor for UserActor {
         myself: ActorRef<Self::Msg>,
         user: UserId,
     ) -> Result<Self::State, ActorProcessingErr> {
-        self.deps.presence.set_online(user, myself.get_id());
+        self.delivery.presence.set_online(user, myself.get_id());
         Ok(UserState {
             user,
             sessions: Vec::new(),
@@ -68,9 +54,11 @@ impl Actor for UserActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        self.deps.users.forget(&state.user, myself.get_id());
-        self.forget_sessions(state.user, &state.sessions);
-        self.deps.presence.set_offline(state.user, myself.get_id());
+        self.directory.leave(&state.user, myself.get_id());
+        self.delivery.detach(state.user, &state.sessions);
+        self.delivery
+            .presence
+            .set_offline(state.user, myself.get_id());
         Ok(())
     }
 
@@ -83,20 +71,16 @@ impl Actor for UserActor {
         match message {
             UserMessage::Attach(outbound, reply) => {
                 state.sessions.push(outbound.session);
-                self.deps
-                    .sockets
-                    .entry(state.user)
-                    .or_default()
-                    .push(*outbound);
+                self.delivery.attach(*outbound);
                 let _ = reply.send(());
             }
             UserMessage::Detach(session) => {
                 state.sessions.retain(|s| *s != session);
-                self.forget_sessions(state.user, &[session]);
+                self.delivery.detach(state.user, &[session]);
                 if state.sessions.is_empty() {
                     // Leave the map first, so that a new connection spawns a fresh actor instead
                     // of attaching to one that is stopping.
-                    self.deps.users.forget(&state.user, myself.get_id());
+                    self.directory.leave(&state.user, myself.get_id());
                     myself.stop(None);
                 }
             }

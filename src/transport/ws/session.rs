@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use chat_actors::delivery::Outbound;
 use chat_actors::ids::{SessionId, UserId};
 use chat_actors::node::Caller;
 use chat_actors::node::handle::CreateRequest;
@@ -17,7 +18,6 @@ use chat_actors::protocol::frames::ByeReason;
 use chat_actors::protocol::{
     ErrorCode, Format, Rejection, Request, ServerFrame, SharedFrame, decode_request, encode_frame,
 };
-use chat_actors::user::Outbound;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::upgrade::Slot;
+use super::slot::Slot;
 use crate::auth::Identity;
 use crate::transport::Transport;
 use crate::transport::codec::to_message;
