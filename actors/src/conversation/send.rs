@@ -1,0 +1,297 @@
+//! Sends: number, hand to the writer, and after the commit answer `sent` and fan out.
+//!
+//! One batch of a conversation is at the writer at a time. Seqs are given when a batch is
+//! submitted, so a batch that fails can be renumbered without a gap: nothing uncommitted was ever
+//! acknowledged.
+
+use std::time::Instant;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use super::state::{self, Committed, Retry};
+use super::{
+    ConversationActor, ConversationMessage, InFlight, Live, REQUEST_DEADLINE, Work, shared,
+    store_rejection,
+};
+use crate::clock::now_ms;
+use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
+use crate::ports::{AppendBatch, ConversationRecord, NewMessage, StoreError};
+use crate::protocol::{MessageObject, Rejection, ServerFrame};
+
+/// The most messages of one conversation in one append.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// The acknowledgement of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message id.
+    pub mid: Mid,
+    /// Its seq.
+    pub seq: Seq,
+    /// Its time.
+    pub at: i64,
+    /// False when the `mid` was stored already and this is the first result again.
+    pub created: bool,
+}
+
+/// A send as the actor gets it, already checked for size, kind and rate.
+pub struct SendCommand {
+    /// The sender.
+    pub sender: UserId,
+    /// The sender's connection, which gets `sent` instead of the push.
+    pub session: Option<SessionId>,
+    /// The idempotency key.
+    pub mid: Mid,
+    /// Whether the client chose `mid`.
+    pub client_mid: bool,
+    /// The kind.
+    pub kind: String,
+    /// The body.
+    pub body: String,
+    /// Where the answer goes.
+    pub reply: RpcReplyPort<Result<Sent, Rejection>>,
+}
+
+/// A pending send, waiting for its batch's commit.
+pub(super) struct PendingSend {
+    pub(super) cmd: SendCommand,
+    /// Further replies for retries of the same `mid` that arrived while it was pending.
+    pub(super) waiters: Vec<RpcReplyPort<Result<Sent, Rejection>>>,
+    pub(super) queued_at: Instant,
+    pub(super) seq: Seq,
+    pub(super) at: i64,
+}
+
+impl ConversationActor {
+    pub(super) fn on_send(&self, live: &mut Live, cmd: SendCommand) {
+        if let Err(r) = state::member(&live.record, cmd.sender) {
+            let _ = cmd.reply.send(Err(r));
+            return;
+        }
+        if cmd.client_mid {
+            match live.recent.check(cmd.mid, cmd.sender) {
+                Some(Retry::Same(c)) => {
+                    let _ = cmd.reply.send(Ok(sent(live.record.id, cmd.mid, c, false)));
+                    return;
+                }
+                Some(Retry::Clash) => {
+                    let _ = cmd.reply.send(Err(mid_clash()));
+                    return;
+                }
+                None => {}
+            }
+            if let Some(pending) = find_pending(live, cmd.mid) {
+                if pending.cmd.sender == cmd.sender {
+                    pending.waiters.push(cmd.reply);
+                } else {
+                    let _ = cmd.reply.send(Err(mid_clash()));
+                }
+                return;
+            }
+        }
+        live.queue.push_back(Work::Send(PendingSend {
+            cmd,
+            waiters: Vec::new(),
+            queued_at: Instant::now(),
+            seq: 0,
+            at: 0,
+        }));
+    }
+
+    /// Submits the next piece of work when nothing is at the store.
+    pub(super) fn pump(&self, myself: &ActorRef<ConversationMessage>, live: &mut Live) {
+        while matches!(live.inflight, InFlight::Idle) {
+            match live.queue.front() {
+                None => return,
+                Some(Work::Member(_)) => {
+                    let Some(Work::Member(pending)) = live.queue.pop_front() else {
+                        return;
+                    };
+                    self.submit_member(myself, live, pending);
+                }
+                Some(Work::Send(_)) => self.submit_sends(myself, live),
+            }
+        }
+    }
+
+    pub(super) fn submit_sends(&self, myself: &ActorRef<ConversationMessage>, live: &mut Live) {
+        let mut batch = Vec::new();
+        let mut seq = live.record.last_seq;
+        let mut at = live.record.last_activity;
+        let now = now_ms();
+        while batch.len() < MAX_BATCH {
+            match live.queue.front() {
+                Some(Work::Send(_)) => {}
+                _ => break,
+            }
+            let Some(Work::Send(mut p)) = live.queue.pop_front() else {
+                break;
+            };
+            if p.queued_at.elapsed() > REQUEST_DEADLINE {
+                answer_send(p, Err(Rejection::unavailable()));
+                continue;
+            }
+            seq += 1;
+            at = state::next_at(now, at);
+            p.seq = seq;
+            p.at = at;
+            batch.push(p);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let append = AppendBatch {
+            conv: live.record.id,
+            messages: batch
+                .iter()
+                .map(|p| NewMessage {
+                    seq: p.seq,
+                    mid: p.cmd.mid,
+                    client_mid: p.cmd.client_mid,
+                    sender: p.cmd.sender,
+                    kind: p.cmd.kind.clone(),
+                    body: p.cmd.body.clone(),
+                    at: p.at,
+                })
+                .collect(),
+        };
+        live.inflight = InFlight::Messages(batch);
+        let me = myself.clone();
+        self.deps.writer.submit(
+            append,
+            Box::new(move |outcome| {
+                let _ = me.cast(ConversationMessage::Committed(outcome));
+            }),
+        );
+    }
+
+    pub(super) fn on_committed(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        outcome: Result<(), StoreError>,
+    ) {
+        let InFlight::Messages(batch) = std::mem::replace(&mut live.inflight, InFlight::Idle)
+        else {
+            tracing::error!(conv = %live.record.id, "a commit arrived with no batch in flight");
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                let conv = live.record.id;
+                for mut p in batch {
+                    live.record.last_seq = p.seq;
+                    live.record.last_activity = p.at;
+                    let committed = Committed {
+                        sender: p.cmd.sender,
+                        seq: p.seq,
+                        at: p.at,
+                    };
+                    live.recent.insert(p.cmd.mid, committed);
+                    let message = MessageObject {
+                        conv,
+                        seq: p.seq,
+                        mid: p.cmd.mid,
+                        from: p.cmd.sender,
+                        // Committed: the command's text is not needed again, so it moves.
+                        kind: std::mem::take(&mut p.cmd.kind),
+                        body: Some(std::mem::take(&mut p.cmd.body)),
+                        at: p.at,
+                        deleted_at: None,
+                    };
+                    let (sender, session) = (p.cmd.sender, p.cmd.session);
+                    let ack = sent(conv, p.cmd.mid, committed, true);
+                    answer_send(p, Ok(ack));
+                    self.fan_out(&live.record, message, Some((sender, session)));
+                }
+            }
+            Err(StoreError::DuplicateMids(hits)) => {
+                // Those whose mid is stored get its first result (or a conflict); the others go
+                // back to the front of the queue to be renumbered: none of them was acknowledged.
+                let conv = live.record.id;
+                for p in batch.into_iter().rev() {
+                    match hits.iter().find(|h| h.mid == p.cmd.mid) {
+                        Some(h) if h.conv == conv && h.sender == p.cmd.sender => {
+                            let c = Committed {
+                                sender: h.sender,
+                                seq: h.seq,
+                                at: h.at,
+                            };
+                            live.recent.insert(h.mid, c);
+                            let ack = sent(conv, h.mid, c, false);
+                            answer_send(p, Ok(ack));
+                        }
+                        Some(_) => answer_send(p, Err(mid_clash())),
+                        None => live.queue.push_front(Work::Send(p)),
+                    }
+                }
+            }
+            Err(e) => {
+                // The commit may or may not have happened: nothing was acknowledged, so the
+                // callers get `unavailable` (a retry with the same mid is safe) and we reload.
+                tracing::warn!(conv = %live.record.id, error = %e, "append failed");
+                let rejection = store_rejection(&e);
+                for p in batch {
+                    answer_send(p, Err(rejection.clone()));
+                }
+                self.reload(myself, live);
+            }
+        }
+    }
+
+    /// Delivers a committed message to every member's connections but the sender's own.
+    pub(super) fn fan_out(
+        &self,
+        record: &ConversationRecord,
+        message: MessageObject,
+        origin: Option<(UserId, Option<SessionId>)>,
+    ) {
+        let frame = shared(ServerFrame::Message(message));
+        for m in &record.members {
+            let except = match origin {
+                Some((sender, session)) if sender == m.user => session,
+                _ => None,
+            };
+            self.deps.delivery.deliver(m.user, &frame, except);
+        }
+    }
+}
+
+pub(super) fn find_pending(live: &mut Live, mid: Mid) -> Option<&mut PendingSend> {
+    if let InFlight::Messages(batch) = &mut live.inflight
+        && let Some(p) = batch.iter_mut().find(|p| p.cmd.mid == mid)
+    {
+        return Some(p);
+    }
+    live.queue.iter_mut().find_map(|w| match w {
+        Work::Send(p) if p.cmd.mid == mid => Some(p),
+        _ => None,
+    })
+}
+
+pub(super) fn answer_send(p: PendingSend, answer: Result<Sent, Rejection>) {
+    for w in p.waiters {
+        let again = answer.clone().map(|s| Sent {
+            created: false,
+            ..s
+        });
+        let _ = w.send(again);
+    }
+    let _ = p.cmd.reply.send(answer);
+}
+
+pub(super) fn sent(conv: ConversationId, mid: Mid, c: Committed, created: bool) -> Sent {
+    Sent {
+        conv,
+        mid,
+        seq: c.seq,
+        at: c.at,
+        created,
+    }
+}
+
+pub(super) fn mid_clash() -> Rejection {
+    Rejection::conflict("this mid belongs to another message")
+}

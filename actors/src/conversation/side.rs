@@ -1,0 +1,286 @@
+//! Requests answered beside the send queue: read pointers, mute, typing, delete, history, get.
+//! Their writes go to the store directly (not through the batching writer); what they change in
+//! the conversation moves only after the store answers.
+
+use std::time::Instant;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use super::state;
+use super::{
+    ConversationActor, ConversationMessage, Live, OkReply, TYPING_REFRESH, TYPING_TTL, Typist,
+    others, shared, store_rejection, view,
+};
+use crate::clock::now_ms;
+use crate::ids::{ConversationId, Seq, UserId};
+use crate::ports::{ConversationRecord, HistoryRange, StoreError};
+use crate::protocol::{ConversationObject, MessageObject, Rejection, ServerFrame};
+
+/// A per-member setting written outside the batching writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberFlag {
+    /// The read pointer, moved forward to this seq.
+    Read(Seq),
+    /// The mute flag.
+    Muted(bool),
+}
+
+impl ConversationActor {
+    pub(super) fn on_read(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        user: UserId,
+        seq: Seq,
+        reply: OkReply,
+    ) {
+        let last_seq = live.record.last_seq;
+        let m = match state::member(&live.record, user) {
+            Ok(m) => m,
+            Err(r) => {
+                let _ = reply.send(Err(r));
+                return;
+            }
+        };
+        let target = seq.min(last_seq);
+        if target <= m.last_read {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.save_member_flag(
+            myself,
+            live.record.id,
+            user,
+            MemberFlag::Read(target),
+            reply,
+        );
+    }
+
+    pub(super) fn on_mute(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        user: UserId,
+        on: bool,
+        reply: OkReply,
+    ) {
+        if let Err(r) = state::member(&live.record, user) {
+            let _ = reply.send(Err(r));
+            return;
+        }
+        self.save_member_flag(myself, live.record.id, user, MemberFlag::Muted(on), reply);
+    }
+
+    /// Writes a member's flag off the handler; the outcome comes back as `MemberFlagSaved`.
+    pub(super) fn save_member_flag(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        conv: ConversationId,
+        user: UserId,
+        flag: MemberFlag,
+        reply: OkReply,
+    ) {
+        let deps = self.deps.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let outcome = match flag {
+                MemberFlag::Read(seq) => deps.store.set_read(conv, user, seq).await,
+                MemberFlag::Muted(on) => deps.store.set_muted(conv, user, on).await,
+            };
+            let _ = me.cast(ConversationMessage::MemberFlagSaved(
+                user, flag, outcome, reply,
+            ));
+        });
+    }
+
+    /// Applies a committed read pointer or mute flag, answers, and pushes the receipt.
+    pub(super) fn on_member_flag_saved(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        flag: MemberFlag,
+        outcome: Result<(), StoreError>,
+        reply: OkReply,
+    ) {
+        if let Err(e) = outcome {
+            let _ = reply.send(Err(store_rejection(&e)));
+            return;
+        }
+        let conv = live.record.id;
+        // The member may have left while the write was at the store: then nothing moves here.
+        let receipt = match live.record.members.iter_mut().find(|m| m.user == user) {
+            Some(m) => match flag {
+                MemberFlag::Read(seq) if seq > m.last_read => {
+                    m.last_read = seq;
+                    Some(seq)
+                }
+                MemberFlag::Read(_) => None,
+                MemberFlag::Muted(on) => {
+                    m.muted = on;
+                    None
+                }
+            },
+            None => None,
+        };
+        let _ = reply.send(Ok(()));
+        if let Some(seq) = receipt {
+            let frame = shared(ServerFrame::Receipt { conv, user, seq });
+            for other in others(&live.record, user) {
+                self.deps.delivery.deliver(other, &frame, None);
+            }
+        }
+    }
+
+    pub(super) fn on_typing(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        on: bool,
+        reply: Option<OkReply>,
+    ) {
+        if let Err(r) = state::member(&live.record, user) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(r));
+            }
+            return;
+        }
+        let now = Instant::now();
+        let found = live.typing.iter().position(|t| t.user == user);
+        // Only a change, or a repeated `on` after a while, reaches the others.
+        let tell = match (found, on) {
+            (Some(i), true) => {
+                let t = &mut live.typing[i];
+                t.until = now + TYPING_TTL;
+                let refresh = now.duration_since(t.told) >= TYPING_REFRESH;
+                if refresh {
+                    t.told = now;
+                }
+                refresh
+            }
+            (Some(i), false) => {
+                live.typing.swap_remove(i);
+                true
+            }
+            (None, true) => {
+                live.typing.push(Typist {
+                    user,
+                    until: now + TYPING_TTL,
+                    told: now,
+                });
+                true
+            }
+            (None, false) => false,
+        };
+        if tell {
+            self.push_typing(&live.record, user, on);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    pub(super) fn push_typing(&self, record: &ConversationRecord, user: UserId, on: bool) {
+        let frame = shared(ServerFrame::Typing {
+            conv: record.id,
+            user,
+            on,
+        });
+        for other in others(record, user) {
+            self.deps.delivery.deliver(other, &frame, None);
+        }
+    }
+
+    pub(super) fn on_delete(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        msg: MessageObject,
+        reply: OkReply,
+    ) {
+        if let Err(r) = state::member(&live.record, user) {
+            let _ = reply.send(Err(r));
+            return;
+        }
+        if msg.from != user {
+            let _ = reply.send(Err(Rejection::forbidden(
+                "only the sender deletes a message",
+            )));
+            return;
+        }
+        if msg.deleted_at.is_some() {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let deps = self.deps.clone();
+        let members: Vec<UserId> = live.record.members.iter().map(|m| m.user).collect();
+        tokio::spawn(async move {
+            match deps.store.mark_deleted(msg.mid, now_ms()).await {
+                Ok(()) => {
+                    let _ = reply.send(Ok(()));
+                    let frame = shared(ServerFrame::Deleted {
+                        conv: msg.conv,
+                        mid: msg.mid,
+                        seq: msg.seq,
+                    });
+                    for m in members {
+                        deps.delivery.deliver(m, &frame, None);
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(store_rejection(&e)));
+                }
+            }
+        });
+    }
+
+    pub(super) fn on_history(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        range: HistoryRange,
+        limit: usize,
+        reply: RpcReplyPort<Result<(Vec<MessageObject>, bool), Rejection>>,
+    ) {
+        if let Err(r) = state::member(&live.record, user) {
+            let _ = reply.send(Err(r));
+            return;
+        }
+        let deps = self.deps.clone();
+        let conv = live.record.id;
+        tokio::spawn(async move {
+            let page = deps.store.history(conv, range, limit).await;
+            let _ = reply.send(page.map_err(|e| store_rejection(&e)));
+        });
+    }
+
+    pub(super) fn on_get(
+        &self,
+        live: &mut Live,
+        user: UserId,
+        reply: RpcReplyPort<Result<ConversationObject, Rejection>>,
+    ) {
+        let last_read = match state::member(&live.record, user) {
+            Ok(m) => m.last_read,
+            Err(r) => {
+                let _ = reply.send(Err(r));
+                return;
+            }
+        };
+        let deps = self.deps.clone();
+        let record = live.record.clone();
+        tokio::spawn(async move {
+            let outcome = deps
+                .store
+                .last_message_and_unread(record.id, user, last_read)
+                .await;
+            let answer = match outcome {
+                Ok((last, unread)) => {
+                    let profiles = view::profiles_for(deps.profiles.as_ref(), [&record]).await;
+                    Ok(view::object(&record, last, unread, &profiles))
+                }
+                Err(e) => Err(store_rejection(&e)),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+}
