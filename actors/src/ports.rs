@@ -17,9 +17,14 @@ pub enum StoreError {
     /// Some `mid`s of the batch are stored already: answer the first result, or `conflict`.
     #[error("{} mid(s) already stored", .0.len())]
     DuplicateMids(Vec<ExistingMid>),
-    /// Another writer took one of our `seq`s: reload the conversation and retry.
+    /// Another writer took one of our `seq`s (two owners for a moment): reload the conversation
+    /// and renumber; nothing of the batch was stored or acknowledged.
     #[error("seq already taken")]
     SeqTaken,
+    /// A `mid` of the batch was stored by another writer between the look-up and the insert:
+    /// look the mids up again (the retry answers `DuplicateMids`).
+    #[error("mid stored concurrently")]
+    MidTaken,
     /// The row is not there.
     #[error("not found")]
     NotFound,

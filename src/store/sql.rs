@@ -142,17 +142,31 @@ fn corrupt(what: &str) -> sqlx::Error {
     sqlx::Error::Decode(format!("unexpected {what} in the database").into())
 }
 
-/// Converts a driver error once, by what the caller does next.
+/// Converts a driver error once, by what the caller does next. A unique violation is told apart
+/// by the constraint it broke: PostgreSQL names it; SQLite names the columns in its message.
 fn classify(e: sqlx::Error) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::SeqTaken,
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let named = |constraint: &str, columns: &str| {
+                db.constraint() == Some(constraint) || db.message().contains(columns)
+            };
+            if named("messages_pkey", "messages.conv_id, messages.seq") {
+                StoreError::SeqTaken
+            } else if named("messages_mid", "messages.mid") {
+                StoreError::MidTaken
+            } else {
+                StoreError::Unavailable(Box::new(e))
+            }
+        }
         sqlx::Error::RowNotFound => StoreError::NotFound,
         _ => StoreError::Unavailable(Box::new(e)),
     }
 }
 
-fn is_unique_violation(e: &StoreError) -> bool {
-    matches!(e, StoreError::SeqTaken)
+/// Whether a failed commit is a race with another writer over one batch's rows, which retrying
+/// each batch alone isolates (and, for a mid, answers from the stored row).
+fn is_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::SeqTaken | StoreError::MidTaken)
 }
 
 impl SqlStore {
@@ -522,9 +536,11 @@ impl Store for SqlStore {
     async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
         match self.append_once(batches).await {
             Ok(results) => results,
-            // A race with another writer (two owners for a moment): isolate the guilty batch by
-            // retrying each alone, so the others still commit.
-            Err(e) if is_unique_violation(&e) && batches.len() > 1 => {
+            // A race with another writer (two owners for a moment, or a mid stored meanwhile):
+            // retry each batch alone, so the others still commit and only the guilty batch is
+            // refused — with SeqTaken (its conversation reloads and renumbers) or, its mid now
+            // found by the look-up, DuplicateMids.
+            Err(e) if is_race(&e) && (batches.len() > 1 || matches!(e, StoreError::MidTaken)) => {
                 let mut results = Vec::with_capacity(batches.len());
                 for b in batches {
                     let one = self.append_once(std::slice::from_ref(b)).await;

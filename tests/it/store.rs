@@ -145,6 +145,35 @@ async fn suite(backend: Backend) {
         results[0]
     );
 
+    // ... and only that conversation's batch is refused: the others of the commit go in
+    let (d, e) = (UserId::random(), UserId::random());
+    let (third, _) = s.create_conversation(direct(d, e)).await.unwrap();
+    // Newer than the retention cut-off used below.
+    let fresh = NewMessage {
+        at: 10_000,
+        ..msg(1, d, false)
+    };
+    let results = s
+        .append(&[
+            AppendBatch {
+                conv: conv.id,
+                messages: vec![msg(12, b, false)],
+            },
+            AppendBatch {
+                conv: third.id,
+                messages: vec![fresh],
+            },
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Err(StoreError::SeqTaken)),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[1].is_ok(), "{:?}", results[1]);
+    let third = s.load_conversation(third.id).await.unwrap().unwrap();
+    assert_eq!(third.last_seq, 1);
+
     // read pointers only move forward; unread skips own, deleted and system messages
     s.set_read(conv.id, b, 5).await.unwrap();
     s.set_read(conv.id, b, 3).await.unwrap();

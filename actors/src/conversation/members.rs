@@ -129,6 +129,12 @@ impl ConversationActor {
             return;
         };
         let (pending, change) = *pending_change;
+        if let Err(StoreError::SeqTaken) = outcome {
+            // Another owner wrote meanwhile: plan it again on the reloaded record.
+            live.queue.push_front(Work::Member(pending));
+            self.reload(myself, live);
+            return;
+        }
         if let Err(e) = outcome {
             tracing::warn!(conv = %live.record.id, error = %e, "membership change failed");
             let _ = pending.reply.send(Err(store_rejection(&e)));

@@ -12,6 +12,8 @@ mod members;
 mod send;
 mod side;
 pub mod state;
+#[cfg(test)]
+mod tests;
 pub mod view;
 
 use std::collections::VecDeque;
@@ -348,6 +350,8 @@ pub fn store_rejection(e: &StoreError) -> Rejection {
     match e {
         StoreError::NotFound => Rejection::not_found("not found"),
         StoreError::DuplicateMids(_) => mid_clash(),
-        StoreError::SeqTaken | StoreError::Unavailable(_) => Rejection::unavailable(),
+        StoreError::SeqTaken | StoreError::MidTaken | StoreError::Unavailable(_) => {
+            Rejection::unavailable()
+        }
     }
 }

@@ -228,6 +228,15 @@ impl ConversationActor {
                     }
                 }
             }
+            Err(StoreError::SeqTaken) => {
+                // Another owner wrote to this conversation (two owners for a moment): nothing of
+                // the batch was stored. Reload to learn its seqs, then renumber and retry.
+                tracing::info!(conv = %live.record.id, "seq taken by another writer; reloading");
+                for p in batch.into_iter().rev() {
+                    live.queue.push_front(Work::Send(p));
+                }
+                self.reload(myself, live);
+            }
             Err(e) => {
                 // The commit may or may not have happened: nothing was acknowledged, so the
                 // callers get `unavailable` (a retry with the same mid is safe) and we reload.

@@ -1,0 +1,379 @@
+//! The conversation actor against an in-memory store that keeps the database's two guards of
+//! order (a seq is stored once per conversation, a mid once overall), for the paths a real
+//! database reaches only in a race: a batch renumbered after a duplicate mid, a reload after
+//! another owner took our seq.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+
+use super::{ConversationActor, ConversationDeps, ConversationMessage, SendCommand, Sent};
+use crate::delivery::Delivery;
+use crate::directory::Directory;
+use crate::ids::{ConversationId, Mid, Seq, UserId};
+use crate::ports::{
+    AppendBatch, Bus, ConversationRecord, Envelope, ExistingMid, HistoryRange, ListQuery,
+    ListedConversation, MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles,
+    ProfilesError, Store, StoreError, Writer,
+};
+use crate::protocol::{ConversationKind, ErrorCode, MessageObject, Profile, Rejection, Role};
+use crate::rules::Limits;
+
+/// What the fake database holds.
+#[derive(Default)]
+struct Tables {
+    conversations: HashMap<ConversationId, ConversationRecord>,
+    messages: Vec<(ConversationId, NewMessage)>,
+}
+
+/// An in-memory store: appends obey the unique `(conversation, seq)` and `mid` of the real one.
+#[derive(Default)]
+struct MemoryStore {
+    tables: Mutex<Tables>,
+}
+
+impl MemoryStore {
+    /// Stores `message` as another writer would, behind the actor's back.
+    fn store_directly(&self, conv: ConversationId, message: NewMessage) {
+        let mut t = self.tables.lock().unwrap();
+        if let Some(c) = t.conversations.get_mut(&conv) {
+            c.last_seq = c.last_seq.max(message.seq);
+        }
+        t.messages.push((conv, message));
+    }
+
+    fn seqs(&self, conv: ConversationId) -> Vec<Seq> {
+        let t = self.tables.lock().unwrap();
+        let mut seqs: Vec<Seq> = t
+            .messages
+            .iter()
+            .filter(|(c, _)| *c == conv)
+            .map(|(_, m)| m.seq)
+            .collect();
+        seqs.sort();
+        seqs
+    }
+
+    fn append_one(t: &mut Tables, batch: &AppendBatch) -> Result<(), StoreError> {
+        let hits: Vec<ExistingMid> = t
+            .messages
+            .iter()
+            .filter(|(_, stored)| batch.messages.iter().any(|m| m.mid == stored.mid))
+            .map(|(conv, m)| ExistingMid {
+                mid: m.mid,
+                conv: *conv,
+                sender: m.sender,
+                seq: m.seq,
+                at: m.at,
+            })
+            .collect();
+        if !hits.is_empty() {
+            return Err(StoreError::DuplicateMids(hits));
+        }
+        let taken = t.messages.iter().any(|(conv, stored)| {
+            *conv == batch.conv && batch.messages.iter().any(|m| m.seq == stored.seq)
+        });
+        if taken {
+            return Err(StoreError::SeqTaken);
+        }
+        for m in &batch.messages {
+            t.messages.push((batch.conv, m.clone()));
+        }
+        if let (Some(c), Some(last)) = (t.conversations.get_mut(&batch.conv), batch.messages.last())
+        {
+            c.last_seq = last.seq;
+            c.last_activity = last.at;
+        }
+        Ok(())
+    }
+}
+
+fn not_here() -> StoreError {
+    StoreError::Unavailable("not in the memory store".into())
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn load_conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationRecord>, StoreError> {
+        Ok(self.tables.lock().unwrap().conversations.get(&id).cloned())
+    }
+    async fn create_conversation(
+        &self,
+        new: NewConversation,
+    ) -> Result<(ConversationRecord, bool), StoreError> {
+        let mut t = self.tables.lock().unwrap();
+        t.conversations.insert(new.record.id, new.record.clone());
+        Ok((new.record, true))
+    }
+    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+        let mut t = self.tables.lock().unwrap();
+        batches
+            .iter()
+            .map(|b| Self::append_one(&mut t, b))
+            .collect()
+    }
+    async fn change_members(
+        &self,
+        _: ConversationId,
+        _: &MembershipChange,
+    ) -> Result<(), StoreError> {
+        Err(not_here())
+    }
+    async fn set_read(&self, _: ConversationId, _: UserId, _: Seq) -> Result<(), StoreError> {
+        Err(not_here())
+    }
+    async fn set_muted(&self, _: ConversationId, _: UserId, _: bool) -> Result<(), StoreError> {
+        Err(not_here())
+    }
+    async fn history(
+        &self,
+        _: ConversationId,
+        _: HistoryRange,
+        _: usize,
+    ) -> Result<(Vec<MessageObject>, bool), StoreError> {
+        Err(not_here())
+    }
+    async fn find_message(&self, _: Mid) -> Result<Option<MessageObject>, StoreError> {
+        Err(not_here())
+    }
+    async fn mark_deleted(&self, _: Mid, _: i64) -> Result<(), StoreError> {
+        Err(not_here())
+    }
+    async fn last_message_and_unread(
+        &self,
+        _: ConversationId,
+        _: UserId,
+        _: Seq,
+    ) -> Result<(Option<MessageObject>, i64), StoreError> {
+        Err(not_here())
+    }
+    async fn list_conversations(
+        &self,
+        _: UserId,
+        _: ListQuery,
+    ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
+        Err(not_here())
+    }
+    async fn agent_loads(&self, _: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {
+        Err(not_here())
+    }
+    async fn purge(&self, _: i64, _: i64) -> Result<(u64, u64), StoreError> {
+        Err(not_here())
+    }
+}
+
+/// What the writer calls with a batch's outcome.
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A writer that holds each batch until the test lets it go, so several sends gather into one
+/// batch as they do under load.
+struct HeldWriter {
+    store: Arc<MemoryStore>,
+    held: Mutex<Vec<(AppendBatch, Done)>>,
+}
+
+impl HeldWriter {
+    /// Commits everything held so far.
+    fn release(&self) -> usize {
+        let held: Vec<_> = std::mem::take(&mut *self.held.lock().unwrap());
+        let n = held.len();
+        for (batch, done) in held {
+            let outcome = {
+                let mut t = self.store.tables.lock().unwrap();
+                MemoryStore::append_one(&mut t, &batch)
+            };
+            done(outcome);
+        }
+        n
+    }
+}
+
+impl Writer for HeldWriter {
+    fn submit(&self, batch: AppendBatch, done: Done) {
+        self.held.lock().unwrap().push((batch, done));
+    }
+}
+
+struct NoBus;
+impl Bus for NoBus {
+    fn is_distributed(&self) -> bool {
+        false
+    }
+    fn publish(&self, _: Envelope) {}
+}
+
+struct NoProfiles;
+#[async_trait]
+impl Profiles for NoProfiles {
+    async fn profiles(&self, _: &[UserId], _: &[UserId]) -> HashMap<UserId, Profile> {
+        HashMap::new()
+    }
+    async fn business_agents(&self, _: UserId) -> Result<Vec<UserId>, ProfilesError> {
+        Err(ProfilesError::UnknownBusiness)
+    }
+    async fn invalidate(&self, _: UserId) {}
+}
+
+struct NoDirectory;
+impl Directory<ConversationId> for NoDirectory {
+    fn leave(&self, _: &ConversationId, _: ActorId) {}
+}
+
+/// A live conversation actor of two members over a memory store and a held writer.
+struct Harness {
+    store: Arc<MemoryStore>,
+    writer: Arc<HeldWriter>,
+    actor: ActorRef<ConversationMessage>,
+    conv: ConversationId,
+    alice: UserId,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let store = Arc::new(MemoryStore::default());
+        let (conv, alice, bob) = (ConversationId::random(), UserId::random(), UserId::random());
+        let member = |user, joined| MemberRecord {
+            user,
+            role: Role::Member,
+            last_read: 0,
+            muted: false,
+            joined,
+        };
+        store.tables.lock().unwrap().conversations.insert(
+            conv,
+            ConversationRecord {
+                id: conv,
+                kind: ConversationKind::Direct,
+                name: None,
+                business: None,
+                created_at: 1,
+                last_seq: 0,
+                last_activity: 1,
+                members: vec![member(alice, 0), member(bob, 1)],
+            },
+        );
+        let writer = Arc::new(HeldWriter {
+            store: store.clone(),
+            held: Mutex::new(Vec::new()),
+        });
+        let deps = Arc::new(ConversationDeps {
+            store: store.clone(),
+            writer: writer.clone(),
+            delivery: Arc::new(Delivery::new(Arc::new(NoBus))),
+            profiles: Arc::new(NoProfiles),
+            limits: Limits::default(),
+            directory: Arc::new(NoDirectory),
+        });
+        let (actor, _) = Actor::spawn(None, ConversationActor { deps }, conv)
+            .await
+            .unwrap();
+        Harness {
+            store,
+            writer,
+            actor,
+            conv,
+            alice,
+        }
+    }
+
+    /// Sends as alice with a client mid; the answer comes later.
+    fn send(&self, mid: Mid) -> oneshot::Receiver<Result<Sent, Rejection>> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = SendCommand {
+            sender: self.alice,
+            session: None,
+            mid,
+            client_mid: true,
+            kind: "text".to_owned(),
+            body: "hi".to_owned(),
+            reply: RpcReplyPort::from(tx),
+        };
+        self.actor
+            .cast(ConversationMessage::Send(Box::new(cmd)))
+            .unwrap();
+        rx
+    }
+
+    /// Lets the writer commit until nothing is submitted any more.
+    async fn settle(&self) {
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            self.writer.release();
+        }
+    }
+}
+
+fn stored(seq: Seq, mid: Mid, sender: UserId) -> NewMessage {
+    NewMessage {
+        seq,
+        mid,
+        client_mid: true,
+        sender,
+        kind: "text".to_owned(),
+        body: "elsewhere".to_owned(),
+        at: 2,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_clashing_mid_is_renumbered_without_a_gap() {
+    let h = Harness::start().await;
+    // A mid alice already used in another conversation: that send is a conflict.
+    let clash = Mid::random();
+    h.store
+        .store_directly(ConversationId::random(), stored(1, clash, h.alice));
+    let first = h.send(Mid::random());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The first send is at the writer; these two queue and go as one batch after it.
+    let clashing = h.send(clash);
+    let after = h.send(Mid::random());
+    h.settle().await;
+    assert_eq!(first.await.unwrap().unwrap().seq, 1);
+    assert_eq!(
+        clashing.await.unwrap().unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    // Numbered 3 in the refused batch; renumbered 2, so the conversation has no gap.
+    assert_eq!(after.await.unwrap().unwrap().seq, 2);
+    assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_retried_mid_answers_the_stored_result_and_stores_nothing() {
+    let h = Harness::start().await;
+    let mid = Mid::random();
+    let first = h.send(mid);
+    h.settle().await;
+    let first = first.await.unwrap().unwrap();
+    assert!(first.created);
+    let again = h.send(mid);
+    h.settle().await;
+    let again = again.await.unwrap().unwrap();
+    assert_eq!(
+        (again.seq, again.at, again.created),
+        (first.seq, first.at, false)
+    );
+    assert_eq!(h.store.seqs(h.conv), vec![1]);
+}
+
+#[tokio::test]
+async fn a_seq_taken_by_another_owner_reloads_and_retries_instead_of_failing() {
+    let h = Harness::start().await;
+    // Another node wrote seq 1 after this actor loaded the conversation at last_seq 0.
+    h.store
+        .store_directly(h.conv, stored(1, Mid::random(), UserId::random()));
+    let mine = h.send(Mid::random());
+    h.settle().await;
+    let sent = mine.await.unwrap().unwrap();
+    assert_eq!(sent.seq, 2);
+    assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
+}
