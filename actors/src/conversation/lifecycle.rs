@@ -19,7 +19,7 @@ impl ConversationActor {
         let deps = self.deps.clone();
         let me = myself.clone();
         let conv = live.record.id;
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             let outcome = deps.store.load_conversation(conv).await;
             if outcome.is_err() {
                 tokio::time::sleep(Duration::from_millis(500)).await;

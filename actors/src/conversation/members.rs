@@ -110,7 +110,7 @@ impl ConversationActor {
         let conv = record.id;
         let submitted = change.clone();
         live.inflight = InFlight::Member(Box::new((pending, change)));
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             let outcome = deps.store.change_members(conv, &submitted).await;
             let _ = me.cast(ConversationMessage::MembersChanged(outcome));
         });
@@ -166,7 +166,7 @@ impl ConversationActor {
     /// Pushes the conversation, as each member sees it, to every member.
     pub(super) fn push_conversation(&self, record: ConversationRecord) {
         let deps = self.deps.clone();
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             deps.push_conversation(&record, None).await;
         });
     }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::task::TaskTracker;
 
 use crate::delivery::Delivery;
 use crate::directory::Directory;
@@ -105,6 +106,9 @@ pub struct ConversationDeps {
     pub limits: Limits,
     /// The node's map of conversation actors, left before stopping.
     pub directory: Arc<dyn Directory<ConversationId>>,
+    /// Every task the actors hand slow work to: the node waits for them when it stops, so none
+    /// outlives the store's pool.
+    pub tasks: TaskTracker,
 }
 
 /// The conversation actor; `deps` is read-only.
@@ -188,7 +192,7 @@ impl Actor for ConversationActor {
         if let Some(business) = record.business {
             // Its presence is its agents': learn who they are.
             let deps = self.deps.clone();
-            tokio::spawn(async move {
+            self.deps.tasks.spawn(async move {
                 if let Ok(agents) = deps.profiles.business_agents(business).await {
                     deps.delivery
                         .presence

@@ -82,7 +82,7 @@ impl ConversationActor {
     ) {
         let deps = self.deps.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             let outcome = match flag {
                 MemberFlag::Read(seq) => deps.store.set_read(conv, user, seq).await,
                 MemberFlag::Muted(on) => deps.store.set_muted(conv, user, on).await,
@@ -213,7 +213,7 @@ impl ConversationActor {
         }
         let deps = self.deps.clone();
         let members: Vec<UserId> = live.record.members.iter().map(|m| m.user).collect();
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             match deps.store.mark_deleted(msg.mid, now_ms()).await {
                 Ok(()) => {
                     let _ = reply.send(Ok(()));
@@ -247,7 +247,7 @@ impl ConversationActor {
         }
         let deps = self.deps.clone();
         let conv = live.record.id;
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             let page = deps.store.history(conv, range, limit).await;
             let _ = reply.send(page.map_err(|e| store_rejection(&e)));
         });
@@ -268,7 +268,7 @@ impl ConversationActor {
         };
         let deps = self.deps.clone();
         let record = live.record.clone();
-        tokio::spawn(async move {
+        self.deps.tasks.spawn(async move {
             let outcome = deps
                 .store
                 .last_message_and_unread(record.id, user, last_read)

@@ -272,6 +272,7 @@ impl Harness {
             profiles: Arc::new(NoProfiles),
             limits: Limits::default(),
             directory: Arc::new(NoDirectory),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         let (actor, _) = Actor::spawn(None, ConversationActor { deps }, conv)
             .await

@@ -314,7 +314,9 @@ impl Node {
         let object = view::object(&record, None, 0, &profiles);
         let deps = self.deps.clone();
         let except = caller.session;
-        tokio::spawn(async move { deps.push_conversation(&record, except).await });
+        self.deps
+            .tasks
+            .spawn(async move { deps.push_conversation(&record, except).await });
         Ok((object, true))
     }
 

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::conversation::{ConversationActor, ConversationDeps, ConversationMessage};
 use crate::delivery::Delivery;
@@ -55,6 +57,8 @@ pub struct Node {
     conversations: Arc<ActorMap<ConversationId, ConversationMessage>>,
     supervisor: ActorRef<()>,
     budgets: Arc<Budgets>,
+    /// Cancelled by [`Node::stop`]: ends the node's own background loops.
+    stopping: CancellationToken,
 }
 
 impl Node {
@@ -75,6 +79,7 @@ impl Node {
             profiles,
             limits: config.limits,
             directory: conversations.clone(),
+            tasks: TaskTracker::new(),
         });
         let supervisor = NodeSupervisor {
             users: users.clone(),
@@ -82,14 +87,17 @@ impl Node {
         };
         let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
         let budgets = Arc::new(Budgets::new(&config.budgets));
+        let stopping = CancellationToken::new();
         // Keyed limiters keep every key forever unless told to forget the idle ones.
-        let weak = Arc::downgrade(&budgets);
-        tokio::spawn(async move {
+        let forgetting = budgets.clone();
+        let stopped = stopping.clone();
+        deps.tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
-                every.tick().await;
-                let Some(budgets) = weak.upgrade() else { break };
-                budgets.forget_idle();
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = every.tick() => forgetting.forget_idle(),
+                }
             }
         });
         Ok(Node {
@@ -98,6 +106,7 @@ impl Node {
             conversations,
             supervisor,
             budgets,
+            stopping,
         })
     }
 
@@ -106,8 +115,9 @@ impl Node {
         &self.deps.delivery
     }
 
-    /// Stops every actor and the supervisor, waiting for them. Batches already handed to the
-    /// writer still commit: the writer drains its queue on its own.
+    /// Stops every actor and the supervisor, then waits (bounded) for the work they handed to
+    /// background tasks (read pointers, deletes, pushes), so none outlives the store. Batches
+    /// already handed to the writer still commit: the writer drains its queue on its own.
     pub async fn stop(&self) {
         let _ = self
             .supervisor
@@ -117,6 +127,14 @@ impl Node {
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
+        self.stopping.cancel();
+        self.deps.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.deps.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some background tasks did not finish in time");
+        }
     }
 
     /// How many users are connected and conversations live here (for metrics).
