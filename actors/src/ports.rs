@@ -151,7 +151,7 @@ pub struct MembershipChange {
 }
 
 /// A page request for `history`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HistoryRange {
     /// `seq > after` (and `< before` when given), oldest first.
     After(Seq, Option<Seq>),

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 
+use super::request::Reply;
 use super::state;
 use super::{
-    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, OkReply,
-    REQUEST_DEADLINE, Work, shared, store_rejection, view,
+    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, REQUEST_DEADLINE,
+    Work, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
 use crate::ids::{Mid, SessionId, UserId};
@@ -21,7 +22,7 @@ use crate::rules::membership;
 pub(super) struct PendingMember {
     pub(super) actor: UserId,
     pub(super) op: MemberOp,
-    pub(super) reply: OkReply,
+    pub(super) reply: Reply,
     pub(super) queued_at: Instant,
 }
 
@@ -65,10 +66,10 @@ impl ConversationActor {
         live: &mut Live,
         actor: UserId,
         op: MemberOp,
-        reply: OkReply,
+        reply: Reply,
     ) {
         if let Err(r) = state::member(&live.record, actor) {
-            let _ = reply.send(Err(r));
+            reply.fail(r);
             return;
         }
         live.queue.push_back(Work::Member(PendingMember {
@@ -86,7 +87,7 @@ impl ConversationActor {
         pending: PendingMember,
     ) {
         if pending.queued_at.elapsed() > REQUEST_DEADLINE {
-            let _ = pending.reply.send(Err(Rejection::unavailable()));
+            pending.reply.fail(Rejection::unavailable());
             return;
         }
         let record = &live.record;
@@ -101,7 +102,7 @@ impl ConversationActor {
         let change = match planned {
             Ok(change) => change,
             Err(r) => {
-                let _ = pending.reply.send(Err(r));
+                pending.reply.fail(r);
                 return;
             }
         };
@@ -137,13 +138,13 @@ impl ConversationActor {
         }
         if let Err(e) = outcome {
             tracing::warn!(conv = %live.record.id, error = %e, "membership change failed");
-            let _ = pending.reply.send(Err(store_rejection(&e)));
+            pending.reply.fail(store_rejection(&e));
             self.reload(myself, live);
             return;
         }
         let record = &mut live.record;
         apply_change(record, &change);
-        let _ = pending.reply.send(Ok(()));
+        pending.reply.ok();
         for removed in &change.remove {
             let frame = shared(ServerFrame::Removed { conv: record.id });
             self.deps.delivery.deliver(*removed, &frame, None);

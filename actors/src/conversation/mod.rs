@@ -9,6 +9,7 @@
 
 mod lifecycle;
 mod members;
+pub mod request;
 mod send;
 mod side;
 pub mod state;
@@ -20,20 +21,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::Delivery;
 use crate::directory::Directory;
-use crate::ids::{ConversationId, Seq, UserId};
-use crate::ports::{
-    ConversationRecord, HistoryRange, MembershipChange, Profiles, Store, StoreError, Writer,
-};
-use crate::protocol::{ConversationObject, MessageObject, Rejection, ServerFrame, SharedFrame};
+use crate::ids::{ConversationId, UserId};
+use crate::ports::{ConversationRecord, MembershipChange, Profiles, Store, StoreError, Writer};
+use crate::protocol::{Rejection, ServerFrame, SharedFrame};
 use crate::rules::Limits;
 use members::{MemberOp, PendingMember};
+pub use request::{ConversationReply, ConversationRequest, Reply, ReplyPort, SendRequest};
+pub use send::Sent;
 use send::{PendingSend, answer_send, mid_clash};
-pub use send::{SendCommand, Sent};
 pub use side::MemberFlag;
 use state::RecentMids;
 
@@ -48,36 +48,10 @@ const TYPING_TTL: Duration = Duration::from_secs(5);
 /// A repeated typing `on` is passed on at most this often.
 const TYPING_REFRESH: Duration = Duration::from_secs(2);
 
-/// A reply port for requests answered with `ok`.
-pub type OkReply = RpcReplyPort<Result<(), Rejection>>;
-
 /// What a conversation actor is asked.
 pub enum ConversationMessage {
-    /// Numbers, persists and fans out a message; replies after commit.
-    Send(Box<SendCommand>),
-    /// Moves `user`'s read pointer forward; pushes a receipt after commit.
-    Read(UserId, Seq, OkReply),
-    /// Tells the other members that `user` is (not) typing; answered only when it carried an id.
-    Typing(UserId, bool, Option<OkReply>),
-    /// Soft-deletes a message of `user`'s.
-    Delete(UserId, Box<MessageObject>, OkReply),
-    /// Sets `user`'s mute flag.
-    Mute(UserId, bool, OkReply),
-    /// `actor` adds `user`.
-    AddMember(UserId, UserId, OkReply),
-    /// `actor` removes `user` (or leaves, when the same).
-    RemoveMember(UserId, UserId, OkReply),
-    /// Agent `actor` hands the business conversation to `agent` (an agent of the business).
-    Transfer(UserId, UserId, OkReply),
-    /// A page of history for `user`.
-    History(
-        UserId,
-        HistoryRange,
-        usize,
-        RpcReplyPort<Result<(Vec<MessageObject>, bool), Rejection>>,
-    ),
-    /// The conversation as `user` sees it.
-    Get(UserId, RpcReplyPort<Result<ConversationObject, Rejection>>),
+    /// A client's request, from this node or (in a cluster) another; the answer goes to `Reply`.
+    Request(Box<ConversationRequest>, Reply),
     /// The writer's answer for the batch at the store (never awaited inside `handle`).
     Committed(Result<(), StoreError>),
     /// The store's answer for the membership change at the store.
@@ -86,7 +60,7 @@ pub enum ConversationMessage {
     Reloaded(Result<Option<ConversationRecord>, StoreError>),
     /// The store's answer for a read pointer or mute flag written for `user`: the state moves
     /// (and the caller hears `ok`) only now, after the commit.
-    MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, OkReply),
+    MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, Reply),
     /// Sent to ourselves every [`TICK`].
     Tick,
 }
@@ -251,30 +225,9 @@ impl Actor for ConversationActor {
             live.last_used = Instant::now();
         }
         match message {
-            ConversationMessage::Send(cmd) => self.on_send(live, *cmd),
-            ConversationMessage::Read(user, seq, reply) => {
-                self.on_read(&myself, live, user, seq, reply)
+            ConversationMessage::Request(request, reply) => {
+                self.on_request(&myself, live, *request, reply)
             }
-            ConversationMessage::Typing(user, on, reply) => self.on_typing(live, user, on, reply),
-            ConversationMessage::Delete(user, msg, reply) => {
-                self.on_delete(live, user, *msg, reply)
-            }
-            ConversationMessage::Mute(user, on, reply) => {
-                self.on_mute(&myself, live, user, on, reply)
-            }
-            ConversationMessage::AddMember(actor, user, reply) => {
-                self.enqueue_member(live, actor, MemberOp::Add(user), reply)
-            }
-            ConversationMessage::RemoveMember(actor, user, reply) => {
-                self.enqueue_member(live, actor, MemberOp::Remove(user), reply)
-            }
-            ConversationMessage::Transfer(actor, agent, reply) => {
-                self.enqueue_member(live, actor, MemberOp::Transfer(agent), reply)
-            }
-            ConversationMessage::History(user, range, limit, reply) => {
-                self.on_history(live, user, range, limit, reply)
-            }
-            ConversationMessage::Get(user, reply) => self.on_get(live, user, reply),
             ConversationMessage::Committed(outcome) => self.on_committed(&myself, live, outcome),
             ConversationMessage::MembersChanged(outcome) => {
                 self.on_members_changed(&myself, live, outcome)
@@ -297,39 +250,53 @@ impl Actor for ConversationActor {
     }
 }
 
+impl ConversationActor {
+    /// Routes a client's request to the flow that serves it.
+    fn on_request(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        live: &mut Live,
+        request: ConversationRequest,
+        reply: Reply,
+    ) {
+        match request {
+            ConversationRequest::Send(req) => self.on_send(live, req, reply),
+            ConversationRequest::Read { user, seq } => self.on_read(myself, live, user, seq, reply),
+            ConversationRequest::Typing { user, on } => self.on_typing(live, user, on, reply),
+            ConversationRequest::Delete { user, message } => {
+                self.on_delete(live, user, *message, reply)
+            }
+            ConversationRequest::Mute { user, on } => self.on_mute(myself, live, user, on, reply),
+            ConversationRequest::AddMember { actor, user } => {
+                self.enqueue_member(live, actor, MemberOp::Add(user), reply)
+            }
+            ConversationRequest::RemoveMember { actor, user } => {
+                self.enqueue_member(live, actor, MemberOp::Remove(user), reply)
+            }
+            ConversationRequest::Transfer { actor, agent } => {
+                self.enqueue_member(live, actor, MemberOp::Transfer(agent), reply)
+            }
+            ConversationRequest::History { user, range, limit } => {
+                self.on_history(live, user, range, limit, reply)
+            }
+            ConversationRequest::Get { user } => self.on_get(live, user, reply),
+        }
+    }
+}
+
 fn reject_work(work: Work, rejection: Rejection) {
     match work {
         Work::Send(p) => answer_send(p, Err(rejection)),
-        Work::Member(p) => {
-            let _ = p.reply.send(Err(rejection));
-        }
+        Work::Member(p) => p.reply.fail(rejection),
     }
 }
 
 /// Answers a request addressed to a conversation that cannot serve it.
 fn reject_message(message: ConversationMessage, rejection: Rejection) {
     match message {
-        ConversationMessage::Send(cmd) => {
-            let _ = cmd.reply.send(Err(rejection));
-        }
-        ConversationMessage::Read(_, _, reply)
-        | ConversationMessage::Typing(_, _, Some(reply))
-        | ConversationMessage::MemberFlagSaved(_, _, _, reply)
-        | ConversationMessage::Delete(_, _, reply)
-        | ConversationMessage::Mute(_, _, reply)
-        | ConversationMessage::AddMember(_, _, reply)
-        | ConversationMessage::RemoveMember(_, _, reply)
-        | ConversationMessage::Transfer(_, _, reply) => {
-            let _ = reply.send(Err(rejection));
-        }
-        ConversationMessage::History(_, _, _, reply) => {
-            let _ = reply.send(Err(rejection));
-        }
-        ConversationMessage::Get(_, reply) => {
-            let _ = reply.send(Err(rejection));
-        }
-        ConversationMessage::Typing(_, _, None)
-        | ConversationMessage::Committed(_)
+        ConversationMessage::Request(_, reply)
+        | ConversationMessage::MemberFlagSaved(_, _, _, reply) => reply.fail(rejection),
+        ConversationMessage::Committed(_)
         | ConversationMessage::MembersChanged(_)
         | ConversationMessage::Reloaded(_)
         | ConversationMessage::Tick => {}

@@ -6,8 +6,10 @@
 
 use std::time::Instant;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
 
+use super::request::{Reply, SendRequest};
 use super::state::{self, Committed, Retry};
 use super::{
     ConversationActor, ConversationMessage, InFlight, Live, REQUEST_DEADLINE, Work, shared,
@@ -22,7 +24,7 @@ use crate::protocol::{MessageObject, Rejection, ServerFrame};
 pub(super) const MAX_BATCH: usize = 512;
 
 /// The acknowledgement of a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
     /// The conversation.
     pub conv: ConversationId,
@@ -36,63 +38,47 @@ pub struct Sent {
     pub created: bool,
 }
 
-/// A send as the actor gets it, already checked for size, kind and rate.
-pub struct SendCommand {
-    /// The sender.
-    pub sender: UserId,
-    /// The sender's connection, which gets `sent` instead of the push.
-    pub session: Option<SessionId>,
-    /// The idempotency key.
-    pub mid: Mid,
-    /// Whether the client chose `mid`.
-    pub client_mid: bool,
-    /// The kind.
-    pub kind: String,
-    /// The body.
-    pub body: String,
-    /// Where the answer goes.
-    pub reply: RpcReplyPort<Result<Sent, Rejection>>,
-}
-
 /// A pending send, waiting for its batch's commit.
 pub(super) struct PendingSend {
-    pub(super) cmd: SendCommand,
+    pub(super) req: SendRequest,
+    pub(super) reply: Reply,
     /// Further replies for retries of the same `mid` that arrived while it was pending.
-    pub(super) waiters: Vec<RpcReplyPort<Result<Sent, Rejection>>>,
+    pub(super) waiters: Vec<Reply>,
     pub(super) queued_at: Instant,
     pub(super) seq: Seq,
     pub(super) at: i64,
 }
 
 impl ConversationActor {
-    pub(super) fn on_send(&self, live: &mut Live, cmd: SendCommand) {
-        if let Err(r) = state::member(&live.record, cmd.sender) {
-            let _ = cmd.reply.send(Err(r));
+    pub(super) fn on_send(&self, live: &mut Live, req: SendRequest, reply: Reply) {
+        if let Err(r) = state::member(&live.record, req.sender) {
+            reply.fail(r);
             return;
         }
-        if cmd.client_mid {
-            match live.recent.check(cmd.mid, cmd.sender) {
+        if req.client_mid {
+            match live.recent.check(req.mid, req.sender) {
                 Some(Retry::Same(c)) => {
-                    let _ = cmd.reply.send(Ok(sent(live.record.id, cmd.mid, c, false)));
+                    reply.sent(Ok(sent(live.record.id, req.mid, c, false)));
                     return;
                 }
                 Some(Retry::Clash) => {
-                    let _ = cmd.reply.send(Err(mid_clash()));
+                    reply.fail(mid_clash());
                     return;
                 }
                 None => {}
             }
-            if let Some(pending) = find_pending(live, cmd.mid) {
-                if pending.cmd.sender == cmd.sender {
-                    pending.waiters.push(cmd.reply);
+            if let Some(pending) = find_pending(live, req.mid) {
+                if pending.req.sender == req.sender {
+                    pending.waiters.push(reply);
                 } else {
-                    let _ = cmd.reply.send(Err(mid_clash()));
+                    reply.fail(mid_clash());
                 }
                 return;
             }
         }
         live.queue.push_back(Work::Send(PendingSend {
-            cmd,
+            req,
+            reply,
             waiters: Vec::new(),
             queued_at: Instant::now(),
             seq: 0,
@@ -148,11 +134,11 @@ impl ConversationActor {
                 .iter()
                 .map(|p| NewMessage {
                     seq: p.seq,
-                    mid: p.cmd.mid,
-                    client_mid: p.cmd.client_mid,
-                    sender: p.cmd.sender,
-                    kind: p.cmd.kind.clone(),
-                    body: p.cmd.body.clone(),
+                    mid: p.req.mid,
+                    client_mid: p.req.client_mid,
+                    sender: p.req.sender,
+                    kind: p.req.kind.clone(),
+                    body: p.req.body.clone(),
                     at: p.at,
                 })
                 .collect(),
@@ -185,24 +171,24 @@ impl ConversationActor {
                     live.record.last_seq = p.seq;
                     live.record.last_activity = p.at;
                     let committed = Committed {
-                        sender: p.cmd.sender,
+                        sender: p.req.sender,
                         seq: p.seq,
                         at: p.at,
                     };
-                    live.recent.insert(p.cmd.mid, committed);
+                    live.recent.insert(p.req.mid, committed);
                     let message = MessageObject {
                         conv,
                         seq: p.seq,
-                        mid: p.cmd.mid,
-                        from: p.cmd.sender,
-                        // Committed: the command's text is not needed again, so it moves.
-                        kind: std::mem::take(&mut p.cmd.kind),
-                        body: Some(std::mem::take(&mut p.cmd.body)),
+                        mid: p.req.mid,
+                        from: p.req.sender,
+                        // Committed: the request's text is not needed again, so it moves.
+                        kind: std::mem::take(&mut p.req.kind),
+                        body: Some(std::mem::take(&mut p.req.body)),
                         at: p.at,
                         deleted_at: None,
                     };
-                    let (sender, session) = (p.cmd.sender, p.cmd.session);
-                    let ack = sent(conv, p.cmd.mid, committed, true);
+                    let (sender, session) = (p.req.sender, p.req.session);
+                    let ack = sent(conv, p.req.mid, committed, true);
                     answer_send(p, Ok(ack));
                     self.fan_out(&live.record, message, Some((sender, session)));
                 }
@@ -212,8 +198,8 @@ impl ConversationActor {
                 // back to the front of the queue to be renumbered: none of them was acknowledged.
                 let conv = live.record.id;
                 for p in batch.into_iter().rev() {
-                    match hits.iter().find(|h| h.mid == p.cmd.mid) {
-                        Some(h) if h.conv == conv && h.sender == p.cmd.sender => {
+                    match hits.iter().find(|h| h.mid == p.req.mid) {
+                        Some(h) if h.conv == conv && h.sender == p.req.sender => {
                             let c = Committed {
                                 sender: h.sender,
                                 seq: h.seq,
@@ -270,12 +256,12 @@ impl ConversationActor {
 
 pub(super) fn find_pending(live: &mut Live, mid: Mid) -> Option<&mut PendingSend> {
     if let InFlight::Messages(batch) = &mut live.inflight
-        && let Some(p) = batch.iter_mut().find(|p| p.cmd.mid == mid)
+        && let Some(p) = batch.iter_mut().find(|p| p.req.mid == mid)
     {
         return Some(p);
     }
     live.queue.iter_mut().find_map(|w| match w {
-        Work::Send(p) if p.cmd.mid == mid => Some(p),
+        Work::Send(p) if p.req.mid == mid => Some(p),
         _ => None,
     })
 }
@@ -286,9 +272,9 @@ pub(super) fn answer_send(p: PendingSend, answer: Result<Sent, Rejection>) {
             created: false,
             ..s
         });
-        let _ = w.send(again);
+        w.sent(again);
     }
-    let _ = p.cmd.reply.send(answer);
+    p.reply.sent(answer);
 }
 
 pub(super) fn sent(conv: ConversationId, mid: Mid, c: Committed, created: bool) -> Sent {

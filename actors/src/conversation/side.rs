@@ -4,17 +4,18 @@
 
 use std::time::Instant;
 
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::ActorRef;
 
+use super::request::{ConversationReply, Reply};
 use super::state;
 use super::{
-    ConversationActor, ConversationMessage, Live, OkReply, TYPING_REFRESH, TYPING_TTL, Typist,
-    others, shared, store_rejection, view,
+    ConversationActor, ConversationMessage, Live, TYPING_REFRESH, TYPING_TTL, Typist, others,
+    shared, store_rejection, view,
 };
 use crate::clock::now_ms;
 use crate::ids::{ConversationId, Seq, UserId};
 use crate::ports::{ConversationRecord, HistoryRange, StoreError};
-use crate::protocol::{ConversationObject, MessageObject, Rejection, ServerFrame};
+use crate::protocol::{MessageObject, Rejection, ServerFrame};
 
 /// A per-member setting written outside the batching writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,19 +33,19 @@ impl ConversationActor {
         live: &mut Live,
         user: UserId,
         seq: Seq,
-        reply: OkReply,
+        reply: Reply,
     ) {
         let last_seq = live.record.last_seq;
         let m = match state::member(&live.record, user) {
             Ok(m) => m,
             Err(r) => {
-                let _ = reply.send(Err(r));
+                reply.fail(r);
                 return;
             }
         };
         let target = seq.min(last_seq);
         if target <= m.last_read {
-            let _ = reply.send(Ok(()));
+            reply.ok();
             return;
         }
         self.save_member_flag(
@@ -62,10 +63,10 @@ impl ConversationActor {
         live: &mut Live,
         user: UserId,
         on: bool,
-        reply: OkReply,
+        reply: Reply,
     ) {
         if let Err(r) = state::member(&live.record, user) {
-            let _ = reply.send(Err(r));
+            reply.fail(r);
             return;
         }
         self.save_member_flag(myself, live.record.id, user, MemberFlag::Muted(on), reply);
@@ -78,7 +79,7 @@ impl ConversationActor {
         conv: ConversationId,
         user: UserId,
         flag: MemberFlag,
-        reply: OkReply,
+        reply: Reply,
     ) {
         let deps = self.deps.clone();
         let me = myself.clone();
@@ -100,10 +101,10 @@ impl ConversationActor {
         user: UserId,
         flag: MemberFlag,
         outcome: Result<(), StoreError>,
-        reply: OkReply,
+        reply: Reply,
     ) {
         if let Err(e) = outcome {
-            let _ = reply.send(Err(store_rejection(&e)));
+            reply.fail(store_rejection(&e));
             return;
         }
         let conv = live.record.id;
@@ -122,7 +123,7 @@ impl ConversationActor {
             },
             None => None,
         };
-        let _ = reply.send(Ok(()));
+        reply.ok();
         if let Some(seq) = receipt {
             let frame = shared(ServerFrame::Receipt { conv, user, seq });
             for other in others(&live.record, user) {
@@ -131,17 +132,9 @@ impl ConversationActor {
         }
     }
 
-    pub(super) fn on_typing(
-        &self,
-        live: &mut Live,
-        user: UserId,
-        on: bool,
-        reply: Option<OkReply>,
-    ) {
+    pub(super) fn on_typing(&self, live: &mut Live, user: UserId, on: bool, reply: Reply) {
         if let Err(r) = state::member(&live.record, user) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(r));
-            }
+            reply.fail(r);
             return;
         }
         let now = Instant::now();
@@ -174,9 +167,7 @@ impl ConversationActor {
         if tell {
             self.push_typing(&live.record, user, on);
         }
-        if let Some(reply) = reply {
-            let _ = reply.send(Ok(()));
-        }
+        reply.ok();
     }
 
     pub(super) fn push_typing(&self, record: &ConversationRecord, user: UserId, on: bool) {
@@ -195,20 +186,18 @@ impl ConversationActor {
         live: &mut Live,
         user: UserId,
         msg: MessageObject,
-        reply: OkReply,
+        reply: Reply,
     ) {
         if let Err(r) = state::member(&live.record, user) {
-            let _ = reply.send(Err(r));
+            reply.fail(r);
             return;
         }
         if msg.from != user {
-            let _ = reply.send(Err(Rejection::forbidden(
-                "only the sender deletes a message",
-            )));
+            reply.fail(Rejection::forbidden("only the sender deletes a message"));
             return;
         }
         if msg.deleted_at.is_some() {
-            let _ = reply.send(Ok(()));
+            reply.ok();
             return;
         }
         let deps = self.deps.clone();
@@ -216,7 +205,7 @@ impl ConversationActor {
         self.deps.tasks.spawn(async move {
             match deps.store.mark_deleted(msg.mid, now_ms()).await {
                 Ok(()) => {
-                    let _ = reply.send(Ok(()));
+                    reply.ok();
                     let frame = shared(ServerFrame::Deleted {
                         conv: msg.conv,
                         mid: msg.mid,
@@ -227,7 +216,7 @@ impl ConversationActor {
                     }
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(store_rejection(&e)));
+                    reply.fail(store_rejection(&e));
                 }
             }
         });
@@ -239,30 +228,26 @@ impl ConversationActor {
         user: UserId,
         range: HistoryRange,
         limit: usize,
-        reply: RpcReplyPort<Result<(Vec<MessageObject>, bool), Rejection>>,
+        reply: Reply,
     ) {
         if let Err(r) = state::member(&live.record, user) {
-            let _ = reply.send(Err(r));
+            reply.fail(r);
             return;
         }
         let deps = self.deps.clone();
         let conv = live.record.id;
         self.deps.tasks.spawn(async move {
             let page = deps.store.history(conv, range, limit).await;
-            let _ = reply.send(page.map_err(|e| store_rejection(&e)));
+            let page = page.map(|(messages, more)| ConversationReply::History { messages, more });
+            reply.send(page.map_err(|e| store_rejection(&e)));
         });
     }
 
-    pub(super) fn on_get(
-        &self,
-        live: &mut Live,
-        user: UserId,
-        reply: RpcReplyPort<Result<ConversationObject, Rejection>>,
-    ) {
+    pub(super) fn on_get(&self, live: &mut Live, user: UserId, reply: Reply) {
         let last_read = match state::member(&live.record, user) {
             Ok(m) => m.last_read,
             Err(r) => {
-                let _ = reply.send(Err(r));
+                reply.fail(r);
                 return;
             }
         };
@@ -280,7 +265,7 @@ impl ConversationActor {
                 }
                 Err(e) => Err(store_rejection(&e)),
             };
-            let _ = reply.send(answer);
+            reply.send(answer.map(|o| ConversationReply::Conversation(Box::new(o))));
         });
     }
 }

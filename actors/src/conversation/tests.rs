@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use super::{ConversationActor, ConversationDeps, ConversationMessage, SendCommand, Sent};
+use super::{
+    ConversationActor, ConversationDeps, ConversationMessage, ConversationReply,
+    ConversationRequest, Reply, SendRequest, Sent,
+};
 use crate::delivery::Delivery;
 use crate::directory::Directory;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
@@ -287,20 +290,19 @@ impl Harness {
     }
 
     /// Sends as alice with a client mid; the answer comes later.
-    fn send(&self, mid: Mid) -> oneshot::Receiver<Result<Sent, Rejection>> {
+    fn send(&self, mid: Mid) -> oneshot::Receiver<Result<ConversationReply, Rejection>> {
         let (tx, rx) = oneshot::channel();
-        let cmd = SendCommand {
+        let request = ConversationRequest::Send(SendRequest {
             sender: self.alice,
             session: None,
             mid,
             client_mid: true,
             kind: "text".to_owned(),
             body: "hi".to_owned(),
-            reply: RpcReplyPort::from(tx),
-        };
-        self.actor
-            .cast(ConversationMessage::Send(Box::new(cmd)))
-            .unwrap();
+        });
+        let msg =
+            ConversationMessage::Request(Box::new(request), Reply::to(RpcReplyPort::from(tx)));
+        self.actor.cast(msg).unwrap();
         rx
     }
 
@@ -310,6 +312,16 @@ impl Harness {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             self.writer.release();
         }
+    }
+}
+
+/// The `Sent` of an answer, or why there is none.
+async fn sent(
+    rx: oneshot::Receiver<Result<ConversationReply, Rejection>>,
+) -> Result<Sent, Rejection> {
+    match rx.await.unwrap()? {
+        ConversationReply::Sent(sent) => Ok(sent),
+        other => panic!("a send answered {other:?}"),
     }
 }
 
@@ -338,13 +350,10 @@ async fn a_batch_with_a_clashing_mid_is_renumbered_without_a_gap() {
     let clashing = h.send(clash);
     let after = h.send(Mid::random());
     h.settle().await;
-    assert_eq!(first.await.unwrap().unwrap().seq, 1);
-    assert_eq!(
-        clashing.await.unwrap().unwrap_err().code,
-        ErrorCode::Conflict
-    );
+    assert_eq!(sent(first).await.unwrap().seq, 1);
+    assert_eq!(sent(clashing).await.unwrap_err().code, ErrorCode::Conflict);
     // Numbered 3 in the refused batch; renumbered 2, so the conversation has no gap.
-    assert_eq!(after.await.unwrap().unwrap().seq, 2);
+    assert_eq!(sent(after).await.unwrap().seq, 2);
     assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
 }
 
@@ -354,11 +363,11 @@ async fn a_retried_mid_answers_the_stored_result_and_stores_nothing() {
     let mid = Mid::random();
     let first = h.send(mid);
     h.settle().await;
-    let first = first.await.unwrap().unwrap();
+    let first = sent(first).await.unwrap();
     assert!(first.created);
     let again = h.send(mid);
     h.settle().await;
-    let again = again.await.unwrap().unwrap();
+    let again = sent(again).await.unwrap();
     assert_eq!(
         (again.seq, again.at, again.created),
         (first.seq, first.at, false)
@@ -374,7 +383,6 @@ async fn a_seq_taken_by_another_owner_reloads_and_retries_instead_of_failing() {
         .store_directly(h.conv, stored(1, Mid::random(), UserId::random()));
     let mine = h.send(Mid::random());
     h.settle().await;
-    let sent = mine.await.unwrap().unwrap();
-    assert_eq!(sent.seq, 2);
+    assert_eq!(sent(mine).await.unwrap().seq, 2);
     assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
 }

@@ -12,7 +12,10 @@ use tokio::sync::oneshot;
 use super::Node;
 use super::budget::{Admitted, Cost};
 use crate::clock::now_ms;
-use crate::conversation::{ConversationMessage, SendCommand, Sent, store_rejection, view};
+use crate::conversation::{
+    ConversationMessage, ConversationReply, ConversationRequest, Reply, SendRequest, Sent,
+    store_rejection, view,
+};
 use crate::delivery::Outbound;
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
 use crate::ports::{
@@ -66,7 +69,7 @@ impl Node {
         let asked = self.ask_send(caller, conv, mid, body, kind);
         async move {
             let (admitted, rx) = asked?;
-            let sent = answer(rx).await;
+            let sent = answer(rx).await.and_then(expect_sent);
             drop(admitted);
             sent
         }
@@ -79,7 +82,7 @@ impl Node {
         mid: Option<Mid>,
         body: String,
         kind: Option<String>,
-    ) -> Result<(Admitted, oneshot::Receiver<Result<Sent, Rejection>>), Rejection> {
+    ) -> Result<(Admitted, oneshot::Receiver<Answer>), Rejection> {
         let kind = limits::message_kind(kind.as_deref())?;
         limits::message_body(&body, &self.deps.limits)?;
         let admitted = self.budgets.admit(caller.user, Cost::Send)?;
@@ -87,17 +90,16 @@ impl Node {
             Some(m) => (true, m),
             None => (false, Mid(uuid::Uuid::now_v7())),
         };
-        let (tx, rx) = oneshot::channel();
-        let cmd = SendCommand {
+        let request = ConversationRequest::Send(SendRequest {
             sender: caller.user,
             session: caller.session,
             mid,
             client_mid,
             kind,
             body,
-            reply: RpcReplyPort::from(tx),
-        };
-        self.tell(conv, ConversationMessage::Send(Box::new(cmd)))?;
+        });
+        let (tx, rx) = oneshot::channel();
+        self.tell(conv, request, Reply::to(RpcReplyPort::from(tx)))?;
         Ok((admitted, rx))
     }
 
@@ -128,10 +130,15 @@ impl Node {
             (None, Some(b)) => HistoryRange::Before(seq(b)),
             (None, None) => HistoryRange::Newest,
         };
-        self.ask(conv, |r| {
-            ConversationMessage::History(caller.user, range, limit, r)
-        })
-        .await
+        let request = ConversationRequest::History {
+            user: caller.user,
+            range,
+            limit,
+        };
+        match self.ask(conv, request).await? {
+            ConversationReply::History { messages, more } => Ok((messages, more)),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// Moves the caller's read pointer.
@@ -142,15 +149,22 @@ impl Node {
         at: u64,
     ) -> Result<(), Rejection> {
         let _admitted = self.admit(caller)?;
-        self.ask(conv, |r| ConversationMessage::Read(caller.user, seq(at), r))
-            .await
+        let request = ConversationRequest::Read {
+            user: caller.user,
+            seq: seq(at),
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Tells the others the caller is (not) typing, with no answer: a frame over the typing
     /// budget, or for a conversation the caller is not in, is dropped.
     pub fn typing(&self, caller: Caller, conv: ConversationId, on: bool) {
         if self.budgets.typing(caller.user, conv).is_ok() {
-            let _ = self.tell(conv, ConversationMessage::Typing(caller.user, on, None));
+            let request = ConversationRequest::Typing {
+                user: caller.user,
+                on,
+            };
+            let _ = self.tell(conv, request, Reply::nobody());
         }
     }
 
@@ -163,10 +177,11 @@ impl Node {
     ) -> Result<(), Rejection> {
         self.budgets.typing(caller.user, conv)?;
         let _admitted = self.admit(caller)?;
-        self.ask(conv, |r| {
-            ConversationMessage::Typing(caller.user, on, Some(r))
-        })
-        .await
+        let request = ConversationRequest::Typing {
+            user: caller.user,
+            on,
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Soft-deletes one of the caller's messages.
@@ -182,10 +197,11 @@ impl Node {
             return Err(Rejection::not_found("no such message"));
         };
         let conv = message.conv;
-        self.ask(conv, |r| {
-            ConversationMessage::Delete(caller.user, Box::new(message), r)
-        })
-        .await
+        let request = ConversationRequest::Delete {
+            user: caller.user,
+            message: Box::new(message),
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Mutes or unmutes a conversation for the caller.
@@ -196,8 +212,11 @@ impl Node {
         on: bool,
     ) -> Result<(), Rejection> {
         let _admitted = self.admit(caller)?;
-        self.ask(conv, |r| ConversationMessage::Mute(caller.user, on, r))
-            .await
+        let request = ConversationRequest::Mute {
+            user: caller.user,
+            on,
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Adds a member to a group.
@@ -208,10 +227,11 @@ impl Node {
         user: UserId,
     ) -> Result<(), Rejection> {
         let _admitted = self.admit(caller)?;
-        self.ask(conv, |r| {
-            ConversationMessage::AddMember(caller.user, user, r)
-        })
-        .await
+        let request = ConversationRequest::AddMember {
+            actor: caller.user,
+            user,
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Removes a member from a group (or leaves it).
@@ -222,10 +242,11 @@ impl Node {
         user: UserId,
     ) -> Result<(), Rejection> {
         let _admitted = self.admit(caller)?;
-        self.ask(conv, |r| {
-            ConversationMessage::RemoveMember(caller.user, user, r)
-        })
-        .await
+        let request = ConversationRequest::RemoveMember {
+            actor: caller.user,
+            user,
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// Hands a business conversation to another agent of its business.
@@ -246,10 +267,11 @@ impl Node {
         if !agents.contains(&agent) {
             return Err(Rejection::bad_request("not an agent of this business"));
         }
-        self.ask(conv, |r| {
-            ConversationMessage::Transfer(caller.user, agent, r)
-        })
-        .await
+        let request = ConversationRequest::Transfer {
+            actor: caller.user,
+            agent,
+        };
+        self.ask(conv, request).await.and_then(expect_ok)
     }
 
     /// The agents of `business` (and its presence learns them); none is `not_found`.
@@ -290,8 +312,11 @@ impl Node {
         caller: Caller,
         conv: ConversationId,
     ) -> Result<ConversationObject, Rejection> {
-        self.ask(conv, |r| ConversationMessage::Get(caller.user, r))
-            .await
+        let request = ConversationRequest::Get { user: caller.user };
+        match self.ask(conv, request).await? {
+            ConversationReply::Conversation(object) => Ok(*object),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// Creates a conversation, or returns the existing direct or business one; the flag says
@@ -528,9 +553,16 @@ impl Node {
         }
     }
 
-    /// Casts to a conversation's actor, spawning it when needed; a dead actor is replaced once.
-    fn tell(&self, conv: ConversationId, msg: ConversationMessage) -> Result<(), Rejection> {
-        let mut msg = msg;
+    /// The one way to a conversation's owner: hands `request` to its actor (spawned when
+    /// needed; a dead one is replaced once), the answer going to `reply`. In a cluster this is
+    /// where a request for a conversation owned elsewhere leaves for its owner node.
+    fn tell(
+        &self,
+        conv: ConversationId,
+        request: ConversationRequest,
+        reply: Reply,
+    ) -> Result<(), Rejection> {
+        let mut msg = ConversationMessage::Request(Box::new(request), reply);
         for _ in 0..2 {
             let actor: ActorRef<ConversationMessage> = self
                 .conversation(conv)
@@ -547,24 +579,52 @@ impl Node {
         Err(Rejection::unavailable())
     }
 
-    /// Asks a conversation's actor and waits for its answer.
-    async fn ask<T: Send + 'static>(
+    /// [`Node::tell`], then waits for the owner's answer.
+    async fn ask(
         &self,
         conv: ConversationId,
-        make: impl FnOnce(RpcReplyPort<Result<T, Rejection>>) -> ConversationMessage,
-    ) -> Result<T, Rejection> {
+        request: ConversationRequest,
+    ) -> Result<ConversationReply, Rejection> {
         let (tx, rx) = oneshot::channel();
-        self.tell(conv, make(RpcReplyPort::from(tx)))?;
+        self.tell(conv, request, Reply::to(RpcReplyPort::from(tx)))?;
         answer(rx).await
     }
 }
 
+/// An owner's answer, as it comes back.
+type Answer = Result<ConversationReply, Rejection>;
+
 /// Waits for an actor's answer; a dropped reply (the actor stopped) or a late one is `unavailable`.
-async fn answer<T>(rx: oneshot::Receiver<Result<T, Rejection>>) -> Result<T, Rejection> {
+async fn answer(rx: oneshot::Receiver<Answer>) -> Answer {
     match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) | Err(_) => Err(Rejection::unavailable()),
     }
+}
+
+/// The answer to a request answered `ok`.
+fn expect_ok(reply: ConversationReply) -> Result<(), Rejection> {
+    match reply {
+        ConversationReply::Ok => Ok(()),
+        other => Err(mismatched(other)),
+    }
+}
+
+/// The answer to a `send`.
+fn expect_sent(reply: ConversationReply) -> Result<Sent, Rejection> {
+    match reply {
+        ConversationReply::Sent(sent) => Ok(sent),
+        other => Err(mismatched(other)),
+    }
+}
+
+/// An answer of the wrong kind for its request: a bug, answered `internal`.
+fn mismatched(reply: ConversationReply) -> Rejection {
+    tracing::error!(
+        ?reply,
+        "a conversation answered a request with the wrong kind of reply"
+    );
+    Rejection::internal()
 }
 
 /// Bounds a store call by [`REQUEST_TIMEOUT`].
