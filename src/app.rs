@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chat_actors::node::budget::BudgetConfig;
 use chat_actors::node::{Node, NodeConfig};
-use chat_actors::ports::{Profiles, Store};
+use chat_actors::ports::{Bus, Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
@@ -46,11 +46,21 @@ pub async fn serve(
     let store: Arc<dyn Store> = GuardedStore::new(sql.clone());
     ::metrics::gauge!("chat_database_up").set(1.0);
     let (writer, writer_task) = BatchingWriter::start(store.clone(), sql.write_concurrency());
-    if !config.redis_url.is_empty() {
-        tracing::warn!(
-            "CHAT_REDIS_URL is set, but cluster mode is not built yet: running as a single node"
-        );
-    }
+    let node_id = if config.node_id.is_empty() {
+        format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        config.node_id.clone()
+    };
+    let (bus, link): (Arc<dyn Bus>, _) = if config.redis_url.is_empty() {
+        (Arc::new(LocalBus), None)
+    } else {
+        let (bus, link) =
+            crate::bus::redis::connect(&config.redis_url, &config.redis_prefix, &node_id)
+                .await
+                .context("connecting to Redis")?;
+        tracing::info!(prefix = %config.redis_prefix, "cluster mode: Redis bus");
+        (bus, Some(link))
+    };
     let profiles: Arc<dyn Profiles> = if config.profiles_url.is_empty() {
         tracing::info!("no CHAT_PROFILES_URL: placeholder profiles, no business agents");
         Arc::new(PlaceholderProfiles)
@@ -58,11 +68,6 @@ pub async fn serve(
         let client = UserServiceClient::new(&config.profiles_url, &config.profiles_token)
             .context("the user service client")?;
         CachedProfiles::start(client)
-    };
-    let node_id = if config.node_id.is_empty() {
-        format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-    } else {
-        config.node_id.clone()
     };
     let node = Node::start(
         NodeConfig {
@@ -79,20 +84,45 @@ pub async fn serve(
         },
         store.clone(),
         writer.clone(),
-        Arc::new(LocalBus),
+        bus,
         profiles,
     )
     .await
     .context("starting the node supervisor")?;
+    let bus_tasks = TaskTracker::new();
+    let bus_stop = CancellationToken::new();
+    let redis_probe = match link {
+        Some(mut link) => {
+            link.join(&node).await.context("joining the cluster")?;
+            let probe = link.probe();
+            link.run(node.clone(), bus_stop.clone(), &bus_tasks);
+            node.say_hello();
+            Some(probe)
+        }
+        None => None,
+    };
 
     let probe_store = store.clone();
     let ready: Probe = Arc::new(move || {
         let s = probe_store.clone();
+        let redis = redis_probe.clone();
         Box::pin(async move {
-            matches!(
+            let db = matches!(
                 tokio::time::timeout(Duration::from_secs(2), s.ping()).await,
                 Ok(Ok(()))
-            )
+            );
+            let bus = match redis {
+                None => true,
+                Some(mut conn) => {
+                    let ping = redis::cmd("PING");
+                    let answer = ping.query_async::<String>(&mut conn);
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(2), answer).await,
+                        Ok(Ok(_))
+                    )
+                }
+            };
+            db && bus
         })
     });
     let transport = Arc::new(Transport {
@@ -127,6 +157,9 @@ pub async fn serve(
     transport::serve(listener, transport).await;
 
     node.stop().await;
+    bus_stop.cancel();
+    bus_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), bus_tasks.wait()).await;
     writer.flush().await;
     drop(writer);
     writer_task.abort();

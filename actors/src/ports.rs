@@ -4,12 +4,12 @@
 //! Errors are named for what the caller does next.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
-use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
-use crate::protocol::{ConversationKind, MessageObject, Profile, Role, SharedFrame};
+use crate::ids::{ConversationId, Mid, Seq, UserId};
+use crate::protocol::{ConversationKind, MessageObject, Profile, Role};
 
 /// A storage failure, by what the caller does about it.
 #[derive(Debug, thiserror::Error)]
@@ -284,24 +284,13 @@ pub trait Profiles: Send + Sync + 'static {
     async fn invalidate(&self, id: UserId);
 }
 
-/// A push on its way to one user's connections.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// Whose connections.
-    pub user: UserId,
-    /// Only this connection, or every one.
-    pub only: Option<SessionId>,
-    /// Every one but this (the sender's own connection).
-    pub except: Option<SessionId>,
-    /// The push, encoded once.
-    pub frame: Arc<SharedFrame>,
-}
-
-/// Carries pushes to users connected on other nodes. The node delivers locally itself; the bus
-/// is only for what must leave the process.
+/// Carries messages between the nodes of a cluster (Redis pub/sub), or nothing at all for a single
+/// node. Sends never wait: they are queued to the bus's own task. Pub/sub is at most once.
 pub trait Bus: Send + Sync + 'static {
-    /// Whether other nodes may hold connections (false: a single node, nothing to carry).
+    /// Whether other nodes may exist (false: a single node; nothing is ever sent).
     fn is_distributed(&self) -> bool;
-    /// Sends `envelope` to the other nodes.
-    fn publish(&self, envelope: Envelope);
+    /// Sends `message` to one node.
+    fn send(&self, node: &str, message: Bytes);
+    /// Sends `message` to every node (the sender gets it too and ignores it).
+    fn broadcast(&self, message: Bytes);
 }

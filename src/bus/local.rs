@@ -2,7 +2,8 @@
 //! bus is skipped when sender, owner and recipients are all local), so with no other node there
 //! is nothing to carry: `is_distributed` is false and the node never publishes.
 
-use chat_actors::ports::{Bus, Envelope};
+use bytes::Bytes;
+use chat_actors::ports::Bus;
 
 /// The bus of a node that is the whole cluster.
 #[derive(Debug, Default)]
@@ -13,8 +14,12 @@ impl Bus for LocalBus {
         false
     }
 
-    fn publish(&self, _envelope: Envelope) {
+    fn send(&self, _node: &str, _message: Bytes) {
         // Unreachable in practice: the node asks `is_distributed` first.
+        metrics::counter!("chat_bus_dropped_total").increment(1);
+    }
+
+    fn broadcast(&self, _message: Bytes) {
         metrics::counter!("chat_bus_dropped_total").increment(1);
     }
 }

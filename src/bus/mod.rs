@@ -1,6 +1,7 @@
-//! The bus that carries pushes between nodes. With no `CHAT_REDIS_URL` there is one node and the
-//! in-process bus; cluster mode adds a Redis implementation of the same port.
+//! The bus that carries messages between nodes. With no `CHAT_REDIS_URL` there is one node and
+//! the in-process bus; with it, the Redis bus and the heartbeat that makes the live set.
 
 pub mod local;
+pub mod redis;
 
 pub use local::LocalBus;

@@ -213,7 +213,7 @@ async fn a_stopping_node_answers_every_send_it_commits() {
     for s in senders {
         answered += s.await.unwrap();
     }
-    let db_url = b.db.url.clone();
+    let db_url = b.db_url.clone();
     let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
     let code = b.wait().await;
     assert_eq!(code, Some(0));

@@ -306,7 +306,9 @@ impl Client {
 pub struct Binary {
     pub port: u16,
     pub child: std::process::Child,
-    pub db: TestDb,
+    /// The database it serves (its own, unless `CHAT_DATABASE_URL` was given).
+    pub db_url: String,
+    _db: Option<TestDb>,
     /// The working directory (removed when dropped).
     _dir: tempfile::TempDir,
 }
@@ -325,7 +327,16 @@ impl Binary {
         open_files: Option<u32>,
     ) -> Binary {
         let dir = tempfile::tempdir().unwrap();
-        let db = TestDb::new(backend).await;
+        let given = env.iter().find(|(k, _)| *k == "CHAT_DATABASE_URL");
+        let db = match given {
+            Some(_) => None,
+            None => Some(TestDb::new(backend).await),
+        };
+        let db_url = match (given, &db) {
+            (Some((_, url)), _) => url.to_string(),
+            (None, Some(db)) => db.url.clone(),
+            (None, None) => unreachable!("a database is made when none is given"),
+        };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -343,7 +354,7 @@ impl Binary {
         cmd.arg("serve")
             .current_dir(dir.path())
             .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CHAT_DATABASE_URL", &db.url)
+            .env("CHAT_DATABASE_URL", &db_url)
             .env("CHAT_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -355,7 +366,8 @@ impl Binary {
         let b = Binary {
             port,
             child,
-            db,
+            db_url,
+            _db: db,
             _dir: dir,
         };
         for _ in 0..200 {

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod binary;
+mod cluster;
 mod faults;
 mod helpers;
 mod http;

@@ -10,9 +10,10 @@ use super::request::Reply;
 use super::state;
 use super::{
     ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, REQUEST_DEADLINE,
-    Work, shared, store_rejection, view,
+    Work, everyone, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
+use crate::delivery::wire::Target;
 use crate::ids::{Mid, SessionId, UserId};
 use crate::ports::{ConversationRecord, MemberRecord, MembershipChange, NewMessage, StoreError};
 use crate::protocol::{Rejection, Role, ServerFrame, SharedFrame};
@@ -153,13 +154,11 @@ impl ConversationActor {
             // A member who just joined learns of it from the `conversation` push; the system
             // message announces them to the others.
             let frame = shared(ServerFrame::Message(system.object(record.id)));
-            for m in record
-                .members
-                .iter()
-                .filter(|m| !change.add.iter().any(|a| a.user == m.user))
-            {
-                self.deps.delivery.deliver(m.user, &frame, None);
-            }
+            let targets: Vec<Target> = everyone(record)
+                .into_iter()
+                .filter(|t| !change.add.iter().any(|a| a.user == t.user))
+                .collect();
+            self.deps.delivery.deliver_all(&targets, &frame);
         }
         self.push_conversation(record.clone());
     }

@@ -25,6 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::Delivery;
+use crate::delivery::wire::Target;
 use crate::directory::Directory;
 use crate::ids::{ConversationId, UserId};
 use crate::ports::{ConversationRecord, MembershipChange, Profiles, Store, StoreError, Writer};
@@ -307,12 +308,28 @@ fn shared(frame: ServerFrame) -> Arc<SharedFrame> {
     Arc::new(SharedFrame::new(frame))
 }
 
-fn others(record: &ConversationRecord, user: UserId) -> Vec<UserId> {
+/// Every member but `user`, as push targets.
+fn others(record: &ConversationRecord, user: UserId) -> Vec<Target> {
     record
         .members
         .iter()
-        .map(|m| m.user)
-        .filter(|u| *u != user)
+        .filter(|m| m.user != user)
+        .map(|m| Target {
+            user: m.user,
+            except: None,
+        })
+        .collect()
+}
+
+/// Every member, as push targets.
+fn everyone(record: &ConversationRecord) -> Vec<Target> {
+    record
+        .members
+        .iter()
+        .map(|m| Target {
+            user: m.user,
+            except: None,
+        })
         .collect()
 }
 

@@ -135,6 +135,11 @@ impl Reply {
         Reply(None)
     }
 
+    /// The port, for an answer that will come from elsewhere (another node).
+    pub fn into_port(self) -> Option<ReplyPort> {
+        self.0
+    }
+
     /// Answers; an asker that went away is no error.
     pub fn send(self, answer: Result<ConversationReply, Rejection>) {
         if let Some(port) = self.0 {

@@ -16,6 +16,7 @@ use super::{
     store_rejection,
 };
 use crate::clock::now_ms;
+use crate::delivery::wire::Target;
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
 use crate::ports::{AppendBatch, ConversationRecord, NewMessage, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
@@ -244,13 +245,18 @@ impl ConversationActor {
         origin: Option<(UserId, Option<SessionId>)>,
     ) {
         let frame = shared(ServerFrame::Message(message));
-        for m in &record.members {
-            let except = match origin {
-                Some((sender, session)) if sender == m.user => session,
-                _ => None,
-            };
-            self.deps.delivery.deliver(m.user, &frame, except);
-        }
+        let targets: Vec<Target> = record
+            .members
+            .iter()
+            .map(|m| Target {
+                user: m.user,
+                except: match origin {
+                    Some((sender, session)) if sender == m.user => session,
+                    _ => None,
+                },
+            })
+            .collect();
+        self.deps.delivery.deliver_all(&targets, &frame);
     }
 }
 

@@ -9,8 +9,8 @@ use ractor::ActorRef;
 use super::request::{ConversationReply, Reply};
 use super::state;
 use super::{
-    ConversationActor, ConversationMessage, Live, TYPING_REFRESH, TYPING_TTL, Typist, others,
-    shared, store_rejection, view,
+    ConversationActor, ConversationMessage, Live, TYPING_REFRESH, TYPING_TTL, Typist, everyone,
+    others, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
 use crate::ids::{ConversationId, Seq, UserId};
@@ -126,9 +126,9 @@ impl ConversationActor {
         reply.ok();
         if let Some(seq) = receipt {
             let frame = shared(ServerFrame::Receipt { conv, user, seq });
-            for other in others(&live.record, user) {
-                self.deps.delivery.deliver(other, &frame, None);
-            }
+            self.deps
+                .delivery
+                .deliver_all(&others(&live.record, user), &frame);
         }
     }
 
@@ -176,9 +176,9 @@ impl ConversationActor {
             user,
             on,
         });
-        for other in others(record, user) {
-            self.deps.delivery.deliver(other, &frame, None);
-        }
+        self.deps
+            .delivery
+            .deliver_all(&others(record, user), &frame);
     }
 
     pub(super) fn on_delete(
@@ -201,7 +201,7 @@ impl ConversationActor {
             return;
         }
         let deps = self.deps.clone();
-        let members: Vec<UserId> = live.record.members.iter().map(|m| m.user).collect();
+        let members = everyone(&live.record);
         self.deps.tasks.spawn(async move {
             match deps.store.mark_deleted(msg.mid, now_ms()).await {
                 Ok(()) => {
@@ -211,9 +211,7 @@ impl ConversationActor {
                         mid: msg.mid,
                         seq: msg.seq,
                     });
-                    for m in members {
-                        deps.delivery.deliver(m, &frame, None);
-                    }
+                    deps.delivery.deliver_all(&members, &frame);
                 }
                 Err(e) => {
                     reply.fail(store_rejection(&e));

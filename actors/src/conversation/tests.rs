@@ -18,9 +18,9 @@ use crate::delivery::Delivery;
 use crate::directory::Directory;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{
-    AppendBatch, Bus, ConversationRecord, Envelope, ExistingMid, HistoryRange, ListQuery,
-    ListedConversation, MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles,
-    ProfilesError, Store, StoreError, Writer,
+    AppendBatch, Bus, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
+    MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles, ProfilesError, Store,
+    StoreError, Writer,
 };
 use crate::protocol::{ConversationKind, ErrorCode, MessageObject, Profile, Rejection, Role};
 use crate::rules::Limits;
@@ -211,7 +211,8 @@ impl Bus for NoBus {
     fn is_distributed(&self) -> bool {
         false
     }
-    fn publish(&self, _: Envelope) {}
+    fn send(&self, _: &str, _: bytes::Bytes) {}
+    fn broadcast(&self, _: bytes::Bytes) {}
 }
 
 struct NoProfiles;
@@ -271,7 +272,7 @@ impl Harness {
         let deps = Arc::new(ConversationDeps {
             store: store.clone(),
             writer: writer.clone(),
-            delivery: Arc::new(Delivery::new(Arc::new(NoBus))),
+            delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
             profiles: Arc::new(NoProfiles),
             limits: Limits::default(),
             directory: Arc::new(NoDirectory),

@@ -8,57 +8,92 @@
 
 pub mod outbound;
 pub mod presence;
+pub mod wire;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::DashMap;
+use ractor::ActorId;
 
 use crate::ids::{SessionId, UserId};
-use crate::ports::{Bus, Envelope};
-use crate::protocol::SharedFrame;
+use crate::ports::Bus;
+use crate::protocol::{Format, SharedFrame};
 pub use outbound::Outbound;
 use presence::PresenceBoard;
+use wire::{Plain, Target, Wire};
 
 /// The node's delivery: sockets, presence, bus.
 pub struct Delivery {
     /// Each connected user's connection queues here. Changed only by that user's actor (attach,
     /// detach); read by whoever delivers (the guard is held for the non-blocking pushes only).
     sockets: DashMap<UserId, Vec<Outbound>>,
-    /// Who is online here, and who watches them.
+    /// Who is online (here and on the other nodes), and who watches them.
     pub presence: PresenceBoard,
-    /// Pushes to other nodes.
+    /// Messages to other nodes.
     bus: Arc<dyn Bus>,
+    /// This node's name on the bus.
+    node_id: String,
 }
 
 impl Delivery {
-    /// Delivery over `bus`, with nobody connected yet.
-    pub fn new(bus: Arc<dyn Bus>) -> Delivery {
+    /// Delivery over `bus` for the node `node_id`, with nobody connected yet.
+    pub fn new(bus: Arc<dyn Bus>, node_id: String) -> Delivery {
         Delivery {
             sockets: DashMap::new(),
             presence: PresenceBoard::default(),
             bus,
+            node_id,
         }
     }
 
-    /// Sends a push to every connection of `user` but `except`, here and, in a cluster, elsewhere.
+    /// This node's name.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The bus to the other nodes.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
+    }
+
+    /// Sends a push to every connection of `user` but `except`, here and on other nodes.
     pub fn deliver(&self, user: UserId, frame: &Arc<SharedFrame>, except: Option<SessionId>) {
-        self.push_local(user, frame, |s| Some(s) != except);
-        if self.bus.is_distributed() {
-            self.bus.publish(Envelope {
-                user,
-                only: None,
-                except,
-                frame: frame.clone(),
-            });
+        self.deliver_all(&[Target { user, except }], frame);
+    }
+
+    /// Sends one push to many users: their connections here directly, and one bus message per
+    /// other node that has any of them (the frame encoded once), none when all are local.
+    pub fn deliver_all(&self, targets: &[Target], frame: &Arc<SharedFrame>) {
+        let mut remote: Vec<(String, Vec<Target>)> = Vec::new();
+        for t in targets {
+            self.push_local(t.user, frame, |s| Some(s) != t.except);
+            if !self.bus.is_distributed() {
+                continue;
+            }
+            for node in self.presence.remote_nodes(t.user).unwrap_or_default() {
+                match remote.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, list)) => list.push(*t),
+                    None => remote.push((node, vec![*t])),
+                }
+            }
+        }
+        for (node, targets) in remote {
+            let push: Plain = Wire::Push {
+                targets,
+                frame: frame.bytes(Format::MsgPack),
+            };
+            self.bus.send(&node, wire::encode(&push));
+            metrics::counter!("chat_bus_publishes_total", "kind" => "push").increment(1);
         }
     }
 
     /// Delivers a push that came from another node to this node's connections.
-    pub fn deliver_local(&self, envelope: Envelope) {
-        let (only, except) = (envelope.only, envelope.except);
-        self.push_local(envelope.user, &envelope.frame, |s| {
-            only.is_none_or(|o| o == s) && Some(s) != except
-        });
+    pub fn deliver_from_bus(&self, targets: &[Target], frame: Bytes) {
+        let frame = Arc::new(SharedFrame::from_msgpack(frame));
+        for t in targets {
+            self.push_local(t.user, &frame, |s| Some(s) != t.except);
+        }
     }
 
     /// Queues `frame` on each of `user`'s connections here that `wanted` picks.
@@ -90,5 +125,31 @@ impl Delivery {
             list.retain(|o| !sessions.contains(&o.session));
         }
         self.sockets.remove_if(&user, |_, list| list.is_empty());
+    }
+
+    /// `user`'s actor `actor` started here: they are online, and the other nodes hear of it.
+    pub fn user_arrived(&self, user: UserId, actor: ActorId) {
+        if self.presence.set_online(user, actor) {
+            self.announce(user, true);
+        }
+    }
+
+    /// `user`'s actor `actor` stopped here.
+    pub fn user_left(&self, user: UserId, actor: ActorId) {
+        if self.presence.set_offline(user, actor) {
+            self.announce(user, false);
+        }
+    }
+
+    fn announce(&self, user: UserId, online: bool) {
+        if self.bus.is_distributed() {
+            let news: Plain = Wire::Presence {
+                node: self.node_id.clone(),
+                user,
+                online,
+            };
+            self.bus.broadcast(wire::encode(&news));
+            metrics::counter!("chat_bus_publishes_total", "kind" => "presence").increment(1);
+        }
     }
 }

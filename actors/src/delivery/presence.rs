@@ -1,7 +1,9 @@
-//! Who is online on this node, when they were last seen, and which connections watch whom.
+//! Who is online, when they were last seen, and which connections here watch whom.
 //!
-//! A user is online while their UserActor lives. The board is shared by the node's actors and
-//! sessions; each map entry is touched under its DashMap shard lock only, never across an await.
+//! A user is online while a UserActor of theirs lives on any node: here (`online`) or, in a
+//! cluster, on the nodes other nodes announced (`remote`). The board is shared by the node's
+//! actors and sessions; each map entry is touched under its DashMap shard lock only, never across
+//! an await.
 
 use std::sync::Arc;
 
@@ -16,9 +18,11 @@ use crate::protocol::{PresenceItem, PresenceStatus, ServerFrame, SharedFrame};
 /// Presence of this node's users and the watch lists of its connections.
 #[derive(Debug, Default)]
 pub struct PresenceBoard {
-    /// Online users, with the actor that holds them (a stopping actor must not mark a user
+    /// Users online here, with the actor that holds them (a stopping actor must not mark a user
     /// offline whom a newer actor already holds).
     online: DashMap<UserId, ActorId>,
+    /// Users online on other nodes, and which.
+    remote: DashMap<UserId, Vec<String>>,
     /// When each user who went offline here was last seen.
     last_seen: DashMap<UserId, i64>,
     /// Watched user → the connections watching them.
@@ -30,31 +34,89 @@ pub struct PresenceBoard {
 }
 
 impl PresenceBoard {
-    /// `user` is online, held by `actor`; tells their watchers if that is news.
-    pub fn set_online(&self, user: UserId, actor: ActorId) {
-        let was_online = self.online.insert(user, actor).is_some();
+    /// `user` is online here, held by `actor`; tells their watchers if that is news. True when
+    /// the user was not held here before (other nodes must hear of it).
+    pub fn set_online(&self, user: UserId, actor: ActorId) -> bool {
+        let was_online = self.is_online(user);
+        let was_here = self.online.insert(user, actor).is_some();
         if !was_online {
-            self.announce(user, PresenceStatus::Online);
-            for business in self.businesses_of(user) {
-                // the first agent online brings the business online
-                if self.online_agents(business) == 1 {
-                    self.announce(business, PresenceStatus::Online);
-                }
+            self.came_online(user);
+        }
+        !was_here
+    }
+
+    /// `user`'s actor `actor` stopped; unless a newer one holds them, they are not here any more.
+    /// True when they left this node (other nodes must hear of it).
+    pub fn set_offline(&self, user: UserId, actor: ActorId) -> bool {
+        let left = self.online.remove_if(&user, |_, a| *a == actor).is_some();
+        if left && !self.is_online(user) {
+            self.went_offline(user);
+        }
+        left
+    }
+
+    /// Another node says `user` is (not) connected there.
+    pub fn set_remote(&self, user: UserId, node: &str, online: bool) {
+        let was_online = self.is_online(user);
+        if online {
+            let mut nodes = self.remote.entry(user).or_default();
+            if !nodes.iter().any(|n| n == node) {
+                nodes.push(node.to_owned());
+            }
+        } else {
+            if let Some(mut nodes) = self.remote.get_mut(&user) {
+                nodes.retain(|n| n != node);
+            }
+            self.remote.remove_if(&user, |_, nodes| nodes.is_empty());
+        }
+        match (was_online, self.is_online(user)) {
+            (false, true) => self.came_online(user),
+            (true, false) => self.went_offline(user),
+            _ => {}
+        }
+    }
+
+    /// `node` left the cluster: its users are no longer connected there.
+    pub fn forget_node(&self, node: &str) {
+        let users: Vec<UserId> = self
+            .remote
+            .iter()
+            .filter(|e| e.value().iter().any(|n| n == node))
+            .map(|e| *e.key())
+            .collect();
+        for user in users {
+            self.set_remote(user, node, false);
+        }
+    }
+
+    /// The other nodes where `user` is connected.
+    pub fn remote_nodes(&self, user: UserId) -> Option<Vec<String>> {
+        self.remote.get(&user).map(|nodes| nodes.clone())
+    }
+
+    /// Every user connected here.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.online.iter().map(|e| *e.key()).collect()
+    }
+
+    fn came_online(&self, user: UserId) {
+        self.announce(user, PresenceStatus::Online);
+        for business in self.businesses_of(user) {
+            // the first agent online brings the business online
+            if self.online_agents(business) == 1 {
+                self.announce(business, PresenceStatus::Online);
             }
         }
     }
 
-    /// `user`'s actor `actor` stopped; unless a newer one holds them, they are offline now.
-    pub fn set_offline(&self, user: UserId, actor: ActorId) {
-        if self.online.remove_if(&user, |_, a| *a == actor).is_some() {
-            let now = now_ms();
-            self.last_seen.insert(user, now);
-            self.announce(user, PresenceStatus::Offline);
-            for business in self.businesses_of(user) {
-                if self.online_agents(business) == 0 {
-                    self.last_seen.insert(business, now);
-                    self.announce(business, PresenceStatus::Offline);
-                }
+    fn went_offline(&self, user: UserId) {
+        let now = now_ms();
+        self.last_seen.insert(user, now);
+        self.announce(user, PresenceStatus::Offline);
+        for business in self.businesses_of(user) {
+            if self.online_agents(business) == 0 {
+                self.last_seen.insert(business, now);
+                self.announce(business, PresenceStatus::Offline);
             }
         }
     }
@@ -78,9 +140,9 @@ impl PresenceBoard {
         }
     }
 
-    /// Whether `user` has a connection here.
+    /// Whether `user` has a connection on any node.
     pub fn is_online(&self, user: UserId) -> bool {
-        self.online.contains_key(&user)
+        self.online.contains_key(&user) || self.remote.contains_key(&user)
     }
 
     fn businesses_of(&self, agent: UserId) -> Vec<UserId> {
@@ -96,10 +158,7 @@ impl PresenceBoard {
             .get(&business)
             .map(|l| l.clone())
             .unwrap_or_default();
-        agents
-            .iter()
-            .filter(|a| self.online.contains_key(a))
-            .count()
+        agents.iter().filter(|a| self.is_online(**a)).count()
     }
 
     /// The status of `user` on this node.
@@ -107,7 +166,7 @@ impl PresenceBoard {
         let online = if self.agents.contains_key(&user) {
             self.online_agents(user) > 0
         } else {
-            self.online.contains_key(&user)
+            self.is_online(user)
         };
         PresenceItem {
             user,

@@ -562,6 +562,19 @@ impl Node {
         request: ConversationRequest,
         reply: Reply,
     ) -> Result<(), Rejection> {
+        match self.owner_elsewhere(conv) {
+            Some(owner) => self.forward(&owner, conv, request, reply),
+            None => self.tell_local(conv, request, reply),
+        }
+    }
+
+    /// Hands `request` to this node's actor for `conv`.
+    pub(super) fn tell_local(
+        &self,
+        conv: ConversationId,
+        request: ConversationRequest,
+        reply: Reply,
+    ) -> Result<(), Rejection> {
         let mut msg = ConversationMessage::Request(Box::new(request), reply);
         for _ in 0..2 {
             let actor: ActorRef<ConversationMessage> = self

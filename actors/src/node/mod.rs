@@ -14,6 +14,7 @@
 //! the actors see them only as a [`Directory`] to leave.
 
 pub mod budget;
+mod cluster;
 pub mod handle;
 mod registry;
 
@@ -32,6 +33,7 @@ use crate::ports::{Bus, Profiles, Store, Writer};
 use crate::rules::Limits;
 use crate::user::{UserActor, UserMessage};
 use budget::{BudgetConfig, Budgets};
+use cluster::Cluster;
 pub use handle::Caller;
 use registry::ActorMap;
 
@@ -59,6 +61,8 @@ pub struct Node {
     budgets: Arc<Budgets>,
     /// Cancelled by [`Node::stop`]: ends the node's own background loops.
     stopping: CancellationToken,
+    /// The live nodes and requests waiting for owners elsewhere.
+    cluster: Arc<Cluster>,
 }
 
 impl Node {
@@ -75,7 +79,7 @@ impl Node {
         let deps = Arc::new(ConversationDeps {
             store,
             writer,
-            delivery: Arc::new(Delivery::new(bus)),
+            delivery: Arc::new(Delivery::new(bus, config.node_id.clone())),
             profiles,
             limits: config.limits,
             directory: conversations.clone(),
@@ -107,6 +111,7 @@ impl Node {
             supervisor,
             budgets,
             stopping,
+            cluster: Arc::new(Cluster::alone(&config.node_id)),
         })
     }
 

@@ -58,6 +58,14 @@ impl<K: Eq + Hash + Copy, M: Send + 'static> ActorMap<K, M> {
         self.map.retain(|_, a| a.get_id() != id);
     }
 
+    /// Every live actor with its key (a copy: the map may change meanwhile).
+    pub fn entries(&self) -> Vec<(K, ActorRef<M>)> {
+        self.map
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect()
+    }
+
     /// How many are live.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -255,7 +255,8 @@ fn json_id(data: &[u8]) -> Option<u64> {
 /// A push shared by every socket it goes to, encoded lazily once per format.
 #[derive(Debug)]
 pub struct SharedFrame {
-    frame: ServerFrame,
+    /// The frame, unless it arrived already encoded (from another node).
+    frame: Option<ServerFrame>,
     msgpack: OnceLock<Bytes>,
     json: OnceLock<Bytes>,
 }
@@ -264,19 +265,46 @@ impl SharedFrame {
     /// Wraps a frame for fan-out.
     pub fn new(frame: ServerFrame) -> Self {
         SharedFrame {
-            frame,
+            frame: Some(frame),
             msgpack: OnceLock::new(),
             json: OnceLock::new(),
         }
     }
+
+    /// A frame another node encoded in MessagePack: sent on as it is; JSON connections get it
+    /// transcoded once.
+    pub fn from_msgpack(bytes: Bytes) -> Self {
+        SharedFrame {
+            frame: None,
+            msgpack: OnceLock::from(bytes),
+            json: OnceLock::new(),
+        }
+    }
+
     /// Its bytes in `format`, encoded on first use.
     pub fn bytes(&self, format: Format) -> Bytes {
         let cell = match format {
             Format::MsgPack => &self.msgpack,
             Format::Json => &self.json,
         };
-        cell.get_or_init(|| encode_frame(format, &self.frame))
-            .clone()
+        cell.get_or_init(|| match &self.frame {
+            Some(frame) => encode_frame(format, frame),
+            None => self.transcoded(),
+        })
+        .clone()
+    }
+
+    /// The JSON of a frame that came as MessagePack.
+    fn transcoded(&self) -> Bytes {
+        let packed = self.msgpack.get().cloned().unwrap_or_default();
+        let value: Result<serde_json::Value, _> = rmp_serde::from_slice(&packed);
+        match value.map(|v| serde_json::to_vec(&v)) {
+            Ok(Ok(json)) => Bytes::from(json),
+            _ => {
+                tracing::error!("a frame from another node failed to transcode");
+                Bytes::from_static(br#"{"t":"error","code":"internal","message":"encode"}"#)
+            }
+        }
     }
 }
 

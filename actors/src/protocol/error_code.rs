@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// What went wrong, in the protocol's closed set of codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed or breaks a rule of its kind.
@@ -44,7 +44,7 @@ impl ErrorCode {
 }
 
 /// A request refused, with a message meant for the client's developer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{code:?}: {message}")]
 pub struct Rejection {
     /// The protocol code.

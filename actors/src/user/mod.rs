@@ -42,7 +42,7 @@ impl Actor for UserActor {
         myself: ActorRef<Self::Msg>,
         user: UserId,
     ) -> Result<Self::State, ActorProcessingErr> {
-        self.delivery.presence.set_online(user, myself.get_id());
+        self.delivery.user_arrived(user, myself.get_id());
         Ok(UserState {
             user,
             sessions: Vec::new(),
@@ -56,9 +56,7 @@ impl Actor for UserActor {
     ) -> Result<(), ActorProcessingErr> {
         self.directory.leave(&state.user, myself.get_id());
         self.delivery.detach(state.user, &state.sessions);
-        self.delivery
-            .presence
-            .set_offline(state.user, myself.get_id());
+        self.delivery.user_left(state.user, myself.get_id());
         Ok(())
     }
 

@@ -1,0 +1,232 @@
+//! The node in a cluster: which node owns a conversation, requests to an owner elsewhere and
+//! their answers, and what arrives on the bus.
+//!
+//! Every node hashes the same live set (rendezvous) and so names the same owner; a request for a
+//! conversation owned elsewhere travels there with a correlation number, and the answer comes
+//! back on this node's channel. Two owners for a moment (live sets that disagree while a node
+//! joins or dies) are fenced by the database: the loser's commit fails `SeqTaken`, and it reloads.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use ractor::RpcReplyPort;
+use tokio::sync::oneshot;
+
+use super::Node;
+use super::handle::REQUEST_TIMEOUT;
+use crate::conversation::{ConversationReply, ConversationRequest, Reply, ReplyPort};
+use crate::delivery::wire::{self, Wire};
+use crate::ids::ConversationId;
+use crate::ownership;
+use crate::protocol::Rejection;
+
+/// What crosses the bus, with this crate's request and answer types.
+type NodeWire = Wire<ConversationRequest, Result<ConversationReply, Rejection>>;
+
+/// The cluster as this node sees it.
+pub(super) struct Cluster {
+    /// The live nodes, sorted (this one included); replaced whole on every change.
+    live: RwLock<Arc<Vec<String>>>,
+    /// Requests sent to owners elsewhere, waiting for their answers.
+    pending: DashMap<u64, (ReplyPort, Instant)>,
+    next_corr: AtomicU64,
+}
+
+impl Cluster {
+    /// A cluster of one: this node, until the bus says otherwise.
+    pub(super) fn alone(node_id: &str) -> Cluster {
+        Cluster {
+            live: RwLock::new(Arc::new(vec![node_id.to_owned()])),
+            pending: DashMap::new(),
+            next_corr: AtomicU64::new(1),
+        }
+    }
+
+    fn live(&self) -> Arc<Vec<String>> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is whole.
+        match self.live.read() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl Node {
+    /// The node that owns `conv`, when it is not this one.
+    pub(super) fn owner_elsewhere(&self, conv: ConversationId) -> Option<String> {
+        let delivery = &self.deps.delivery;
+        if !delivery.bus().is_distributed() {
+            return None;
+        }
+        let live = self.cluster.live();
+        match ownership::owner(conv, &live) {
+            Some(owner) if owner != delivery.node_id() => Some(owner.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Sends `request` to the owner node; its answer will come back to `reply`.
+    pub(super) fn forward(
+        &self,
+        owner: &str,
+        conv: ConversationId,
+        request: ConversationRequest,
+        reply: Reply,
+    ) -> Result<(), Rejection> {
+        let corr = match reply.into_port() {
+            Some(port) => {
+                let corr = self.cluster.next_corr.fetch_add(1, Ordering::Relaxed);
+                self.cluster.pending.insert(corr, (port, Instant::now()));
+                corr
+            }
+            None => 0,
+        };
+        let message: NodeWire = Wire::Request {
+            from: self.deps.delivery.node_id().to_owned(),
+            corr,
+            conv,
+            request,
+        };
+        self.deps.delivery.bus().send(owner, wire::encode(&message));
+        metrics::counter!("chat_bus_publishes_total", "kind" => "request").increment(1);
+        Ok(())
+    }
+
+    /// Handles one message from the bus.
+    pub fn on_bus_message(&self, bytes: &[u8]) {
+        let message: NodeWire = match rmp_serde::from_slice(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "an unreadable bus message was dropped");
+                return;
+            }
+        };
+        let delivery = &self.deps.delivery;
+        let me = delivery.node_id();
+        match message {
+            Wire::Push { targets, frame } => delivery.deliver_from_bus(&targets, frame),
+            Wire::Presence { node, user, online } if node != me => {
+                delivery.presence.set_remote(user, &node, online)
+            }
+            Wire::Roster { node, users } if node != me => {
+                for user in users {
+                    delivery.presence.set_remote(user, &node, true);
+                }
+            }
+            Wire::Hello { node } if node != me => {
+                let mut live = (*self.cluster.live()).clone();
+                live.push(node);
+                self.set_live_nodes(live);
+            }
+            Wire::Presence { .. } | Wire::Roster { .. } | Wire::Hello { .. } => {}
+            Wire::Request {
+                from,
+                corr,
+                conv,
+                request,
+            } => self.serve_remote(from, corr, conv, request),
+            Wire::Reply { corr, answer } => {
+                if let Some((_, (port, _))) = self.cluster.pending.remove(&corr) {
+                    let _ = port.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Serves a request another node sent to this owner, and sends the answer back.
+    fn serve_remote(
+        &self,
+        from: String,
+        corr: u64,
+        conv: ConversationId,
+        request: ConversationRequest,
+    ) {
+        if corr == 0 {
+            let _ = self.tell_local(conv, request, Reply::nobody());
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let asked = self.tell_local(conv, request, Reply::to(RpcReplyPort::from(tx)));
+        let bus = self.deps.delivery.bus().clone();
+        self.deps.tasks.spawn(async move {
+            let answer = match asked {
+                Err(r) => Err(r),
+                Ok(()) => match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(_)) | Err(_) => Err(Rejection::unavailable()),
+                },
+            };
+            let reply: NodeWire = Wire::Reply { corr, answer };
+            bus.send(&from, wire::encode(&reply));
+            metrics::counter!("chat_bus_publishes_total", "kind" => "reply").increment(1);
+        });
+    }
+
+    /// The bus's membership says these nodes are alive now. Users of nodes that left go offline;
+    /// nodes that joined hear who is connected here; conversations no longer owned here stop
+    /// (their new owner loads them from the database).
+    pub fn set_live_nodes(&self, mut nodes: Vec<String>) {
+        nodes.sort();
+        nodes.dedup();
+        let delivery = &self.deps.delivery;
+        let me = delivery.node_id().to_owned();
+        if !nodes.contains(&me) {
+            nodes.push(me.clone());
+            nodes.sort();
+        }
+        self.sweep_pending();
+        let old = self.cluster.live();
+        if *old == nodes {
+            return;
+        }
+        tracing::info!(nodes = ?nodes, "live nodes changed");
+        for gone in old.iter().filter(|n| !nodes.contains(n)) {
+            delivery.presence.forget_node(gone);
+        }
+        let joined: Vec<&String> = nodes
+            .iter()
+            .filter(|n| !old.contains(n) && **n != me)
+            .collect();
+        if !joined.is_empty() {
+            let roster: NodeWire = Wire::Roster {
+                node: me.clone(),
+                users: delivery.presence.local_users(),
+            };
+            let roster = wire::encode(&roster);
+            for node in joined {
+                delivery.bus().send(node, roster.clone());
+            }
+        }
+        match self.cluster.live.write() {
+            Ok(mut live) => *live = Arc::new(nodes.clone()),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(nodes.clone()),
+        }
+        for (conv, actor) in self.conversations.entries() {
+            if ownership::owner(conv, &nodes) != Some(me.as_str()) {
+                self.conversations.forget(&conv, actor.get_id());
+                actor.stop(Some("no longer owned here".to_owned()));
+            }
+        }
+    }
+
+    /// Tells the other nodes this one has joined (after its first heartbeat).
+    pub fn say_hello(&self) {
+        let delivery = &self.deps.delivery;
+        if delivery.bus().is_distributed() {
+            let hello: NodeWire = Wire::Hello {
+                node: delivery.node_id().to_owned(),
+            };
+            delivery.bus().broadcast(wire::encode(&hello));
+        }
+    }
+
+    /// Forgets requests whose answer never came (the asker answered `unavailable` already).
+    fn sweep_pending(&self) {
+        let too_old = REQUEST_TIMEOUT + Duration::from_secs(1);
+        self.cluster
+            .pending
+            .retain(|_, (_, sent)| sent.elapsed() < too_old);
+    }
+}

@@ -1,0 +1,249 @@
+//! The bus of a cluster over Redis: a channel per node (`{prefix}:node:{id}`), one for all
+//! (`{prefix}:all`), and the live set of nodes as a sorted set of heartbeats (`{prefix}:nodes`).
+//!
+//! It only carries: sends are queued to one publishing task (never waiting in an actor), what
+//! arrives goes to the node, and the heartbeat tells the node which nodes are alive. Pub/sub is
+//! at most once; a connection lost and regained re-subscribes by itself.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chat_actors::node::Node;
+use chat_actors::ports::Bus;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, PushKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often a node says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node silent for this long is out of the live set.
+const DEAD_AFTER: Duration = Duration::from_secs(3);
+/// The most bus messages in one pipeline.
+const MAX_PIPELINE: usize = 256;
+
+/// Why the bus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Redis refused or failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The names this deployment uses in Redis.
+#[derive(Debug, Clone)]
+struct Names {
+    prefix: String,
+    node_id: String,
+}
+
+impl Names {
+    fn node_channel(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+    fn all_channel(&self) -> String {
+        format!("{}:all", self.prefix)
+    }
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// The `Bus` port over Redis.
+pub struct RedisBus {
+    names: Names,
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+}
+
+impl Bus for RedisBus {
+    fn is_distributed(&self) -> bool {
+        true
+    }
+
+    fn send(&self, node: &str, message: Bytes) {
+        let _ = self.outgoing.send((self.names.node_channel(node), message));
+    }
+
+    fn broadcast(&self, message: Bytes) {
+        let _ = self.outgoing.send((self.names.all_channel(), message));
+    }
+}
+
+/// What runs the bus: subscriptions, the publisher and the heartbeat.
+pub struct RedisLink {
+    membership: Membership,
+    subscriber: ConnectionManager,
+    incoming: mpsc::UnboundedReceiver<redis::PushInfo>,
+    outgoing: mpsc::UnboundedReceiver<(String, Bytes)>,
+}
+
+/// The heartbeat: this node's entry in the live set, and the reading of it.
+struct Membership {
+    names: Names,
+    commands: ConnectionManager,
+}
+
+/// Connects to Redis (RESP3, needed for pub/sub on a self-reconnecting connection) and subscribes
+/// to this node's channels. Nothing is delivered until [`RedisLink::run`].
+pub async fn connect(
+    url: &str,
+    prefix: &str,
+    node_id: &str,
+) -> Result<(Arc<RedisBus>, RedisLink), BusError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let resp3 = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(resp3);
+    let client = redis::Client::open(info)?;
+    let names = Names {
+        prefix: prefix.to_owned(),
+        node_id: node_id.to_owned(),
+    };
+    let (push_tx, incoming) = mpsc::unbounded_channel();
+    let config = ConnectionManagerConfig::new()
+        .set_push_sender(push_tx)
+        .set_automatic_resubscription()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let mut subscriber = client.get_connection_manager_with_config(config).await?;
+    subscriber.subscribe(names.node_channel(node_id)).await?;
+    subscriber.subscribe(names.all_channel()).await?;
+    let plain = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let commands = client.get_connection_manager_with_config(plain).await?;
+    let (tx, outgoing) = mpsc::unbounded_channel();
+    let bus = Arc::new(RedisBus {
+        names: names.clone(),
+        outgoing: tx,
+    });
+    let link = RedisLink {
+        membership: Membership { names, commands },
+        subscriber,
+        incoming,
+        outgoing,
+    };
+    Ok((bus, link))
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as f64
+}
+
+impl Membership {
+    /// Says this node is alive and reads who else is.
+    async fn heartbeat(&mut self) -> Result<Vec<String>, redis::RedisError> {
+        let key = self.names.nodes_key();
+        let now = now_ms();
+        let dead_after = DEAD_AFTER.as_millis() as f64;
+        let (_, _, live): (i64, i64, Vec<String>) = redis::pipe()
+            .zadd(&key, &self.names.node_id, now)
+            .zrembyscore(&key, "-inf", now - 10.0 * dead_after)
+            .zrangebyscore(&key, now - dead_after, "+inf")
+            .query_async(&mut self.commands)
+            .await?;
+        Ok(live)
+    }
+
+    /// Takes this node out of the live set (a clean stop: the others move its conversations at
+    /// once instead of after the heartbeat runs out).
+    async fn leave(&mut self) {
+        let key = self.names.nodes_key();
+        let _: Result<i64, _> = self.commands.zrem(&key, &self.names.node_id).await;
+    }
+}
+
+impl RedisLink {
+    /// Joins the cluster: the first heartbeat, so the node knows the live set before it serves.
+    pub async fn join(&mut self, node: &Node) -> Result<(), BusError> {
+        let live = self.membership.heartbeat().await?;
+        node.set_live_nodes(live);
+        Ok(())
+    }
+
+    /// Whether Redis answers (for `/readyz`).
+    pub fn probe(&self) -> ConnectionManager {
+        self.membership.commands.clone()
+    }
+
+    /// Runs the bus for `node` until `stop`: delivers what arrives, publishes what is sent,
+    /// beats the heart; on `stop` the node leaves the live set at once.
+    pub fn run(self, node: Node, stop: CancellationToken, tasks: &TaskTracker) {
+        let RedisLink {
+            mut membership,
+            subscriber,
+            mut incoming,
+            mut outgoing,
+        } = self;
+        let receiving = node.clone();
+        let receiving_stop = stop.clone();
+        tasks.spawn(async move {
+            // Holding the subscriber keeps its connection (and subscriptions) alive.
+            let _subscriber = subscriber;
+            loop {
+                let push = tokio::select! {
+                    _ = receiving_stop.cancelled() => break,
+                    push = incoming.recv() => match push {
+                        Some(push) => push,
+                        None => break,
+                    },
+                };
+                match push.kind {
+                    PushKind::Message => {
+                        if let Some(Ok(payload)) =
+                            push.data.get(1).map(redis::from_redis_value_ref::<Vec<u8>>)
+                        {
+                            receiving.on_bus_message(&payload);
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        tracing::warn!("the bus lost its Redis connection; reconnecting");
+                        metrics::counter!("chat_bus_disconnections_total").increment(1);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let mut publisher = membership.commands.clone();
+        tasks.spawn(async move {
+            while let Some(first) = outgoing.recv().await {
+                let mut pipe = redis::pipe();
+                pipe.publish(first.0, first.1.as_ref()).ignore();
+                let mut n = 1;
+                while n < MAX_PIPELINE {
+                    match outgoing.try_recv() {
+                        Ok((channel, message)) => {
+                            pipe.publish(channel, message.as_ref()).ignore();
+                            n += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = pipe.query_async::<()>(&mut publisher).await {
+                    tracing::warn!(error = %e, lost = n, "bus messages lost: Redis failed");
+                    metrics::counter!("chat_bus_lost_total").increment(n as u64);
+                }
+            }
+        });
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => match membership.heartbeat().await {
+                        Ok(live) => node.set_live_nodes(live),
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    },
+                }
+            }
+            membership.leave().await;
+        });
+    }
+}
