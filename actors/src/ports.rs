@@ -293,4 +293,9 @@ pub trait Bus: Send + Sync + 'static {
     fn send(&self, node: &str, message: Bytes);
     /// Sends `message` to every node (the sender gets it too and ignores it).
     fn broadcast(&self, message: Bytes);
+    /// Whether the bus carries now; false while its server is unreachable, so that what needs
+    /// another node is answered `unavailable` at once instead of waiting out its deadline.
+    fn is_reachable(&self) -> bool {
+        true
+    }
 }

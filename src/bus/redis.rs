@@ -6,6 +6,7 @@
 //! at most once; a connection lost and regained re-subscribes by itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -55,6 +56,8 @@ impl Names {
 pub struct RedisBus {
     names: Names,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    /// False from a failed publish, heartbeat or lost connection until the next heartbeat works.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Bus for RedisBus {
@@ -69,11 +72,16 @@ impl Bus for RedisBus {
     fn broadcast(&self, message: Bytes) {
         let _ = self.outgoing.send((self.names.all_channel(), message));
     }
+
+    fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
 }
 
 /// What runs the bus: subscriptions, the publisher and the heartbeat.
 pub struct RedisLink {
     membership: Membership,
+    reachable: Arc<AtomicBool>,
     subscriber: ConnectionManager,
     incoming: mpsc::UnboundedReceiver<redis::PushInfo>,
     outgoing: mpsc::UnboundedReceiver<(String, Bytes)>,
@@ -117,12 +125,15 @@ pub async fn connect(
         .set_response_timeout(Some(Duration::from_secs(2)));
     let commands = client.get_connection_manager_with_config(plain).await?;
     let (tx, outgoing) = mpsc::unbounded_channel();
+    let reachable = Arc::new(AtomicBool::new(true));
     let bus = Arc::new(RedisBus {
         names: names.clone(),
         outgoing: tx,
+        reachable: reachable.clone(),
     });
     let link = RedisLink {
         membership: Membership { names, commands },
+        reachable,
         subscriber,
         incoming,
         outgoing,
@@ -178,12 +189,14 @@ impl RedisLink {
     pub fn run(self, node: Node, stop: CancellationToken, tasks: &TaskTracker) {
         let RedisLink {
             mut membership,
+            reachable,
             subscriber,
             mut incoming,
             mut outgoing,
         } = self;
         let receiving = node.clone();
         let receiving_stop = stop.clone();
+        let lost = reachable.clone();
         tasks.spawn(async move {
             // Holding the subscriber keeps its connection (and subscriptions) alive.
             let _subscriber = subscriber;
@@ -204,6 +217,8 @@ impl RedisLink {
                         }
                     }
                     PushKind::Disconnection => {
+                        lost.store(false, Ordering::Relaxed);
+                        receiving.bus_lost();
                         tracing::warn!("the bus lost its Redis connection; reconnecting");
                         metrics::counter!("chat_bus_disconnections_total").increment(1);
                     }
@@ -212,6 +227,8 @@ impl RedisLink {
             }
         });
         let mut publisher = membership.commands.clone();
+        let failed = reachable.clone();
+        let publishing = node.clone();
         tasks.spawn(async move {
             while let Some(first) = outgoing.recv().await {
                 let mut pipe = redis::pipe();
@@ -227,6 +244,8 @@ impl RedisLink {
                     }
                 }
                 if let Err(e) = pipe.query_async::<()>(&mut publisher).await {
+                    failed.store(false, Ordering::Relaxed);
+                    publishing.bus_lost();
                     tracing::warn!(error = %e, lost = n, "bus messages lost: Redis failed");
                     metrics::counter!("chat_bus_lost_total").increment(n as u64);
                 }
@@ -238,8 +257,22 @@ impl RedisLink {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = every.tick() => match membership.heartbeat().await {
-                        Ok(live) => node.set_live_nodes(live),
-                        Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                        Ok(live) => {
+                            if reachable.swap(true, Ordering::Relaxed) {
+                                node.set_live_nodes(live);
+                            } else {
+                                // Back after an outage. Messages may have been lost meanwhile:
+                                // tell everyone again who is connected here. The live set is
+                                // read from the next beat on: the others' last beats are as old
+                                // as the outage, and would read as dead.
+                                tracing::info!("the bus reaches Redis again; resyncing presence");
+                                node.resync();
+                            }
+                        }
+                        Err(e) => {
+                            reachable.store(false, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "heartbeat failed");
+                        }
                     },
                 }
             }

@@ -15,14 +15,18 @@ fn redis_url() -> String {
 /// `n` nodes named `node-0`.. on one fresh database and a fresh Redis prefix, each ready and
 /// each seeing all the others.
 async fn cluster(db: &TestDb, n: usize) -> Vec<Binary> {
+    cluster_on(db, n, &redis_url()).await
+}
+
+/// [`cluster`] on the Redis at `redis`.
+async fn cluster_on(db: &TestDb, n: usize, redis: &str) -> Vec<Binary> {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    let redis = redis_url();
     let mut nodes = Vec::new();
     for i in 0..n {
         let id = format!("node-{i}");
         let env = [
             ("CHAT_DATABASE_URL", db.url.as_str()),
-            ("CHAT_REDIS_URL", redis.as_str()),
+            ("CHAT_REDIS_URL", redis),
             ("CHAT_REDIS_PREFIX", prefix.as_str()),
             ("CHAT_NODE_ID", id.as_str()),
             ("CHAT_RATE_MESSAGES", "100000"),
@@ -111,4 +115,152 @@ async fn a_push_crosses_once_per_node_and_local_traffic_stays_off_redis() {
         assert_eq!(ce.push("message").await["body"], format!("l{i}"));
     }
     assert_eq!(pushes_published(&nodes[0]).await, before);
+}
+
+/// A Redis server of the test's own (the shared one must not be stopped under other tests).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        PrivateRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = PrivateRedis::start(port);
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = cluster_on(&db, 2, &redis.url()).await;
+    // Two users on node 0, in a group node 1 owns (reached over Redis), and one node 0 owns.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[0].client(b).await;
+    let mut remote = group(&mut ca, &[b]).await;
+    while owner(&remote, 2) != 1 {
+        remote = group(&mut ca, &[b]).await;
+    }
+    let mut local = group(&mut ca, &[b]).await;
+    while owner(&local, 2) != 0 {
+        local = group(&mut ca, &[b]).await;
+    }
+    let r = ca
+        .call("send", json!({"conv": remote, "body": "before"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+
+    redis.kill();
+    // Within a heartbeat the node knows: a request for node 1 is refused, not left to time out.
+    let mut refused = false;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        let r = ca
+            .call("send", json!({"conv": remote, "body": "during"}))
+            .await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{r}");
+        if r["code"] == "unavailable" {
+            // Refused for knowing Redis is away, not for having waited out the 4.8 s deadline.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "refused only after {:?}",
+                started.elapsed()
+            );
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "sends to a remote owner kept going with Redis down"
+    );
+    // What needs no other node goes on.
+    for i in 0..5 {
+        let r = ca
+            .call("send", json!({"conv": local, "body": format!("local {i}")}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        let pushed = loop {
+            let m = cb.push("message").await;
+            if m["conv"] == local.as_str() {
+                break m;
+            }
+        };
+        assert_eq!(pushed["body"], format!("local {i}"));
+    }
+
+    let _redis = PrivateRedis::start(port);
+    // Healed by itself within PROTOCOL's 10 s.
+    let mut healed = false;
+    for _ in 0..100 {
+        let r = ca
+            .call("send", json!({"conv": remote, "body": "after"}))
+            .await;
+        if r["t"] == "sent" {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        healed,
+        "the cluster did not heal within 10 s of Redis's return"
+    );
+    // Everything acknowledged is there, in one dense order.
+    let h = ca
+        .call("history", json!({"conv": remote, "limit": 200}))
+        .await;
+    let seqs: Vec<i64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
 }

@@ -76,6 +76,23 @@ impl PresenceBoard {
         }
     }
 
+    /// `node` says exactly `users` are connected there.
+    pub fn set_roster(&self, node: &str, users: &[UserId]) {
+        let listed: std::collections::HashSet<&UserId> = users.iter().collect();
+        let gone: Vec<UserId> = self
+            .remote
+            .iter()
+            .filter(|e| e.value().iter().any(|n| n == node) && !listed.contains(e.key()))
+            .map(|e| *e.key())
+            .collect();
+        for user in gone {
+            self.set_remote(user, node, false);
+        }
+        for user in users {
+            self.set_remote(*user, node, true);
+        }
+    }
+
     /// `node` left the cluster: its users are no longer connected there.
     pub fn forget_node(&self, node: &str) {
         let users: Vec<UserId> = self

@@ -36,7 +36,8 @@ pub enum Wire<Q, R> {
         /// The node.
         node: String,
     },
-    /// Every user connected on `node`, for a node that just joined.
+    /// Every user connected on `node` (replacing what the receiver knew of that node), for a
+    /// node that just joined or after the bus lost messages.
     Roster {
         /// The node.
         node: String,

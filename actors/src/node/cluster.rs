@@ -75,6 +75,10 @@ impl Node {
         request: ConversationRequest,
         reply: Reply,
     ) -> Result<(), Rejection> {
+        if !self.deps.delivery.bus().is_reachable() {
+            metrics::counter!("chat_bus_refused_total").increment(1);
+            return Err(Rejection::unavailable());
+        }
         let corr = match reply.into_port() {
             Some(port) => {
                 let corr = self.cluster.next_corr.fetch_add(1, Ordering::Relaxed);
@@ -111,9 +115,7 @@ impl Node {
                 delivery.presence.set_remote(user, &node, online)
             }
             Wire::Roster { node, users } if node != me => {
-                for user in users {
-                    delivery.presence.set_remote(user, &node, true);
-                }
+                delivery.presence.set_roster(&node, &users)
             }
             Wire::Hello { node } if node != me => {
                 let mut live = (*self.cluster.live()).clone();
@@ -211,6 +213,19 @@ impl Node {
         }
     }
 
+    /// Tells every node who is connected here, replacing what they knew: after the bus lost
+    /// messages (its connection broke), arrivals and departures may have gone unheard.
+    pub fn resync(&self) {
+        let delivery = &self.deps.delivery;
+        if delivery.bus().is_distributed() {
+            let roster: NodeWire = Wire::Roster {
+                node: delivery.node_id().to_owned(),
+                users: delivery.presence.local_users(),
+            };
+            delivery.bus().broadcast(wire::encode(&roster));
+        }
+    }
+
     /// Tells the other nodes this one has joined (after its first heartbeat).
     pub fn say_hello(&self) {
         let delivery = &self.deps.delivery;
@@ -219,6 +234,18 @@ impl Node {
                 node: delivery.node_id().to_owned(),
             };
             delivery.bus().broadcast(wire::encode(&hello));
+        }
+    }
+
+    /// The bus lost its connection: requests waiting for an owner elsewhere will not hear back
+    /// (their message or its answer is lost), so they are answered `unavailable` now rather
+    /// than at their deadline.
+    pub fn bus_lost(&self) {
+        let waiting: Vec<u64> = self.cluster.pending.iter().map(|e| *e.key()).collect();
+        for corr in waiting {
+            if let Some((_, (port, _))) = self.cluster.pending.remove(&corr) {
+                let _ = port.send(Err(Rejection::unavailable()));
+            }
         }
     }
 
