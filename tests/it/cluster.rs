@@ -264,3 +264,81 @@ async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut nodes = cluster(&db, 3).await;
+    // Conversations of users on node 0, some owned by node 2, which dies.
+    let (watcher, a) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut cw = nodes[0].client(watcher).await;
+    let mut ca = nodes[0].client(a).await;
+    let on_dying = Uuid::new_v4();
+    let _doomed = nodes[2].client(on_dying).await;
+    cw.call("watch", json!({"users": [on_dying.to_string()]}))
+        .await;
+    let mut convs = Vec::new();
+    while convs.len() < 3 {
+        let conv = group(&mut ca, &[Uuid::new_v4()]).await;
+        if owner(&conv, 3) == 2 {
+            convs.push(conv);
+        }
+    }
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for conv in &convs {
+        for i in 0..5 {
+            let r = ca
+                .call("send", json!({"conv": conv, "body": format!("before {i}")}))
+                .await;
+            assert_eq!(r["t"], "sent", "{r}");
+            acked.push((conv.clone(), r["mid"].as_str().unwrap().to_owned()));
+        }
+    }
+    nodes[2].child.kill().unwrap();
+    let died = std::time::Instant::now();
+    // Each conversation is served again by a survivor within PROTOCOL's 10 s.
+    for conv in &convs {
+        loop {
+            let r = ca
+                .call("send", json!({"conv": conv, "body": "after"}))
+                .await;
+            if r["t"] == "sent" {
+                acked.push((conv.clone(), r["mid"].as_str().unwrap().to_owned()));
+                break;
+            }
+            assert!(died.elapsed() < std::time::Duration::from_secs(10), "{r}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "a killed node's conversations served again after {:?}",
+        died.elapsed()
+    );
+    // Its user went offline for the watcher on another node.
+    let offline = loop {
+        let f = cw.push("presence").await;
+        if f["user"] == on_dying.to_string() && f["status"] == "offline" {
+            break f;
+        }
+    };
+    assert_eq!(offline["status"], "offline");
+    // Nothing acknowledged is lost, and every conversation is still 1..N.
+    for conv in &convs {
+        let h = ca
+            .call("history", json!({"conv": conv, "limit": 200}))
+            .await;
+        let messages = h["messages"].as_array().unwrap();
+        let seqs: Vec<i64> = messages
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+        for (_, mid) in acked.iter().filter(|(c, _)| c == conv) {
+            assert!(
+                messages.iter().any(|m| m["mid"] == mid.as_str()),
+                "lost {mid}"
+            );
+        }
+    }
+    let _ = nodes.pop();
+}

@@ -29,8 +29,8 @@ type NodeWire = Wire<ConversationRequest, Result<ConversationReply, Rejection>>;
 pub(super) struct Cluster {
     /// The live nodes, sorted (this one included); replaced whole on every change.
     live: RwLock<Arc<Vec<String>>>,
-    /// Requests sent to owners elsewhere, waiting for their answers.
-    pending: DashMap<u64, (ReplyPort, Instant)>,
+    /// Requests sent to owners elsewhere, waiting for their answers: the port, the owner, when.
+    pending: DashMap<u64, (ReplyPort, String, Instant)>,
     next_corr: AtomicU64,
 }
 
@@ -82,7 +82,8 @@ impl Node {
         let corr = match reply.into_port() {
             Some(port) => {
                 let corr = self.cluster.next_corr.fetch_add(1, Ordering::Relaxed);
-                self.cluster.pending.insert(corr, (port, Instant::now()));
+                let sent = (port, owner.to_owned(), Instant::now());
+                self.cluster.pending.insert(corr, sent);
                 corr
             }
             None => 0,
@@ -130,7 +131,7 @@ impl Node {
                 request,
             } => self.serve_remote(from, corr, conv, request),
             Wire::Reply { corr, answer } => {
-                if let Some((_, (port, _))) = self.cluster.pending.remove(&corr) {
+                if let Some((_, (port, _, _))) = self.cluster.pending.remove(&corr) {
                     let _ = port.send(answer);
                 }
             }
@@ -186,6 +187,9 @@ impl Node {
         tracing::info!(nodes = ?nodes, "live nodes changed");
         for gone in old.iter().filter(|n| !nodes.contains(n)) {
             delivery.presence.forget_node(gone);
+            // Nobody will answer what was asked of it: the askers hear `unavailable` now and
+            // retry with the new owner.
+            self.fail_pending(|owner| owner == gone);
         }
         let joined: Vec<&String> = nodes
             .iter()
@@ -241,9 +245,20 @@ impl Node {
     /// (their message or its answer is lost), so they are answered `unavailable` now rather
     /// than at their deadline.
     pub fn bus_lost(&self) {
-        let waiting: Vec<u64> = self.cluster.pending.iter().map(|e| *e.key()).collect();
+        self.fail_pending(|_| true);
+    }
+
+    /// Answers `unavailable` to the requests waiting for an owner that `which` picks.
+    fn fail_pending(&self, which: impl Fn(&str) -> bool) {
+        let waiting: Vec<u64> = self
+            .cluster
+            .pending
+            .iter()
+            .filter(|e| which(&e.value().1))
+            .map(|e| *e.key())
+            .collect();
         for corr in waiting {
-            if let Some((_, (port, _))) = self.cluster.pending.remove(&corr) {
+            if let Some((_, (port, _, _))) = self.cluster.pending.remove(&corr) {
                 let _ = port.send(Err(Rejection::unavailable()));
             }
         }
@@ -254,6 +269,6 @@ impl Node {
         let too_old = REQUEST_TIMEOUT + Duration::from_secs(1);
         self.cluster
             .pending
-            .retain(|_, (_, sent)| sent.elapsed() < too_old);
+            .retain(|_, (_, _, sent)| sent.elapsed() < too_old);
     }
 }
