@@ -342,3 +342,108 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s
     }
     let _ = nodes.pop();
 }
+
+/// A free local port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `scripts/cluster` with the test's database, ports and directory.
+fn cluster_script(args: &[&str], dir: &std::path::Path, db: &TestDb, ports: (u16, u16)) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster");
+    let status = std::process::Command::new(script)
+        .args(args)
+        .arg(dir)
+        .env("CHAT_DATABASE_URL", &db.url)
+        .env("CHAT_REDIS_URL", redis_url())
+        .env(
+            "CHAT_REDIS_PREFIX",
+            format!("test-{}", Uuid::new_v4().simple()),
+        )
+        .env("CHAT_JWT_SECRET", crate::helpers::SECRET)
+        .env("CLUSTER_PORT", ports.0.to_string())
+        .env("CLUSTER_BASE_PORT", ports.1.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/cluster {args:?} failed");
+}
+
+#[tokio::test]
+async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    // nginx on one port, two nodes on the two after a free one.
+    let (lb, base) = (free_port(), free_port());
+    cluster_script(&["start", "2"], dir.path(), &db, (lb, base));
+    let url = format!("ws://127.0.0.1:{lb}/v1/ws");
+    let config = chat_backend::config::Config {
+        jwt_secret: crate::helpers::SECRET.to_owned(),
+        ..Default::default()
+    };
+    let token = |u: Uuid| {
+        chat_backend::auth::sign(
+            &config,
+            chat_actors::ids::UserId(u),
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = Client::connect(&url, &token(a)).await;
+    let mut cb = Client::connect(&url, &token(b)).await;
+    let nodes_seen = [ca.hello["node"].clone(), cb.hello["node"].clone()];
+    let r = ca
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [b.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "through nginx"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "through nginx");
+    // least_conn spread the two connections over both nodes.
+    assert_ne!(nodes_seen[0], nodes_seen[1], "both clients on one node");
+
+    // Kill b's node; b reconnects through nginx (to the survivor) and both go on.
+    let killed = cb.hello["node"].as_str().unwrap().to_owned();
+    let pid = std::fs::read_to_string(dir.path().join(format!("{killed}.pid"))).unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    let died = std::time::Instant::now();
+    let mut cb = loop {
+        // nginx passes a connection the dead node refuses on to the live one.
+        let c = Client::connect(&url, &token(b)).await;
+        if c.hello["node"] != killed.as_str() {
+            break c;
+        }
+        assert!(died.elapsed() < std::time::Duration::from_secs(10));
+    };
+    loop {
+        let r = ca
+            .call("send", json!({"conv": conv, "body": "after"}))
+            .await;
+        if r["t"] == "sent" {
+            break;
+        }
+        assert!(died.elapsed() < std::time::Duration::from_secs(10), "{r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let h = cb.call("history", json!({"conv": conv})).await;
+    let bodies: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["through nginx", "after"]);
+    cluster_script(&["stop"], dir.path(), &db, (lb, base));
+}
