@@ -15,16 +15,16 @@ fn redis_url() -> String {
 /// `n` nodes named `node-0`.. on one fresh database and a fresh Redis prefix, each ready and
 /// each seeing all the others.
 async fn cluster(db: &TestDb, n: usize) -> Vec<Binary> {
-    cluster_on(db, n, &redis_url()).await
+    cluster_on(db, n, &redis_url(), &[]).await
 }
 
-/// [`cluster`] on the Redis at `redis`.
-async fn cluster_on(db: &TestDb, n: usize, redis: &str) -> Vec<Binary> {
+/// [`cluster`] on the Redis at `redis`, with `extra` settings for every node.
+async fn cluster_on(db: &TestDb, n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Binary> {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
     let mut nodes = Vec::new();
     for i in 0..n {
         let id = format!("node-{i}");
-        let env = [
+        let mut env = vec![
             ("CHAT_DATABASE_URL", db.url.as_str()),
             ("CHAT_REDIS_URL", redis),
             ("CHAT_REDIS_PREFIX", prefix.as_str()),
@@ -32,6 +32,7 @@ async fn cluster_on(db: &TestDb, n: usize, redis: &str) -> Vec<Binary> {
             ("CHAT_RATE_MESSAGES", "100000"),
             ("CHAT_RATE_BURST", "100000"),
         ];
+        env.extend_from_slice(extra);
         nodes.push(Binary::start(Backend::Postgres, &env).await);
     }
     nodes
@@ -177,7 +178,7 @@ async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals
         .port();
     let mut redis = PrivateRedis::start(port);
     let db = TestDb::new(Backend::Postgres).await;
-    let nodes = cluster_on(&db, 2, &redis.url()).await;
+    let nodes = cluster_on(&db, 2, &redis.url(), &[]).await;
     // Two users on node 0, in a group node 1 owns (reached over Redis), and one node 0 owns.
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut ca = nodes[0].client(a).await;
@@ -446,4 +447,107 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
         .collect();
     assert_eq!(bodies, ["through nginx", "after"]);
     cluster_script(&["stop"], dir.path(), &db, (lb, base));
+}
+
+/// The stand-in user service (`chat-backend dev-user-service`) on `port`, naming `user` `name`.
+fn user_service(port: u16, user: Uuid, name: &str, dir: &std::path::Path) -> std::process::Child {
+    let file = dir.join(format!("users-{}.json", Uuid::new_v4().simple()));
+    let users = json!({"users": {user.to_string(): {"name": name}}, "businesses": {}});
+    std::fs::write(&file, users.to_string()).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .arg("dev-user-service")
+        .arg("--file")
+        .arg(&file)
+        .args(["--at", &format!("127.0.0.1:{port}")])
+        .env("CHAT_PROFILES_TOKEN", "profiles-token")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// The name `viewer`'s `get` of `conv` shows for `user`.
+async fn name_seen(c: &mut Client, conv: &str, user: Uuid) -> String {
+    let r = c.call("get", json!({"conv": conv})).await;
+    r["conversation"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == user.to_string())
+        .map(|m| m["profile"]["name"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let subject = Uuid::new_v4();
+    let mut service = user_service(port, subject, "Old Name", dir.path());
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let extra = [
+        ("CHAT_PROFILES_URL", url.as_str()),
+        ("CHAT_PROFILES_TOKEN", "profiles-token"),
+        ("CHAT_SERVICE_TOKEN", "service-token"),
+    ];
+    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+    let mut viewer = nodes[1].client(Uuid::new_v4()).await;
+    let r = viewer
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = name_seen(&mut viewer, &conv, subject).await;
+        if seen == "Old Name" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "Old Name", "node 1 never cached the profile");
+
+    // The service now says "New Name", and tells node 0 only.
+    let _ = service.kill();
+    let _ = service.wait();
+    let mut service = user_service(port, subject, "New Name", dir.path());
+    let event = json!({"type": "user.profile.updated", "uuid": subject.to_string()}).to_string();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nodes[0].port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST /v1/internal/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer service-token\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{event}",
+        event.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Node 1 forgot its copy and fetches the new name.
+    for _ in 0..50 {
+        seen = name_seen(&mut viewer, &conv, subject).await;
+        if seen == "New Name" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(seen, "New Name", "node 1 kept the old profile");
 }

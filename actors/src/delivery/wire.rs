@@ -44,6 +44,11 @@ pub enum Wire<Q, R> {
         /// Its users.
         users: Vec<UserId>,
     },
+    /// The user service said `id`'s profile changed: every node drops what it cached.
+    ProfileChanged {
+        /// The user or business.
+        id: UserId,
+    },
     /// A request for a conversation the receiving node owns; `corr` 0 wants no answer.
     Request {
         /// The asking node, where the answer goes.

@@ -18,7 +18,7 @@ use super::Node;
 use super::handle::REQUEST_TIMEOUT;
 use crate::conversation::{ConversationReply, ConversationRequest, Reply, ReplyPort};
 use crate::delivery::wire::{self, Wire};
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, UserId};
 use crate::ownership;
 use crate::protocol::Rejection;
 
@@ -122,6 +122,12 @@ impl Node {
                 let mut live = (*self.cluster.live()).clone();
                 live.push(node);
                 self.set_live_nodes(live);
+            }
+            Wire::ProfileChanged { id } => {
+                let profiles = self.deps.profiles.clone();
+                self.deps
+                    .tasks
+                    .spawn(async move { profiles.invalidate(id).await });
             }
             Wire::Presence { .. } | Wire::Roster { .. } | Wire::Hello { .. } => {}
             Wire::Request {
@@ -227,6 +233,15 @@ impl Node {
                 users: delivery.presence.local_users(),
             };
             delivery.bus().broadcast(wire::encode(&roster));
+        }
+    }
+
+    /// Tells every node that `id`'s profile changed (the user service told this one).
+    pub(super) fn tell_everyone_profile_changed(&self, id: UserId) {
+        let delivery = &self.deps.delivery;
+        if delivery.bus().is_distributed() {
+            let news: NodeWire = Wire::ProfileChanged { id };
+            delivery.bus().broadcast(wire::encode(&news));
         }
     }
 

@@ -294,6 +294,7 @@ impl Node {
     /// The user service says `id`'s profile changed: forget what is cached.
     pub async fn profile_changed(&self, id: UserId) {
         self.deps.profiles.invalidate(id).await;
+        self.tell_everyone_profile_changed(id);
     }
 
     /// The conversation as the caller sees it.
