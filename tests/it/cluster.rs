@@ -551,3 +551,64 @@ async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
     let _ = service.wait();
     assert_eq!(seen, "New Name", "node 1 kept the old profile");
 }
+
+#[tokio::test]
+async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let db_name = db.url.rsplit('/').next().unwrap().to_owned();
+    let nodes = cluster(&db, 2).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[1].client(b).await;
+    let conv = group(&mut ca, &[b]).await;
+    let mut acked: Vec<String> = Vec::new();
+    let send = async |c: &mut Client, body: &str| -> serde_json::Value {
+        c.call("send", json!({"conv": conv, "body": body})).await
+    };
+    for i in 0..10 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let r = send(c, "before").await;
+        assert_eq!(r["t"], "sent", "{r}");
+        acked.push(r["mid"].as_str().unwrap().to_owned());
+    }
+    crate::helpers::outage(&db_name, true).await;
+    // Every request is answered (never left hanging) while the database is away.
+    for i in 0..6 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let started = std::time::Instant::now();
+        let r = send(c, "during").await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{r}");
+        match r["t"].as_str() {
+            Some("sent") => acked.push(r["mid"].as_str().unwrap().to_owned()),
+            _ => assert_eq!(r["code"], "unavailable", "{r}"),
+        }
+    }
+    crate::helpers::outage(&db_name, false).await;
+    let back = std::time::Instant::now();
+    for c in [&mut ca, &mut cb] {
+        loop {
+            let r = send(c, "after").await;
+            if r["t"] == "sent" {
+                acked.push(r["mid"].as_str().unwrap().to_owned());
+                break;
+            }
+            assert!(back.elapsed() < std::time::Duration::from_secs(10), "{r}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let h = ca
+        .call("history", json!({"conv": conv, "limit": 200}))
+        .await;
+    let messages = h["messages"].as_array().unwrap();
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    for mid in &acked {
+        assert!(
+            messages.iter().any(|m| m["mid"] == mid.as_str()),
+            "lost {mid}"
+        );
+    }
+}

@@ -7,48 +7,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, TestNode, pg_admin_url};
-
-/// Runs one statement as the PostgreSQL admin.
-async fn admin(sql: String) {
-    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
-/// Cuts the node off its database (only this test's database: others go on), or lets it back.
-async fn outage(db_name: &str, down: bool) {
-    admin(format!(
-        "ALTER DATABASE {db_name} WITH ALLOW_CONNECTIONS {}",
-        !down
-    ))
-    .await;
-    if !down {
-        return;
-    }
-    admin(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
-    ))
-    .await;
-    // Termination is a signal: wait until every backend of the database is gone.
-    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
-    for _ in 0..100 {
-        let left: i64 = sqlx::query("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
-            .bind(db_name)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    pool.close().await;
-}
+use crate::helpers::{Backend, Binary, Client, TestNode, outage};
 
 /// Times one request.
 async fn timed(c: &mut Client, t: &str, fields: Value) -> (Value, Duration) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chat_backend::config::Config;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use sqlx::Row;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -482,4 +483,45 @@ pub fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.99))
+}
+
+/// Runs one statement as the PostgreSQL admin.
+pub async fn admin(sql: String) {
+    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// Cuts the node off its database (only this test's database: others go on), or lets it back.
+pub async fn outage(db_name: &str, down: bool) {
+    admin(format!(
+        "ALTER DATABASE {db_name} WITH ALLOW_CONNECTIONS {}",
+        !down
+    ))
+    .await;
+    if !down {
+        return;
+    }
+    admin(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
+    ))
+    .await;
+    // Termination is a signal: wait until every backend of the database is gone.
+    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    for _ in 0..100 {
+        let left: i64 = sqlx::query("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(db_name)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
 }
