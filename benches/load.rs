@@ -4,7 +4,8 @@
 //! sending connection sends on its own fixed schedule (`--rate` spread over all senders), and
 //! latency is measured from the *scheduled* send time, so a stall shows as latency instead of
 //! hiding as a lower rate (no coordinated omission). Each message body starts with its scheduled
-//! time in µs, so any process can measure delivery latency; receivers record send→delivery,
+//! time in µs and the sender's node, so any process can measure delivery latency (and, with
+//! several nodes, split it into same-node and cross-node deliveries); receivers record send→delivery,
 //! senders send→ack (the `sent` reply, which follows the commit).
 //!
 //! Knobs: `--url` (repeatable; default: start a release node on a temporary SQLite database, or
@@ -177,6 +178,10 @@ struct Tally {
     counts: Counts,
     ack_us: Vec<(u64, u64)>,
     delivery_us: Vec<(u64, u64)>,
+    #[serde(default)]
+    delivery_local_us: Vec<(u64, u64)>,
+    #[serde(default)]
+    delivery_cross_us: Vec<(u64, u64)>,
 }
 
 fn now_us() -> u64 {
@@ -479,7 +484,8 @@ fn plan_rooms(plan: &Plan, n: usize, offset: usize) -> Vec<Room> {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str, token: &str) -> Result<Ws, String> {
+/// Connects and reads the hello: the socket and the name of the node it landed on.
+async fn connect(url: &str, token: &str) -> Result<(Ws, String), String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     req.headers_mut().insert(
         "authorization",
@@ -495,7 +501,12 @@ async fn connect(url: &str, token: &str) -> Result<Ws, String> {
         .map_err(|e| e.to_string())?;
     // the hello
     match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        Ok(Some(Ok(_))) => Ok(ws),
+        Ok(Some(Ok(hello))) => {
+            let node = decode(&hello)
+                .and_then(|v| v["node"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Ok((ws, node))
+        }
         _ => Err("no hello".to_owned()),
     }
 }
@@ -613,7 +624,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
             r.ok()
         }));
     }
-    let mut sockets: Vec<Option<Ws>> = Vec::new();
+    let mut sockets: Vec<Option<(Ws, String)>> = Vec::new();
     for h in handles {
         sockets.push(h.await.ok().flatten());
     }
@@ -631,7 +642,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
     let mut conv_of: Vec<Option<(String, Kind, usize)>> = vec![None; sending];
     for room in &rooms {
         let creator = room.members[0];
-        let Some(ws) = sockets[creator].as_mut() else {
+        let Some((ws, _)) = sockets[creator].as_mut() else {
             continue;
         };
         let users: Vec<String> = room.members[1..]
@@ -680,7 +691,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
 
     let mut tasks = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
-        let Some(ws) = ws else { continue };
+        let Some((ws, node)) = ws else { continue };
         let role = conv_of.get(i).cloned().flatten();
         let (live, body_bytes) = (live.clone(), plan.body_bytes);
         // spread the senders' phases over one interval
@@ -698,7 +709,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
             interval_us,
         };
         tasks.push(tokio::spawn(connection(
-            ws, role, schedule, body_bytes, live,
+            ws, node, role, schedule, body_bytes, live,
         )));
     }
     if index == 0 {
@@ -706,21 +717,20 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
     }
     let mut ack = histogram();
     let mut delivery = histogram();
+    let (mut local, mut cross) = (histogram(), histogram());
     for t in tasks {
         if let Ok(r) = t.await {
             tally.counts.add(&r.counts);
             let _ = ack.add(&r.ack);
             let _ = delivery.add(&r.delivery);
+            let _ = local.add(&r.delivery_local);
+            let _ = cross.add(&r.delivery_cross);
         }
     }
-    tally.ack_us = ack
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
-    tally.delivery_us = delivery
-        .iter_recorded()
-        .map(|v| (v.value_iterated_to(), v.count_at_value()))
-        .collect();
+    tally.delivery_local_us = pairs(&local);
+    tally.delivery_cross_us = pairs(&cross);
+    tally.ack_us = pairs(&ack);
+    tally.delivery_us = pairs(&delivery);
     tally
 }
 
@@ -728,6 +738,16 @@ struct ConnResult {
     counts: Counts,
     ack: Histogram<u64>,
     delivery: Histogram<u64>,
+    /// Deliveries from a sender on this connection's node, and from one on another node.
+    delivery_local: Histogram<u64>,
+    delivery_cross: Histogram<u64>,
+}
+
+/// A histogram as (value, count) pairs, for a worker's report.
+fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
 }
 
 /// One connection: sends on its schedule (if it sends), records acks and deliveries, and after
@@ -746,6 +766,7 @@ struct Schedule {
 
 async fn connection(
     mut ws: Ws,
+    node: String,
     role: Option<(String, Kind, usize)>,
     schedule: Schedule,
     body_bytes: usize,
@@ -755,6 +776,8 @@ async fn connection(
         counts: Counts::default(),
         ack: histogram(),
         delivery: histogram(),
+        delivery_local: histogram(),
+        delivery_cross: histogram(),
     };
     let mut pending: HashMap<u64, u64> = HashMap::new(); // request id → scheduled µs
     let Schedule {
@@ -766,7 +789,9 @@ async fn connection(
     let mut next_us = start_us;
     let mut id = 10u64;
     let drain_until = end_us + 5_000_000;
-    let pad = "x".repeat(body_bytes.saturating_sub(17));
+    // The body: scheduled µs, the sender's node (so a receiver can tell a delivery that crossed
+    // nodes), padding to --body-bytes.
+    let pad = "x".repeat(body_bytes.saturating_sub(18 + node.len()));
     // One timer for the connection, moved rather than made anew on every frame.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -793,7 +818,7 @@ async fn connection(
                 }
                 if let Some((conv, _, fanout)) = &role {
                     id += 1;
-                    let body = format!("{next_us:016}|{pad}");
+                    let body = format!("{next_us:016}|{node}|{pad}");
                     let out = SendFrame { t: "send", id, conv, body: &body };
                     if ws.send(encode(&out)).await.is_err() {
                         r.counts.errors += 1;
@@ -833,6 +858,9 @@ async fn connection(
                             live.delivered.fetch_add(1, Ordering::Relaxed);
                             let latency = now.saturating_sub(at).max(1);
                             let _ = r.delivery.record(latency);
+                            let from = f.body.and_then(|b| b.get(17..)).and_then(|b| b.split_once('|')).map(|(n, _)| n);
+                            let split = if from == Some(node.as_str()) { &mut r.delivery_local } else { &mut r.delivery_cross };
+                            let _ = split.record(latency);
                             if let Ok(mut recent) = live.recent.lock() {
                                 let _ = recent.get_or_insert_with(histogram).record(latency);
                             }
@@ -919,6 +947,10 @@ struct Report {
     deliveries_s: f64,
     ack_ms: Quantiles,
     delivery_ms: Quantiles,
+    /// Deliveries whose sender was on the receiver's node, and on another node.
+    delivery_local_ms: Quantiles,
+    delivery_cross_ms: Quantiles,
+    delivered_cross: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     server: Option<ServerStats>,
 }
@@ -974,6 +1006,7 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
     let mut total = Tally::default();
     let mut ack = histogram();
     let mut delivery = histogram();
+    let (mut local, mut cross) = (histogram(), histogram());
     for child in children {
         let out = child.wait_with_output().expect("worker output");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -989,6 +1022,12 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         }
         for (v, n) in t.delivery_us {
             let _ = delivery.record_n(v, n);
+        }
+        for (v, n) in t.delivery_local_us {
+            let _ = local.record_n(v, n);
+        }
+        for (v, n) in t.delivery_cross_us {
+            let _ = cross.record_n(v, n);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -1012,6 +1051,9 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         deliveries_s: total.counts.delivered as f64 / plan.duration.max(1e-9),
         ack_ms: quantiles(&ack),
         delivery_ms: quantiles(&delivery),
+        delivery_local_ms: quantiles(&local),
+        delivery_cross_ms: quantiles(&cross),
+        delivered_cross: cross.len(),
         server,
     }
 }
@@ -1034,7 +1076,13 @@ fn print_table(r: &Report) {
         "throughput  {:>10.0} msgs/s acked, {:.0} deliveries/s",
         r.throughput_msgs_s, r.deliveries_s
     );
-    for (name, q) in [("send→ack", r.ack_ms), ("send→delivery", r.delivery_ms)] {
+    let mut rows = vec![("send→ack", r.ack_ms), ("send→delivery", r.delivery_ms)];
+    if r.delivered_cross > 0 {
+        // Several nodes: the deliveries whose sender was on the same node, and on another.
+        rows.push(("  same node", r.delivery_local_ms));
+        rows.push(("  cross-node", r.delivery_cross_ms));
+    }
+    for (name, q) in rows {
         println!(
             "{name:<14} p50 {:>8.2} ms  p90 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2}",
             q.p50, q.p90, q.p99, q.p999, q.max
