@@ -59,6 +59,23 @@ fn owner(conv: &str, n: usize) -> usize {
     live.iter().position(|n| n == owner).unwrap()
 }
 
+/// `conv`'s history is exactly seq 1..N and holds every one of `acked` (mids answered `sent`).
+async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
+    let h = c.call("history", json!({"conv": conv, "limit": 200})).await;
+    let messages = h["messages"].as_array().unwrap();
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    for mid in acked {
+        assert!(
+            messages.iter().any(|m| m["mid"] == mid.as_str()),
+            "lost {mid}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_push_crosses_once_per_node_and_local_traffic_stays_off_redis() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -253,17 +270,8 @@ async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals
         healed,
         "the cluster did not heal within 10 s of Redis's return"
     );
-    // Everything acknowledged is there, in one dense order.
-    let h = ca
-        .call("history", json!({"conv": remote, "limit": 200}))
-        .await;
-    let seqs: Vec<i64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    // One dense order.
+    assert_kept(&mut ca, &remote, &[]).await;
 }
 
 #[tokio::test]
@@ -325,21 +333,12 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s
     assert_eq!(offline["status"], "offline");
     // Nothing acknowledged is lost, and every conversation is still 1..N.
     for conv in &convs {
-        let h = ca
-            .call("history", json!({"conv": conv, "limit": 200}))
-            .await;
-        let messages = h["messages"].as_array().unwrap();
-        let seqs: Vec<i64> = messages
+        let mids: Vec<String> = acked
             .iter()
-            .map(|m| m["seq"].as_i64().unwrap())
+            .filter(|(c, _)| c == conv)
+            .map(|(_, m)| m.clone())
             .collect();
-        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-        for (_, mid) in acked.iter().filter(|(c, _)| c == conv) {
-            assert!(
-                messages.iter().any(|m| m["mid"] == mid.as_str()),
-                "lost {mid}"
-            );
-        }
+        assert_kept(&mut ca, conv, &mids).await;
     }
     let _ = nodes.pop();
 }
@@ -596,19 +595,5 @@ async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let h = ca
-        .call("history", json!({"conv": conv, "limit": 200}))
-        .await;
-    let messages = h["messages"].as_array().unwrap();
-    let seqs: Vec<i64> = messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    for mid in &acked {
-        assert!(
-            messages.iter().any(|m| m["mid"] == mid.as_str()),
-            "lost {mid}"
-        );
-    }
+    assert_kept(&mut ca, &conv, &acked).await;
 }
