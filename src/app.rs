@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Verifier};
 use crate::bus::LocalBus;
 use crate::config::Config;
-use crate::profiles::{CachedProfiles, PlaceholderProfiles, UserServiceClient};
+use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserServiceClient};
 use crate::store::{self, GuardedStore, writer::BatchingWriter};
 use crate::transport::{self, Probe, Transport, WsSettings};
 use crate::{metrics, retention};
@@ -67,7 +67,19 @@ pub async fn serve(
     } else {
         let client = UserServiceClient::new(&config.profiles_url, &config.profiles_token)
             .context("the user service client")?;
-        CachedProfiles::start(client)
+        if config.redis_url.is_empty() {
+            CachedProfiles::start(client)
+        } else {
+            // In a cluster the nodes share a tier in Redis behind their own.
+            let shared = SharedProfiles::connect(
+                &config.redis_url,
+                &config.redis_prefix,
+                crate::profiles::cache::KEEP_FOR,
+            )
+            .await
+            .context("connecting the profile cache to Redis")?;
+            CachedProfiles::start_shared(client, shared)
+        }
     };
     let node = Node::start(
         NodeConfig {

@@ -15,6 +15,7 @@ use moka::future::Cache;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{ClientError, UserServiceClient};
+use super::shared::{Kind, SharedProfiles};
 
 /// How long entries live and how long a request waits; the defaults are PROTOCOL §5's.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +38,7 @@ impl Default for CachePolicy {
     }
 }
 /// How long expired entries are kept to be served stale.
-const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const KEEP_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The longest a chat request waits on the user service.
 pub const REQUEST_WAIT: Duration = Duration::from_millis(300);
 /// How long a business's agent list is fresh.
@@ -45,12 +46,6 @@ const AGENTS_FRESH_FOR: Duration = Duration::from_secs(60);
 /// Background retries of a failed batch, with doubling delays from this one.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRIES: u32 = 3;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    User,
-    Business,
-}
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -83,6 +78,8 @@ pub struct CachedProfiles {
     lookups: mpsc::UnboundedSender<Lookup>,
     client: Arc<UserServiceClient>,
     policy: CachePolicy,
+    /// The cluster's Redis tier, behind this one.
+    shared: Option<SharedProfiles>,
 }
 
 impl CachedProfiles {
@@ -93,13 +90,32 @@ impl CachedProfiles {
 
     /// Starts the batching task over `client`.
     pub fn start_with(client: UserServiceClient, policy: CachePolicy) -> Arc<CachedProfiles> {
+        Self::start_tiered(client, policy, None)
+    }
+
+    /// Starts the batching task over `client`, with the cluster's Redis tier behind the
+    /// in-process one.
+    pub fn start_shared(client: UserServiceClient, shared: SharedProfiles) -> Arc<CachedProfiles> {
+        Self::start_tiered(client, CachePolicy::default(), Some(shared))
+    }
+
+    fn start_tiered(
+        client: UserServiceClient,
+        policy: CachePolicy,
+        shared: Option<SharedProfiles>,
+    ) -> Arc<CachedProfiles> {
         let client = Arc::new(client);
         let profiles = Cache::builder()
             .max_capacity(1_000_000)
             .time_to_live(KEEP_FOR)
             .build();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(client.clone(), profiles.clone(), rx, tx.clone()));
+        let tier = Tiers {
+            cache: profiles.clone(),
+            shared: shared.clone(),
+            policy,
+        };
+        tokio::spawn(batcher(client.clone(), tier, rx, tx.clone()));
         Arc::new(CachedProfiles {
             profiles,
             agents: Cache::builder()
@@ -109,6 +125,7 @@ impl CachedProfiles {
             lookups: tx,
             client,
             policy,
+            shared,
         })
     }
 
@@ -202,6 +219,9 @@ impl Profiles for CachedProfiles {
         self.profiles.invalidate(&(Kind::User, id)).await;
         self.profiles.invalidate(&(Kind::Business, id)).await;
         self.agents.invalidate(&id).await;
+        if let Some(shared) = &self.shared {
+            shared.forget(id).await;
+        }
     }
 }
 
@@ -215,14 +235,65 @@ fn stale_agents(
     }
 }
 
-/// The one task that calls the service for profiles: it takes every look-up queued, asks for
-/// their ids in one call, fills the cache, and retries failures in the background.
+/// The caches the batcher fills: this node's, and the cluster's when there is one.
+struct Tiers {
+    cache: Cache<(Kind, UserId), Arc<Cached>>,
+    shared: Option<SharedProfiles>,
+    policy: CachePolicy,
+}
+
+impl Tiers {
+    /// Takes what the shared tier holds for `users` and `businesses` into this node's cache, and
+    /// drops from the lists those it holds fresh enough not to ask the service (younger than
+    /// the refresh age: an entry as old as ours would not refresh it). An older one is kept
+    /// here only to be served stale if the service fails.
+    async fn take_from_shared(&self, users: &mut Vec<UserId>, businesses: &mut Vec<UserId>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let keys: Vec<(Kind, UserId)> = users
+            .iter()
+            .map(|u| (Kind::User, *u))
+            .chain(businesses.iter().map(|b| (Kind::Business, *b)))
+            .collect();
+        let hits = shared.get_many(&keys).await;
+        let now = Instant::now();
+        for (key, hit) in keys.into_iter().zip(hits) {
+            let Some((profile, age)) = hit else { continue };
+            let skip_service_within = if profile.is_some() {
+                self.policy.refresh_after
+            } else {
+                self.policy.unknown_for
+            };
+            let current = age < skip_service_within;
+            let fetched = now.checked_sub(age).unwrap_or(now);
+            if current || self.cache.get(&key).await.is_none() {
+                self.cache
+                    .insert(key, Arc::new(Cached { profile, fetched }))
+                    .await;
+            }
+            if current {
+                let list = if key.0 == Kind::User {
+                    &mut *users
+                } else {
+                    &mut *businesses
+                };
+                list.retain(|id| *id != key.1);
+            }
+        }
+    }
+}
+
+/// The one task that calls the service for profiles: it takes every look-up queued, looks in the
+/// cluster's tier first, asks the service for the rest in one call, fills both tiers, and
+/// retries failures in the background.
 async fn batcher(
     client: Arc<UserServiceClient>,
-    cache: Cache<(Kind, UserId), Arc<Cached>>,
+    tiers: Tiers,
     mut rx: mpsc::UnboundedReceiver<Lookup>,
     retry: mpsc::UnboundedSender<Lookup>,
 ) {
+    let cache = &tiers.cache;
     while let Some(first) = rx.recv().await {
         let mut lookups = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -242,8 +313,15 @@ async fn batcher(
                 }
             }
         }
-        match client.batch_profiles(&users, &businesses).await {
-            Ok(answer) => {
+        tiers.take_from_shared(&mut users, &mut businesses).await;
+        let outcome = if users.is_empty() && businesses.is_empty() {
+            None
+        } else {
+            Some(client.batch_profiles(&users, &businesses).await)
+        };
+        match outcome {
+            None => {}
+            Some(Ok(answer)) => {
                 let now = Instant::now();
                 let mut found: HashMap<(Kind, UserId), Profile> = HashMap::new();
                 for (kind, rows) in [
@@ -264,6 +342,7 @@ async fn batcher(
                     .iter()
                     .map(|u| (Kind::User, *u))
                     .chain(businesses.iter().map(|b| (Kind::Business, *b)));
+                let mut stored = Vec::new();
                 for key in asked {
                     let profile = found.remove(&key);
                     // An id the service does not know keeps an older profile rather than losing it.
@@ -272,6 +351,9 @@ async fn batcher(
                         && old.profile.is_some()
                     {
                         continue;
+                    }
+                    if tiers.shared.is_some() {
+                        stored.push((key, profile.clone()));
                     }
                     cache
                         .insert(
@@ -283,8 +365,11 @@ async fn batcher(
                         )
                         .await;
                 }
+                if let Some(shared) = &tiers.shared {
+                    shared.put_many(&stored).await;
+                }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 if !matches!(e, ClientError::Open) {
                     tracing::debug!(error = %e, "profile batch failed");
                 }

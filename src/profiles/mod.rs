@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod client;
 pub mod dev_service;
+pub mod shared;
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use chat_actors::protocol::Profile;
 
 pub use cache::{CachePolicy, CachedProfiles};
 pub use client::UserServiceClient;
+pub use shared::SharedProfiles;
 
 /// Profiles when no user service is configured.
 #[derive(Debug, Default)]

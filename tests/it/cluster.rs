@@ -597,3 +597,59 @@ async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
     }
     assert_kept(&mut ca, &conv, &acked).await;
 }
+
+#[tokio::test]
+async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let subject = Uuid::new_v4();
+    let mut service = user_service(port, subject, "Shared Name", dir.path());
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let extra = [
+        ("CHAT_PROFILES_URL", url.as_str()),
+        ("CHAT_PROFILES_TOKEN", "profiles-token"),
+    ];
+    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+    let mut first = nodes[0].client(Uuid::new_v4()).await;
+    let r = first
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = name_seen(&mut first, &conv, subject).await;
+        if seen == "Shared Name" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "Shared Name");
+    // The user service goes away; node 1 has never asked it about the subject.
+    let _ = service.kill();
+    let _ = service.wait();
+    let mut second = nodes[1].client(Uuid::new_v4()).await;
+    let r = second
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let got = second.call("get", json!({"conv": conv})).await;
+    let profile = got["conversation"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == subject.to_string())
+        .map(|m| m["profile"].clone())
+        .unwrap();
+    assert_eq!(profile["name"], "Shared Name", "{profile}");
+    assert!(
+        profile.get("placeholder").is_none() && profile.get("stale").is_none(),
+        "{profile}"
+    );
+}
