@@ -472,6 +472,73 @@ fn user_service(port: u16, user: Uuid, name: &str, dir: &std::path::Path) -> std
     child
 }
 
+/// Two nodes on a stand-in user service that names `subject` `name`.
+struct ProfileSetup {
+    dir: tempfile::TempDir,
+    port: u16,
+    service: Option<std::process::Child>,
+    nodes: Vec<Binary>,
+    _db: TestDb,
+}
+
+impl ProfileSetup {
+    async fn start(subject: Uuid, name: &str) -> ProfileSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let service = user_service(port, subject, name, dir.path());
+        let db = TestDb::new(Backend::Postgres).await;
+        let url = format!("http://127.0.0.1:{port}");
+        let extra = [
+            ("CHAT_PROFILES_URL", url.as_str()),
+            ("CHAT_PROFILES_TOKEN", "profiles-token"),
+            ("CHAT_SERVICE_TOKEN", "service-token"),
+        ];
+        let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+        ProfileSetup {
+            dir,
+            port,
+            service: Some(service),
+            nodes,
+            _db: db,
+        }
+    }
+
+    fn stop_service(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            let _ = service.kill();
+            let _ = service.wait();
+        }
+    }
+}
+
+impl Drop for ProfileSetup {
+    fn drop(&mut self) {
+        self.stop_service();
+    }
+}
+
+/// A new user on `node` in a direct chat with `subject`, once its view names them `name`.
+async fn chat_seeing(node: &Binary, subject: Uuid, name: &str) -> (Client, String) {
+    let mut viewer = node.client(Uuid::new_v4()).await;
+    let r = viewer
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = name_seen(&mut viewer, &conv, subject).await;
+        if seen == name {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, name, "the node never cached the profile");
+    (viewer, conv)
+}
+
 /// The name `viewer`'s `get` of `conv` shows for `user`.
 async fn name_seen(c: &mut Client, conv: &str, user: Uuid) -> String {
     let r = c.call("get", json!({"conv": conv})).await;
@@ -486,42 +553,17 @@ async fn name_seen(c: &mut Client, conv: &str, user: Uuid) -> String {
 
 #[tokio::test]
 async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let subject = Uuid::new_v4();
-    let mut service = user_service(port, subject, "Old Name", dir.path());
-    let db = TestDb::new(Backend::Postgres).await;
-    let url = format!("http://127.0.0.1:{port}");
-    let extra = [
-        ("CHAT_PROFILES_URL", url.as_str()),
-        ("CHAT_PROFILES_TOKEN", "profiles-token"),
-        ("CHAT_SERVICE_TOKEN", "service-token"),
-    ];
-    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
-    let mut viewer = nodes[1].client(Uuid::new_v4()).await;
-    let r = viewer
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [subject.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = name_seen(&mut viewer, &conv, subject).await;
-        if seen == "Old Name" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, "Old Name", "node 1 never cached the profile");
+    let mut setup = ProfileSetup::start(subject, "Old Name").await;
+    let (dir, port) = (setup.dir.path().to_owned(), setup.port);
+    let (mut viewer, conv) = chat_seeing(&setup.nodes[1], subject, "Old Name").await;
+    let told = setup.nodes[0].port;
 
     // The service now says "New Name", and tells node 0 only.
-    let _ = service.kill();
-    let _ = service.wait();
-    let mut service = user_service(port, subject, "New Name", dir.path());
+    setup.stop_service();
+    let mut service = user_service(port, subject, "New Name", &dir);
     let event = json!({"type": "user.profile.updated", "uuid": subject.to_string()}).to_string();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nodes[0].port))
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", told))
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -539,6 +581,7 @@ async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
         String::from_utf8_lossy(&answer)
     );
     // Node 1 forgot its copy and fetches the new name.
+    let mut seen = String::new();
     for _ in 0..50 {
         seen = name_seen(&mut viewer, &conv, subject).await;
         if seen == "New Name" {
@@ -600,37 +643,12 @@ async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
 
 #[tokio::test]
 async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let subject = Uuid::new_v4();
-    let mut service = user_service(port, subject, "Shared Name", dir.path());
-    let db = TestDb::new(Backend::Postgres).await;
-    let url = format!("http://127.0.0.1:{port}");
-    let extra = [
-        ("CHAT_PROFILES_URL", url.as_str()),
-        ("CHAT_PROFILES_TOKEN", "profiles-token"),
-    ];
-    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
-    let mut first = nodes[0].client(Uuid::new_v4()).await;
-    let r = first
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [subject.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = name_seen(&mut first, &conv, subject).await;
-        if seen == "Shared Name" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, "Shared Name");
+    let mut setup = ProfileSetup::start(subject, "Shared Name").await;
+    chat_seeing(&setup.nodes[0], subject, "Shared Name").await;
     // The user service goes away; node 1 has never asked it about the subject.
-    let _ = service.kill();
-    let _ = service.wait();
+    setup.stop_service();
+    let nodes = &setup.nodes;
     let mut second = nodes[1].client(Uuid::new_v4()).await;
     let r = second
         .call(
