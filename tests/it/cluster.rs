@@ -353,7 +353,7 @@ fn free_port() -> u16 {
 }
 
 /// `scripts/cluster` with the test's database, ports and directory.
-fn cluster_script(args: &[&str], dir: &std::path::Path, db: &TestDb, ports: (u16, u16)) {
+fn cluster_script(args: &[&str], dir: &std::path::Path, db: &TestDb, ports: (u16, &[u16])) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster");
     let status = std::process::Command::new(script)
         .args(args)
@@ -366,7 +366,15 @@ fn cluster_script(args: &[&str], dir: &std::path::Path, db: &TestDb, ports: (u16
         )
         .env("CHAT_JWT_SECRET", crate::helpers::SECRET)
         .env("CLUSTER_PORT", ports.0.to_string())
-        .env("CLUSTER_BASE_PORT", ports.1.to_string())
+        .env(
+            "CLUSTER_NODE_PORTS",
+            ports
+                .1
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
         .status()
         .unwrap();
     assert!(status.success(), "scripts/cluster {args:?} failed");
@@ -376,9 +384,9 @@ fn cluster_script(args: &[&str], dir: &std::path::Path, db: &TestDb, ports: (u16
 async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
-    // nginx on one port, two nodes on the two after a free one.
-    let (lb, base) = (free_port(), free_port());
-    cluster_script(&["start", "2"], dir.path(), &db, (lb, base));
+    // nginx and each node on a port of its own.
+    let (lb, node_ports) = (free_port(), [free_port(), free_port()]);
+    cluster_script(&["start", "2"], dir.path(), &db, (lb, &node_ports));
     let url = format!("ws://127.0.0.1:{lb}/v1/ws");
     let config = chat_backend::config::Config {
         jwt_secret: crate::helpers::SECRET.to_owned(),
@@ -445,7 +453,7 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
         .map(|m| m["body"].as_str().unwrap())
         .collect();
     assert_eq!(bodies, ["through nginx", "after"]);
-    cluster_script(&["stop"], dir.path(), &db, (lb, base));
+    cluster_script(&["stop"], dir.path(), &db, (lb, &node_ports));
 }
 
 /// The stand-in user service (`chat-backend dev-user-service`) on `port`, naming `user` `name`.
