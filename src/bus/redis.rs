@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chat_actors::node::Node;
@@ -141,18 +141,11 @@ pub async fn connect(
     Ok((bus, link))
 }
 
-fn now_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as f64
-}
-
 impl Membership {
     /// Says this node is alive and reads who else is.
     async fn heartbeat(&mut self) -> Result<Vec<String>, redis::RedisError> {
         let key = self.names.nodes_key();
-        let now = now_ms();
+        let now = chat_actors::clock::now_ms() as f64;
         let dead_after = DEAD_AFTER.as_millis() as f64;
         let (_, _, live): (i64, i64, Vec<String>) = redis::pipe()
             .zadd(&key, &self.names.node_id, now)

@@ -3,7 +3,7 @@
 //! service again, and outlives a node's restart. Entries carry the time they were fetched, so
 //! every node judges freshness alike; a failed Redis call is a miss, never an error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chat_actors::ids::UserId;
 use chat_actors::protocol::Profile;
@@ -39,10 +39,7 @@ pub struct SharedProfiles {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(chat_actors::clock::now_ms()).unwrap_or(0)
 }
 
 impl SharedProfiles {

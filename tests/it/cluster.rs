@@ -6,7 +6,7 @@ use chat_actors::ids::ConversationId;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, TestDb};
+use crate::helpers::{Backend, Binary, Client, TestDb, free_port};
 
 fn redis_url() -> String {
     std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -188,11 +188,7 @@ impl Drop for PrivateRedis {
 
 #[tokio::test]
 async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut redis = PrivateRedis::start(port);
     let db = TestDb::new(Backend::Postgres).await;
     let nodes = cluster_on(&db, 2, &redis.url(), &[]).await;
@@ -341,15 +337,6 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s
         assert_kept(&mut ca, conv, &mids).await;
     }
     let _ = nodes.pop();
-}
-
-/// A free local port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `scripts/cluster` with the test's database, ports and directory.

@@ -338,11 +338,7 @@ impl Binary {
             (None, Some(db)) => db.url.clone(),
             (None, None) => unreachable!("a database is made when none is given"),
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let bin = env!("CARGO_BIN_EXE_chat-backend");
         let mut cmd = match open_files {
             None => std::process::Command::new(bin),
@@ -524,4 +520,13 @@ pub async fn outage(db_name: &str, down: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     pool.close().await;
+}
+
+/// A free local port (free when asked: bind to it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -13,7 +13,6 @@ use super::{
     Work, everyone, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
-use crate::delivery::wire::Target;
 use crate::ids::{Mid, SessionId, UserId};
 use crate::ports::{ConversationRecord, MemberRecord, MembershipChange, NewMessage, StoreError};
 use crate::protocol::{Rejection, Role, ServerFrame, SharedFrame};
@@ -154,11 +153,8 @@ impl ConversationActor {
             // A member who just joined learns of it from the `conversation` push; the system
             // message announces them to the others.
             let frame = shared(ServerFrame::Message(system.object(record.id)));
-            let targets: Vec<Target> = everyone(record)
-                .into_iter()
-                .filter(|t| !change.add.iter().any(|a| a.user == t.user))
-                .collect();
-            self.deps.delivery.deliver_all(&targets, &frame);
+            let targets = everyone(record).filter(|t| !change.add.iter().any(|a| a.user == t.user));
+            self.deps.delivery.deliver_all(targets, &frame);
         }
         self.push_conversation(record.clone());
     }

@@ -309,28 +309,16 @@ fn shared(frame: ServerFrame) -> Arc<SharedFrame> {
 }
 
 /// Every member but `user`, as push targets.
-fn others(record: &ConversationRecord, user: UserId) -> Vec<Target> {
-    record
-        .members
-        .iter()
-        .filter(|m| m.user != user)
-        .map(|m| Target {
-            user: m.user,
-            except: None,
-        })
-        .collect()
+fn others(record: &ConversationRecord, user: UserId) -> impl Iterator<Item = Target> + '_ {
+    everyone(record).filter(move |t| t.user != user)
 }
 
 /// Every member, as push targets.
-fn everyone(record: &ConversationRecord) -> Vec<Target> {
-    record
-        .members
-        .iter()
-        .map(|m| Target {
-            user: m.user,
-            except: None,
-        })
-        .collect()
+fn everyone(record: &ConversationRecord) -> impl Iterator<Item = Target> + '_ {
+    record.members.iter().map(|m| Target {
+        user: m.user,
+        except: None,
+    })
 }
 
 /// The client's view of a storage failure.

@@ -245,18 +245,14 @@ impl ConversationActor {
         origin: Option<(UserId, Option<SessionId>)>,
     ) {
         let frame = shared(ServerFrame::Message(message));
-        let targets: Vec<Target> = record
-            .members
-            .iter()
-            .map(|m| Target {
-                user: m.user,
-                except: match origin {
-                    Some((sender, session)) if sender == m.user => session,
-                    _ => None,
-                },
-            })
-            .collect();
-        self.deps.delivery.deliver_all(&targets, &frame);
+        let targets = record.members.iter().map(|m| Target {
+            user: m.user,
+            except: match origin {
+                Some((sender, session)) if sender == m.user => session,
+                _ => None,
+            },
+        });
+        self.deps.delivery.deliver_all(targets, &frame);
     }
 }
 

@@ -13,6 +13,7 @@ use super::{
     others, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
+use crate::delivery::wire::Target;
 use crate::ids::{ConversationId, Seq, UserId};
 use crate::ports::{ConversationRecord, HistoryRange, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
@@ -128,7 +129,7 @@ impl ConversationActor {
             let frame = shared(ServerFrame::Receipt { conv, user, seq });
             self.deps
                 .delivery
-                .deliver_all(&others(&live.record, user), &frame);
+                .deliver_all(others(&live.record, user), &frame);
         }
     }
 
@@ -176,9 +177,7 @@ impl ConversationActor {
             user,
             on,
         });
-        self.deps
-            .delivery
-            .deliver_all(&others(record, user), &frame);
+        self.deps.delivery.deliver_all(others(record, user), &frame);
     }
 
     pub(super) fn on_delete(
@@ -201,7 +200,8 @@ impl ConversationActor {
             return;
         }
         let deps = self.deps.clone();
-        let members = everyone(&live.record);
+        // Owned: the push goes out from the task, after the commit.
+        let members: Vec<Target> = everyone(&live.record).collect();
         self.deps.tasks.spawn(async move {
             match deps.store.mark_deleted(msg.mid, now_ms()).await {
                 Ok(()) => {
@@ -211,7 +211,7 @@ impl ConversationActor {
                         mid: msg.mid,
                         seq: msg.seq,
                     });
-                    deps.delivery.deliver_all(&members, &frame);
+                    deps.delivery.deliver_all(members, &frame);
                 }
                 Err(e) => {
                     reply.fail(store_rejection(&e));

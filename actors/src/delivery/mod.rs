@@ -59,24 +59,25 @@ impl Delivery {
 
     /// Sends a push to every connection of `user` but `except`, here and on other nodes.
     pub fn deliver(&self, user: UserId, frame: &Arc<SharedFrame>, except: Option<SessionId>) {
-        self.deliver_all(&[Target { user, except }], frame);
+        self.deliver_all([Target { user, except }], frame);
     }
 
     /// Sends one push to many users: their connections here directly, and one bus message per
     /// other node that has any of them (the frame encoded once), none when all are local.
-    pub fn deliver_all(&self, targets: &[Target], frame: &Arc<SharedFrame>) {
+    pub fn deliver_all(&self, targets: impl IntoIterator<Item = Target>, frame: &Arc<SharedFrame>) {
+        let distributed = self.bus.is_distributed();
         let mut remote: Vec<(String, Vec<Target>)> = Vec::new();
         for t in targets {
             self.push_local(t.user, frame, |s| Some(s) != t.except);
-            if !self.bus.is_distributed() {
+            if !distributed {
                 continue;
             }
-            for node in self.presence.remote_nodes(t.user).unwrap_or_default() {
-                match remote.iter_mut().find(|(n, _)| *n == node) {
-                    Some((_, list)) => list.push(*t),
-                    None => remote.push((node, vec![*t])),
+            self.presence.for_each_remote_node(t.user, |node| {
+                match remote.iter_mut().find(|(n, _)| n == node) {
+                    Some((_, list)) => list.push(t),
+                    None => remote.push((node.to_owned(), vec![t])),
                 }
-            }
+            });
         }
         for (node, targets) in remote {
             let push: Plain = Wire::Push {

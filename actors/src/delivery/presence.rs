@@ -106,9 +106,14 @@ impl PresenceBoard {
         }
     }
 
-    /// The other nodes where `user` is connected.
-    pub fn remote_nodes(&self, user: UserId) -> Option<Vec<String>> {
-        self.remote.get(&user).map(|nodes| nodes.clone())
+    /// Calls `f` with each other node where `user` is connected (under the entry's shard lock:
+    /// `f` must not touch the board).
+    pub fn for_each_remote_node(&self, user: UserId, mut f: impl FnMut(&str)) {
+        if let Some(nodes) = self.remote.get(&user) {
+            for node in nodes.iter() {
+                f(node);
+            }
+        }
     }
 
     /// Every user connected here.
