@@ -17,8 +17,10 @@
 //! connections: one process may hold at most 20,000 open files here), `--json PATH`, `--idle`
 //! (connect and hold, send nothing), `--find-max` (raise the rate until p99 passes
 //! `--p99-limit-ms` or a message goes undelivered), `--business UUID,...` (real businesses when
-//! pointing at `--url`), `--server-pid` (measure that process). Users, conversations and bodies
-//! are made fresh each run (random UUIDs); nothing else is random.
+//! pointing at `--url`), `--server-pid` (repeatable: the node processes to measure; every
+//! PostgreSQL and Redis process of the machine is measured beside them, so a cluster's report
+//! gives its total RSS and CPU per message split into nodes, PostgreSQL and Redis). Users,
+//! conversations and bodies are made fresh each run (random UUIDs); nothing else is random.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -96,15 +98,20 @@ struct Args {
     /// Raise the rate step by step; report the highest whose p99 stays under the limit.
     #[arg(long)]
     find_max: bool,
-    /// The p99 limit of --find-max, ms.
+    /// Run 500 msgs/s, 1,000, 2,000, 4,000 and up to the first rate that misses the p99 limit,
+    /// and print the CPU-per-message curve, so a regression at any rate shows.
+    #[arg(long)]
+    sweep: bool,
+    /// The p99 limit of --find-max and --sweep, ms.
     #[arg(long, default_value_t = 50.0)]
     p99_limit_ms: f64,
     /// Businesses to use against --url (comma-separated UUIDs).
     #[arg(long, value_delimiter = ',')]
     business: Vec<String>,
-    /// A server process to measure (RSS, CPU) when pointing at --url.
+    /// A node process to measure (RSS, CPU) when pointing at --url; repeat for every node of a
+    /// cluster. PostgreSQL's and Redis's processes on this machine are measured beside them.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// Internal: run as worker I of the plan in this file.
     #[arg(long, hide = true)]
     worker: Option<usize>,
@@ -366,54 +373,90 @@ fn http_ok(url: &str) -> bool {
 
 #[derive(Serialize, Default, Clone, Copy)]
 struct ServerStats {
+    /// Nodes measured (their RSS is summed).
+    nodes: usize,
     /// Before the first connection.
     rss_kib_idle: u64,
     /// The highest seen, connecting and closing included.
     rss_kib_peak: u64,
     /// With every connection open, just before the end of the run (steady state).
     rss_kib_held: u64,
-    cpu_s: f64,
+    /// CPU seconds over the sending window.
+    cpu: Cpu,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// CPU seconds by who spent them: the nodes, PostgreSQL (every `postgres` process: its
+/// backends work for the nodes) and Redis (every `redis-server`).
+#[derive(Serialize, Default, Clone, Copy)]
+struct Cpu {
+    nodes_s: f64,
+    postgres_s: f64,
+    redis_s: f64,
+}
+
+impl Cpu {
+    fn total(&self) -> f64 {
+        self.nodes_s + self.postgres_s + self.redis_s
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            nodes_s: self.nodes_s - before.nodes_s,
+            postgres_s: self.postgres_s - before.postgres_s,
+            redis_s: self.redis_s - before.redis_s,
+        }
+    }
+}
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// CPU seconds (user + system) of one process.
+fn process_cpu_s(pid: &str) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
         })
-        .unwrap_or(0)
+        .unwrap_or(0.0)
 }
 
-/// CPU seconds of `pid`, plus every PostgreSQL process this user can see (its backends work
-/// for the node too).
-fn cpu_s(pid: u32) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    let of = |p: &str| -> f64 {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| {
-                let after = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = after.split_whitespace().collect();
-                Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
-            })
-            .unwrap_or(0.0)
+/// CPU so far of the node processes `pids`, and of every PostgreSQL and Redis process this
+/// user can see.
+fn cpu(pids: &[u32]) -> Cpu {
+    let mut c = Cpu {
+        nodes_s: pids.iter().map(|p| process_cpu_s(&p.to_string())).sum(),
+        ..Cpu::default()
     };
-    let mut total = of(&pid.to_string());
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.chars().all(|c| c.is_ascii_digit())
-                && std::fs::read_to_string(format!("/proc/{name}/comm"))
-                    .map(|c| c.trim() == "postgres")
-                    .unwrap_or(false)
-            {
-                total += of(&name);
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            match std::fs::read_to_string(format!("/proc/{name}/comm")).as_deref() {
+                Ok("postgres\n") => c.postgres_s += process_cpu_s(&name),
+                Ok("redis-server\n") => c.redis_s += process_cpu_s(&name),
+                _ => {}
             }
         }
     }
-    total
+    c
 }
 
 // ------------------------------------------------------------------ one worker
@@ -917,7 +960,7 @@ async fn live_line(live: Arc<Live>, start_us: u64, end_us: u64) {
 
 // ------------------------------------------------------------------ the parent
 
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize, Default, Clone, Copy)]
 struct Quantiles {
     p50: f64,
     p90: f64,
@@ -937,7 +980,7 @@ fn quantiles(h: &Histogram<u64>) -> Quantiles {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct Report {
     #[serde(flatten)]
     counts: Counts,
@@ -955,12 +998,12 @@ struct Report {
     server: Option<ServerStats>,
 }
 
-fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
+fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report {
     let dir = tempfile::tempdir().expect("temp dir");
     let plan_path = dir.path().join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec(plan).expect("plan")).expect("write plan");
-    let idle_rss = server_pid.map(rss_kib).unwrap_or(0);
-    let cpu_window = Arc::new(std::sync::Mutex::new((None::<f64>, None::<f64>)));
+    let idle_rss = rss_kib(server_pids);
+    let cpu_window = Arc::new(std::sync::Mutex::new((None::<Cpu>, None::<Cpu>)));
     let exe = std::env::current_exe().expect("own path");
     let children: Vec<Child> = (0..plan.workers)
         .map(|i| {
@@ -979,22 +1022,23 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
     let held_at_us = plan.start_us + (plan.duration * 1e6) as u64 - 300_000;
     let send_end_us = plan.start_us + (plan.duration * 1e6) as u64;
     let start_us = plan.start_us;
-    let sampler = server_pid.map(|pid| {
+    let sampler = (!server_pids.is_empty()).then(|| {
         let (peak, held, stop, window) =
             (peak.clone(), held.clone(), stop.clone(), cpu_window.clone());
+        let pids = server_pids.to_vec();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 // CPU is counted over the sending window only, not the connection ramp
                 let now = now_us();
                 if let Ok(mut w) = window.lock() {
                     if w.0.is_none() && now >= start_us {
-                        w.0 = Some(cpu_s(pid));
+                        w.0 = Some(cpu(&pids));
                     }
                     if w.1.is_none() && now >= send_end_us {
-                        w.1 = Some(cpu_s(pid));
+                        w.1 = Some(cpu(&pids));
                     }
                 }
-                let rss = rss_kib(pid);
+                let rss = rss_kib(&pids);
                 peak.fetch_max(rss, Ordering::Relaxed);
                 if now_us() < held_at_us {
                     held.store(rss, Ordering::Relaxed);
@@ -1034,13 +1078,14 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
     if let Some(s) = sampler {
         let _ = s.join();
     }
-    let server = server_pid.map(|pid| ServerStats {
+    let server = (!server_pids.is_empty()).then(|| ServerStats {
+        nodes: server_pids.len(),
         rss_kib_idle: idle_rss,
-        rss_kib_peak: peak.load(Ordering::Relaxed).max(rss_kib(pid)),
+        rss_kib_peak: peak.load(Ordering::Relaxed).max(rss_kib(server_pids)),
         rss_kib_held: held.load(Ordering::Relaxed),
-        cpu_s: match cpu_window.lock().map(|w| *w) {
-            Ok((Some(a), Some(b))) => b - a,
-            _ => 0.0,
+        cpu: match cpu_window.lock().map(|w| *w) {
+            Ok((Some(a), Some(b))) => b.since(&a),
+            _ => Cpu::default(),
         },
     });
     Report {
@@ -1055,6 +1100,49 @@ fn run_once(_args: &Args, plan: &Plan, server_pid: Option<u32>) -> Report {
         delivery_cross_ms: quantiles(&cross),
         delivered_cross: cross.len(),
         server,
+    }
+}
+
+/// The rates of `--sweep`, from a quiet node to well past what two cores hold.
+const SWEEP_RATES: [f64; 12] = [
+    500.0, 1_000.0, 2_000.0, 4_000.0, 8_000.0, 12_000.0, 16_000.0, 20_000.0, 25_000.0, 30_000.0,
+    40_000.0, 50_000.0,
+];
+
+impl Report {
+    /// Everything acknowledged and delivered, no error, and both p99s within `limit_ms`.
+    fn held(&self, limit_ms: f64) -> bool {
+        let c = &self.counts;
+        c.acked == c.sent
+            && c.delivered >= c.expected_deliveries
+            && c.errors == 0
+            && self.delivery_ms.p99 <= limit_ms
+            && self.ack_ms.p99 <= limit_ms
+    }
+}
+
+/// The `--sweep` summary: one line per rate.
+fn print_curve(curve: &[Report], limit_ms: f64) {
+    println!("== CPU per acked message by rate (p99 limit {limit_ms} ms)");
+    println!(
+        "{:>8} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8}  held",
+        "rate", "acked/s", "p50 ms", "p99 ms", "µs/msg", "nodes", "pg", "redis"
+    );
+    for r in curve {
+        let cpu = r.server.map(|s| s.cpu).unwrap_or_default();
+        let per = |s: f64| s * 1e6 / r.counts.acked.max(1) as f64;
+        println!(
+            "{:>8.0} {:>9.0} {:>9.2} {:>9.2} {:>10.1} {:>8.1} {:>8.1} {:>8.1}  {}",
+            r.rate,
+            r.throughput_msgs_s,
+            r.delivery_ms.p50,
+            r.delivery_ms.p99,
+            per(cpu.total()),
+            per(cpu.nodes_s),
+            per(cpu.postgres_s),
+            per(cpu.redis_s),
+            if r.held(limit_ms) { "yes" } else { "no" }
+        );
     }
 }
 
@@ -1096,13 +1184,20 @@ fn print_table(r: &Report) {
                 0.0
             }
         };
-        let per_msg = if c.acked > 0 {
-            s.cpu_s * 1e6 / c.acked as f64
+        let per_msg = |cpu_s: f64| {
+            if c.acked > 0 {
+                cpu_s * 1e6 / c.acked as f64
+            } else {
+                0.0
+            }
+        };
+        let nodes = if s.nodes == 1 {
+            "server".to_owned()
         } else {
-            0.0
+            format!("{} nodes", s.nodes)
         };
         println!(
-            "server      RSS idle {} KiB, held {} KiB ({:.1} KiB per connection), peak {} KiB ({:.1} per connection)",
+            "{nodes:<11} RSS idle {} KiB, held {} KiB ({:.1} KiB per connection), peak {} KiB ({:.1} per connection)",
             s.rss_kib_idle,
             s.rss_kib_held,
             per_conn(s.rss_kib_held),
@@ -1110,8 +1205,12 @@ fn print_table(r: &Report) {
             per_conn(s.rss_kib_peak)
         );
         println!(
-            "server      CPU {:.2} s, node and PostgreSQL ({per_msg:.1} µs per acked message)",
-            s.cpu_s
+            "server CPU  {:.2} s: {:.1} µs per acked message = nodes {:.1} + PostgreSQL {:.1} + Redis {:.1}",
+            s.cpu.total(),
+            per_msg(s.cpu.total()),
+            per_msg(s.cpu.nodes_s),
+            per_msg(s.cpu.postgres_s),
+            per_msg(s.cpu.redis_s),
         );
     }
 }
@@ -1167,7 +1266,10 @@ fn main() {
     } else {
         mix
     };
-    let server_pid = started.as_ref().map(|s| s.pid).or(args.server_pid);
+    let server_pids: Vec<u32> = match &started {
+        Some(s) => vec![s.pid],
+        None => args.server_pid.clone(),
+    };
     let private_key = args
         .private_key
         .as_ref()
@@ -1200,20 +1302,28 @@ fn main() {
         ..base.clone()
     };
 
-    let report = if args.find_max {
+    let report = if args.sweep {
+        let mut curve: Vec<Report> = Vec::new();
+        for rate in SWEEP_RATES {
+            println!("-- {rate:.0} msgs/s");
+            let r = run_once(&args, &plan_at(rate), &server_pids);
+            print_table(&r);
+            let held = r.held(args.p99_limit_ms);
+            curve.push(r);
+            if !held {
+                break;
+            }
+        }
+        print_curve(&curve, args.p99_limit_ms);
+        curve.pop().unwrap_or_default()
+    } else if args.find_max {
         let mut rate = args.rate.max(100.0);
         let mut best: Option<Report> = None;
         loop {
             println!("-- trying {rate:.0} msgs/s");
-            let r = run_once(&args, &plan_at(rate), server_pid);
+            let r = run_once(&args, &plan_at(rate), &server_pids);
             print_table(&r);
-            let c = &r.counts;
-            let ok = c.acked == c.sent
-                && c.delivered >= c.expected_deliveries
-                && c.errors == 0
-                && r.delivery_ms.p99 <= args.p99_limit_ms
-                && r.ack_ms.p99 <= args.p99_limit_ms;
-            if !ok {
+            if !r.held(args.p99_limit_ms) {
                 break;
             }
             best = Some(r);
@@ -1229,11 +1339,11 @@ fn main() {
             }
             None => {
                 println!("== even {:.0} msgs/s missed the limit", args.rate);
-                run_once(&args, &plan_at(args.rate), server_pid)
+                run_once(&args, &plan_at(args.rate), &server_pids)
             }
         }
     } else {
-        let r = run_once(&args, &plan_at(args.rate), server_pid);
+        let r = run_once(&args, &plan_at(args.rate), &server_pids);
         print_table(&r);
         r
     };

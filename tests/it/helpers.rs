@@ -191,11 +191,27 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str, token: &str) -> Client {
+        Client::try_connect(url, token)
+            .await
+            .expect("could not connect and be greeted")
+    }
+
+    /// [`Client::connect`], or None when the handshake fails or no `hello` comes (a node that
+    /// is dying, a balancer with no node behind it).
+    pub async fn try_connect(url: &str, token: &str) -> Option<Client> {
         let mut req = url.into_client_request().unwrap();
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        Client::greeted(ws).await
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.ok()?;
+        let mut c = Client::fresh(ws);
+        loop {
+            let f = c.try_next_frame().await?;
+            if f["t"] == "hello" {
+                c.hello = f;
+                return Some(c);
+            }
+            c.pushes.push(f);
+        }
     }
 
     /// Connects with a small kernel receive buffer, so a client that stops reading fills up
@@ -215,14 +231,18 @@ impl Client {
         Client::greeted(ws).await
     }
 
-    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
-        let mut c = Client {
+    fn fresh(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
             ws,
             next_id: 1,
             pushes: Vec::new(),
             hello: Value::Null,
             close_code: None,
-        };
+        }
+    }
+
+    async fn greeted(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        let mut c = Client::fresh(ws);
         c.hello = c.push("hello").await;
         c
     }
@@ -239,19 +259,36 @@ impl Client {
 
     /// The next frame, or None when the connection closed.
     pub async fn next_frame(&mut self) -> Option<Value> {
+        self.frame_within(Duration::from_secs(10))
+            .await
+            .expect("no frame in 10 s")
+    }
+
+    /// The next frame, or None when the connection closed or nothing came for 10 s.
+    pub async fn try_next_frame(&mut self) -> Option<Value> {
+        self.frame_within(Duration::from_secs(10))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn frame_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Value>, tokio::time::error::Elapsed> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
-                .await
-                .expect("no frame in 10 s")?;
+            let Some(msg) = tokio::time::timeout(wait, self.ws.next()).await? else {
+                return Ok(None);
+            };
             match msg {
                 Ok(Message::Binary(b)) => {
-                    return Some(rmp_serde::from_slice(&b).unwrap());
+                    return Ok(Some(rmp_serde::from_slice(&b).unwrap()));
                 }
                 Ok(Message::Close(frame)) => {
                     self.close_code = frame.map(|f| u16::from(f.code));
-                    return None;
+                    return Ok(None);
                 }
-                Err(_) => return None,
+                Err(_) => return Ok(None),
                 Ok(_) => continue,
             }
         }
@@ -267,19 +304,24 @@ impl Client {
 
     /// Sends a request and returns its reply (an `error` reply included).
     pub async fn call(&mut self, t: &str, fields: Value) -> Value {
+        self.try_call(t, fields)
+            .await
+            .expect("closed (or silent for 10 s) while waiting for a reply")
+    }
+
+    /// [`Client::call`], or None when the connection closed or the reply did not come in 10 s.
+    pub async fn try_call(&mut self, t: &str, fields: Value) -> Option<Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut frame = fields;
         frame["t"] = json!(t);
         frame["id"] = json!(id);
-        self.send_frame(frame).await;
+        let bytes = rmp_serde::to_vec_named(&frame).unwrap();
+        self.ws.send(Message::Binary(bytes.into())).await.ok()?;
         loop {
-            let f = self
-                .next_frame()
-                .await
-                .expect("closed while waiting for a reply");
+            let f = self.try_next_frame().await?;
             if f.get("id").and_then(Value::as_u64) == Some(id) {
-                return f;
+                return Some(f);
             }
             self.pushes.push(f);
         }
@@ -382,16 +424,7 @@ impl Binary {
 
     /// A token for `user`, signed like the binary's `token` command would.
     pub fn token(&self, user: Uuid) -> String {
-        let config = Config {
-            jwt_secret: SECRET.to_owned(),
-            ..Config::default()
-        };
-        chat_backend::auth::sign(
-            &config,
-            chat_actors::ids::UserId(user),
-            Duration::from_secs(3600),
-        )
-        .unwrap()
+        token(user)
     }
 
     pub async fn client(&self, user: Uuid) -> Client {
@@ -469,6 +502,20 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A token for `user` that a binary started with [`SECRET`] accepts for an hour.
+pub fn token(user: Uuid) -> String {
+    let config = Config {
+        jwt_secret: SECRET.to_owned(),
+        ..Config::default()
+    };
+    chat_backend::auth::sign(
+        &config,
+        chat_actors::ids::UserId(user),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
 }
 
 /// The p50 and p99 of `samples` (milliseconds), for the figures a flood test prints.

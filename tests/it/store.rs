@@ -286,7 +286,11 @@ async fn writer_suite(backend: Backend) {
 
     let (s, _db) = open(backend).await;
     let store: Arc<dyn Store> = Arc::new(s.clone());
-    let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency());
+    let (writer, task) = BatchingWriter::start(
+        store.clone(),
+        s.write_concurrency(),
+        std::time::Duration::from_millis(4),
+    );
     let sender = UserId::random();
     let mut convs = Vec::new();
     for _ in 0..40 {

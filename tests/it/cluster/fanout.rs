@@ -1,0 +1,66 @@
+//! One bus publish per remote node with recipients, none for local traffic.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{cluster, group, owner, pushes_published};
+use crate::helpers::{Backend, TestDb};
+
+#[tokio::test]
+async fn a_push_crosses_once_per_node_and_local_traffic_stays_off_redis() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = cluster(&db, 2).await;
+    // a on node 0; b and c on node 1.
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[1].client(b).await;
+    let mut cc = nodes[1].client(c).await;
+    let conv = group(&mut ca, &[b, c]).await;
+    // Each member's `conversation` push (their own view: one bus message each) is in first.
+    cb.push("conversation").await;
+    cc.push("conversation").await;
+    let before: Vec<f64> = [
+        pushes_published(&nodes[0]).await,
+        pushes_published(&nodes[1]).await,
+    ]
+    .to_vec();
+    for i in 0..20 {
+        let r = ca
+            .call("send", json!({"conv": conv, "body": format!("m{i}")}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+    }
+    for reader in [&mut cb, &mut cc] {
+        for i in 0..20 {
+            let m = reader.push("message").await;
+            assert_eq!(m["body"], format!("m{i}"));
+        }
+    }
+    let after = [
+        pushes_published(&nodes[0]).await,
+        pushes_published(&nodes[1]).await,
+    ];
+    let published = (after[0] - before[0]) + (after[1] - before[1]);
+    // Whichever node owns it, each message crossed to the other node once: b and c share one
+    // bus message (or a's node got one for a, whose only connection sent it).
+    assert_eq!(published, 20.0, "owner node-{}", owner(&conv, 2));
+
+    // Two users on the owner's node only: their messages never touch Redis. New groups until
+    // one is owned by node 0 (each is, with even odds).
+    let (d, e) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut cd = nodes[0].client(d).await;
+    let mut ce = nodes[0].client(e).await;
+    let mut local = group(&mut cd, &[e]).await;
+    while owner(&local, 2) != 0 {
+        local = group(&mut cd, &[e]).await;
+    }
+    let before = pushes_published(&nodes[0]).await;
+    for i in 0..10 {
+        let r = cd
+            .call("send", json!({"conv": local, "body": format!("l{i}")}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        assert_eq!(ce.push("message").await["body"], format!("l{i}"));
+    }
+    assert_eq!(pushes_published(&nodes[0]).await, before);
+}

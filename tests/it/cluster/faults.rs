@@ -1,0 +1,207 @@
+//! A dead node, a Redis outage and a database outage, each on its own.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{PrivateRedis, assert_kept, cluster, cluster_on, group, owner};
+use crate::helpers::{Backend, Client, TestDb, free_port};
+
+#[tokio::test]
+async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = cluster_on(&db, 2, &redis.url(), &[]).await;
+    // Two users on node 0, in a group node 1 owns (reached over Redis), and one node 0 owns.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[0].client(b).await;
+    let mut remote = group(&mut ca, &[b]).await;
+    while owner(&remote, 2) != 1 {
+        remote = group(&mut ca, &[b]).await;
+    }
+    let mut local = group(&mut ca, &[b]).await;
+    while owner(&local, 2) != 0 {
+        local = group(&mut ca, &[b]).await;
+    }
+    let r = ca
+        .call("send", json!({"conv": remote, "body": "before"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+
+    redis.kill();
+    // Within a heartbeat the node knows: a request for node 1 is refused, not left to time out.
+    let mut refused = false;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        let r = ca
+            .call("send", json!({"conv": remote, "body": "during"}))
+            .await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{r}");
+        if r["code"] == "unavailable" {
+            // Refused for knowing Redis is away, not for having waited out the 4.8 s deadline.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "refused only after {:?}",
+                started.elapsed()
+            );
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "sends to a remote owner kept going with Redis down"
+    );
+    // What needs no other node goes on.
+    for i in 0..5 {
+        let r = ca
+            .call("send", json!({"conv": local, "body": format!("local {i}")}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        let pushed = loop {
+            let m = cb.push("message").await;
+            if m["conv"] == local.as_str() {
+                break m;
+            }
+        };
+        assert_eq!(pushed["body"], format!("local {i}"));
+    }
+
+    let _redis = PrivateRedis::start(port);
+    // Healed by itself within PROTOCOL's 10 s.
+    let mut healed = false;
+    for _ in 0..100 {
+        let r = ca
+            .call("send", json!({"conv": remote, "body": "after"}))
+            .await;
+        if r["t"] == "sent" {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        healed,
+        "the cluster did not heal within 10 s of Redis's return"
+    );
+    // One dense order.
+    assert_kept(&mut ca, &remote, &[]).await;
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut nodes = cluster(&db, 3).await;
+    // Conversations of users on node 0, some owned by node 2, which dies.
+    let (watcher, a) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut cw = nodes[0].client(watcher).await;
+    let mut ca = nodes[0].client(a).await;
+    let on_dying = Uuid::new_v4();
+    let _doomed = nodes[2].client(on_dying).await;
+    cw.call("watch", json!({"users": [on_dying.to_string()]}))
+        .await;
+    let mut convs = Vec::new();
+    while convs.len() < 3 {
+        let conv = group(&mut ca, &[Uuid::new_v4()]).await;
+        if owner(&conv, 3) == 2 {
+            convs.push(conv);
+        }
+    }
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for conv in &convs {
+        for i in 0..5 {
+            let r = ca
+                .call("send", json!({"conv": conv, "body": format!("before {i}")}))
+                .await;
+            assert_eq!(r["t"], "sent", "{r}");
+            acked.push((conv.clone(), r["mid"].as_str().unwrap().to_owned()));
+        }
+    }
+    nodes[2].child.kill().unwrap();
+    let died = std::time::Instant::now();
+    // Each conversation is served again by a survivor within PROTOCOL's 10 s.
+    for conv in &convs {
+        loop {
+            let r = ca
+                .call("send", json!({"conv": conv, "body": "after"}))
+                .await;
+            if r["t"] == "sent" {
+                acked.push((conv.clone(), r["mid"].as_str().unwrap().to_owned()));
+                break;
+            }
+            assert!(died.elapsed() < std::time::Duration::from_secs(10), "{r}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "a killed node's conversations served again after {:?}",
+        died.elapsed()
+    );
+    // Its user went offline for the watcher on another node.
+    let offline = loop {
+        let f = cw.push("presence").await;
+        if f["user"] == on_dying.to_string() && f["status"] == "offline" {
+            break f;
+        }
+    };
+    assert_eq!(offline["status"], "offline");
+    // Nothing acknowledged is lost, and every conversation is still 1..N.
+    for conv in &convs {
+        let mids: Vec<String> = acked
+            .iter()
+            .filter(|(c, _)| c == conv)
+            .map(|(_, m)| m.clone())
+            .collect();
+        assert_kept(&mut ca, conv, &mids).await;
+    }
+    let _ = nodes.pop();
+}
+
+#[tokio::test]
+async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let db_name = db.url.rsplit('/').next().unwrap().to_owned();
+    let nodes = cluster(&db, 2).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[1].client(b).await;
+    let conv = group(&mut ca, &[b]).await;
+    let mut acked: Vec<String> = Vec::new();
+    let send = async |c: &mut Client, body: &str| -> serde_json::Value {
+        c.call("send", json!({"conv": conv, "body": body})).await
+    };
+    for i in 0..10 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let r = send(c, "before").await;
+        assert_eq!(r["t"], "sent", "{r}");
+        acked.push(r["mid"].as_str().unwrap().to_owned());
+    }
+    crate::helpers::outage(&db_name, true).await;
+    // Every request is answered (never left hanging) while the database is away.
+    for i in 0..6 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        let started = std::time::Instant::now();
+        let r = send(c, "during").await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{r}");
+        match r["t"].as_str() {
+            Some("sent") => acked.push(r["mid"].as_str().unwrap().to_owned()),
+            _ => assert_eq!(r["code"], "unavailable", "{r}"),
+        }
+    }
+    crate::helpers::outage(&db_name, false).await;
+    let back = std::time::Instant::now();
+    for c in [&mut ca, &mut cb] {
+        loop {
+            let r = send(c, "after").await;
+            if r["t"] == "sent" {
+                acked.push(r["mid"].as_str().unwrap().to_owned());
+                break;
+            }
+            assert!(back.elapsed() < std::time::Duration::from_secs(10), "{r}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_kept(&mut ca, &conv, &acked).await;
+}

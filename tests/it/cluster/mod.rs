@@ -1,0 +1,150 @@
+//! Several real nodes on one PostgreSQL and one Redis: users anywhere reach users anywhere, each
+//! push crosses to another node once per node (not per recipient), what stays on one node never
+//! touches Redis, and the cluster rides out a dead node, a Redis restart and a database outage.
+
+mod fanout;
+mod faults;
+mod nginx;
+mod profiles;
+
+use chat_actors::ids::ConversationId;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, Binary, Client, TestDb};
+
+pub fn redis_url() -> String {
+    std::env::var("CHAT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// `n` nodes named `node-0`.. on one fresh database and a fresh Redis prefix, each ready and
+/// each seeing all the others.
+pub async fn cluster(db: &TestDb, n: usize) -> Vec<Binary> {
+    cluster_on(db, n, &redis_url(), &[]).await
+}
+
+/// [`cluster`] on the Redis at `redis`, with `extra` settings for every node.
+pub async fn cluster_on(db: &TestDb, n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Binary> {
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let id = format!("node-{i}");
+        let mut env = vec![
+            ("CHAT_DATABASE_URL", db.url.as_str()),
+            ("CHAT_REDIS_URL", redis),
+            ("CHAT_REDIS_PREFIX", prefix.as_str()),
+            ("CHAT_NODE_ID", id.as_str()),
+            ("CHAT_RATE_MESSAGES", "100000"),
+            ("CHAT_RATE_BURST", "100000"),
+        ];
+        env.extend_from_slice(extra);
+        nodes.push(Binary::start(Backend::Postgres, &env).await);
+    }
+    nodes
+}
+
+/// The pushes node `b` has published to other nodes so far.
+pub async fn pushes_published(b: &Binary) -> f64 {
+    b.metric("chat_bus_publishes_total{kind=\"push\"}").await
+}
+
+pub async fn group(c: &mut Client, members: &[Uuid]) -> String {
+    let members: Vec<String> = members.iter().map(Uuid::to_string).collect();
+    let r = c
+        .call("create", json!({"kind": "group", "members": members}))
+        .await;
+    r["conversation"]["id"].as_str().unwrap().to_owned()
+}
+
+/// The node that owns `conv` among `node-0`..`node-{n-1}`, as every node computes it.
+pub fn owner(conv: &str, n: usize) -> usize {
+    let live: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+    owner_among(conv, &live)
+}
+
+/// The index in `live` (node ids) of the node that owns `conv`.
+pub fn owner_among(conv: &str, live: &[String]) -> usize {
+    let conv = ConversationId::parse(conv).unwrap();
+    let owner = chat_actors::ownership::owner(conv, live).unwrap();
+    live.iter().position(|n| n == owner).unwrap()
+}
+
+/// `conv`'s history is exactly seq 1..N and holds every one of `acked` (mids answered `sent`);
+/// read page by page, so any length is checked.
+pub async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
+    let mut messages = Vec::new();
+    loop {
+        let after = messages.len();
+        let h = c
+            .call(
+                "history",
+                json!({"conv": conv, "after": after, "limit": 100}),
+            )
+            .await;
+        messages.extend(h["messages"].as_array().unwrap().iter().cloned());
+        if h["more"] != true {
+            break;
+        }
+    }
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let stored: std::collections::HashSet<&str> =
+        messages.iter().filter_map(|m| m["mid"].as_str()).collect();
+    for mid in acked {
+        assert!(stored.contains(mid.as_str()), "lost {mid}");
+    }
+}
+
+/// A Redis server of the test's own (the shared one must not be stopped under other tests).
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        PrivateRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

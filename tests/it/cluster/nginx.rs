@@ -1,0 +1,360 @@
+//! Nodes started by `scripts/cluster` behind nginx, as an operator runs them: clients that know
+//! only the balancer's address chat across nodes and ride out a dead node, a Redis restart and a
+//! database outage while traffic flows.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{PrivateRedis, assert_kept, owner_among, redis_url};
+use crate::helpers::{Backend, Client, TestDb, free_port, outage, token};
+
+/// N nodes and nginx started by `scripts/cluster` in a directory of the test's own, on ports of
+/// their own; stopped by the same script when dropped, so a failed test leaves nothing running.
+struct ScriptCluster {
+    dir: tempfile::TempDir,
+    lb: u16,
+    node_ports: Vec<u16>,
+    env: Vec<(String, String)>,
+}
+
+impl ScriptCluster {
+    fn start(n: usize, db: &TestDb, redis: &str, extra: &[(&str, &str)]) -> ScriptCluster {
+        let mut env = vec![
+            ("CHAT_DATABASE_URL".to_owned(), db.url.clone()),
+            ("CHAT_REDIS_URL".to_owned(), redis.to_owned()),
+            (
+                "CHAT_REDIS_PREFIX".to_owned(),
+                format!("test-{}", Uuid::new_v4().simple()),
+            ),
+            (
+                "CHAT_JWT_SECRET".to_owned(),
+                crate::helpers::SECRET.to_owned(),
+            ),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let cluster = ScriptCluster {
+            dir: tempfile::tempdir().unwrap(),
+            lb: free_port(),
+            node_ports: (0..n).map(|_| free_port()).collect(),
+            env,
+        };
+        assert!(
+            cluster.script(&["start", &n.to_string()]),
+            "scripts/cluster start failed"
+        );
+        cluster
+    }
+
+    /// Runs `scripts/cluster ARGS DIR` with the test's settings; true when it succeeded.
+    fn script(&self, args: &[&str]) -> bool {
+        let ports: Vec<String> = self.node_ports.iter().map(u16::to_string).collect();
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
+            .args(args)
+            .arg(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("CLUSTER_PORT", self.lb.to_string())
+            .env("CLUSTER_NODE_PORTS", ports.join(" "))
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The balancer's WebSocket URL.
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.lb)
+    }
+
+    /// The node ids the script gave (`node-1`..), in the order of their ports.
+    fn node_ids(&self) -> Vec<String> {
+        (1..=self.node_ports.len())
+            .map(|i| format!("node-{i}"))
+            .collect()
+    }
+
+    /// One node's own WebSocket URL (bypassing nginx).
+    fn node_url(&self, index: usize) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.node_ports[index])
+    }
+
+    /// `kill -9` of the node `id`.
+    fn kill(&self, id: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join(format!("{id}.pid"))).unwrap();
+        std::process::Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        self.script(&["stop"]);
+    }
+}
+
+#[tokio::test]
+async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let cluster = ScriptCluster::start(2, &db, &redis_url(), &[]);
+    let url = cluster.url();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = Client::connect(&url, &token(a)).await;
+    let mut cb = Client::connect(&url, &token(b)).await;
+    let nodes_seen = [ca.hello["node"].clone(), cb.hello["node"].clone()];
+    let r = ca
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [b.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "through nginx"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "through nginx");
+    // least_conn spread the two connections over both nodes.
+    assert_ne!(nodes_seen[0], nodes_seen[1], "both clients on one node");
+
+    // Kill b's node; b reconnects through nginx (to the survivor) and both go on.
+    let killed = cb.hello["node"].as_str().unwrap().to_owned();
+    cluster.kill(&killed);
+    let died = Instant::now();
+    let mut cb = loop {
+        // nginx passes a connection the dead node refuses on to the live one.
+        let c = Client::connect(&url, &token(b)).await;
+        if c.hello["node"] != killed.as_str() {
+            break c;
+        }
+        assert!(died.elapsed() < Duration::from_secs(10));
+    };
+    loop {
+        let r = ca
+            .call("send", json!({"conv": conv, "body": "after"}))
+            .await;
+        if r["t"] == "sent" {
+            break;
+        }
+        assert!(died.elapsed() < Duration::from_secs(10), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = cb.call("history", json!({"conv": conv})).await;
+    let bodies: Vec<&str> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["through nginx", "after"]);
+}
+
+/// A send answered `sent`: the conversation, its mid, and when the answer came.
+struct Ack {
+    conv: String,
+    mid: String,
+    at: Instant,
+}
+
+type AckLog = Arc<Mutex<Vec<Ack>>>;
+
+/// A user who sends into `convs` in turn every 40 ms through the balancer until `stop`,
+/// reconnecting (through the balancer again) whenever its node goes away, and logging each
+/// acknowledged send.
+async fn keep_sending(
+    url: String,
+    user: Uuid,
+    convs: Vec<String>,
+    log: AckLog,
+    stop: CancellationToken,
+) {
+    let mut n = 0usize;
+    while !stop.is_cancelled() {
+        let Some(mut c) = Client::try_connect(&url, &token(user)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        while !stop.is_cancelled() {
+            n += 1;
+            let conv = &convs[n % convs.len()];
+            let body = format!("{user} {n}");
+            let Some(r) = c
+                .try_call("send", json!({"conv": conv, "body": body}))
+                .await
+            else {
+                break; // its node died under it
+            };
+            // `unavailable` while a fault lasts is expected; anything else is a bug.
+            assert!(
+                r["t"] == "sent" || r["code"] == "unavailable",
+                "unexpected answer {r}"
+            );
+            if r["t"] == "sent" {
+                let mid = r["mid"].as_str().unwrap().to_owned();
+                let at = Instant::now();
+                let conv = conv.clone();
+                log.lock().unwrap().push(Ack { conv, mid, at });
+            }
+            c.pushes.clear();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+}
+
+/// Waits until every one of `convs` has had a send acknowledged after `since`, and returns how
+/// long after `since` that was; fails past PROTOCOL's 10 s.
+async fn all_served_after(log: &AckLog, convs: &[String], since: Instant, what: &str) -> Duration {
+    loop {
+        let served = {
+            let log = log.lock().unwrap();
+            convs.iter().all(|c| {
+                log.iter()
+                    .rev()
+                    .take_while(|a| a.at > since)
+                    .any(|a| &a.conv == c)
+            })
+        };
+        if served {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{what}: not every conversation was served again within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn under_traffic_three_nodes_behind_nginx_ride_out_a_killed_node_a_redis_restart_and_a_database_outage()
+ {
+    let redis_port = free_port();
+    let mut redis = PrivateRedis::start(redis_port);
+    let db = TestDb::new(Backend::Postgres).await;
+    let db_name = db.url.rsplit('/').next().unwrap().to_owned();
+    let unlimited = [
+        ("CHAT_RATE_MESSAGES", "100000"),
+        ("CHAT_RATE_BURST", "100000"),
+    ];
+    let cluster = ScriptCluster::start(3, &db, &redis.url(), &unlimited);
+    let (url, live) = (cluster.url(), cluster.node_ids());
+    let doomed = 1; // node-2
+
+    // Six users; groups of three of them until at least six, two owned by the doomed node.
+    let users: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let mut setup = Vec::new();
+    for u in &users {
+        setup.push(Client::connect(&url, &token(*u)).await);
+    }
+    let mut rooms: Vec<(String, [usize; 3])> = Vec::new();
+    let owned_by_doomed = |rooms: &[(String, [usize; 3])]| {
+        rooms
+            .iter()
+            .filter(|(c, _)| owner_among(c, &live) == doomed)
+            .count()
+    };
+    while rooms.len() < 6 || owned_by_doomed(&rooms) < 2 {
+        assert!(rooms.len() < 40, "no group landed on {}", live[doomed]);
+        let k = rooms.len();
+        let m = [k % 6, (k + 1) % 6, (k + 2) % 6];
+        let members = [users[m[1]].to_string(), users[m[2]].to_string()];
+        let r = setup[m[0]]
+            .call("create", json!({"kind": "group", "members": members}))
+            .await;
+        rooms.push((r["conversation"]["id"].as_str().unwrap().to_owned(), m));
+    }
+    drop(setup);
+    let convs: Vec<String> = rooms.iter().map(|(c, _)| c.clone()).collect();
+
+    // A user idle on the doomed node, watched from another.
+    let idle = Uuid::new_v4();
+    let _idle = Client::connect(&cluster.node_url(doomed), &token(idle)).await;
+    let mut watcher = Client::connect(&cluster.node_url(0), &token(Uuid::new_v4())).await;
+    watcher
+        .call("watch", json!({"users": [idle.to_string()]}))
+        .await;
+
+    let log: AckLog = Arc::default();
+    let stop = CancellationToken::new();
+    let senders: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let mine = rooms
+                .iter()
+                .filter(|(_, m)| m.contains(&i))
+                .map(|(c, _)| c.clone())
+                .collect();
+            tokio::spawn(keep_sending(
+                url.clone(),
+                *u,
+                mine,
+                log.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let start = Instant::now();
+    all_served_after(&log, &convs, start, "at the start").await;
+    // Steady traffic before each fault, so each one strikes sends in flight.
+    let steady = Duration::from_secs(1);
+    tokio::time::sleep(steady).await;
+
+    // (a) kill -9 one node.
+    let offline = tokio::spawn(async move {
+        loop {
+            let f = watcher.push("presence").await;
+            if f["user"] == idle.to_string() && f["status"] == "offline" {
+                return Instant::now();
+            }
+        }
+    });
+    cluster.kill(&live[doomed]);
+    let killed = Instant::now();
+    let moved = all_served_after(&log, &convs, killed, "after kill -9").await;
+    let gone = offline.await.unwrap().duration_since(killed);
+    assert!(
+        gone < Duration::from_secs(10),
+        "offline only after {gone:?}"
+    );
+    tokio::time::sleep(steady).await;
+
+    // (b) Redis restarts (empty: no persistence).
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _redis = PrivateRedis::start(redis_port);
+    let redis_back = Instant::now();
+    let healed = all_served_after(&log, &convs, redis_back, "after Redis returned").await;
+    tokio::time::sleep(steady).await;
+
+    // (c) PostgreSQL refuses the cluster for three seconds.
+    outage(&db_name, true).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    outage(&db_name, false).await;
+    let db_back = Instant::now();
+    let recovered = all_served_after(&log, &convs, db_back, "after the database returned").await;
+    tokio::time::sleep(steady).await;
+
+    stop.cancel();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    println!(
+        "{} sends acknowledged; served again {moved:?} after kill -9 (its user offline after \
+         {gone:?}), {healed:?} after Redis returned, {recovered:?} after the database returned",
+        log.len()
+    );
+    // Nothing acknowledged is lost and every conversation is still 1..N.
+    for (conv, m) in &rooms {
+        let acked: Vec<String> = log
+            .iter()
+            .filter(|a| &a.conv == conv)
+            .map(|a| a.mid.clone())
+            .collect();
+        let mut reader = Client::connect(&url, &token(users[m[0]])).await;
+        assert_kept(&mut reader, conv, &acked).await;
+    }
+}

@@ -1,0 +1,184 @@
+//! The profile cache across nodes: the shared Redis tier and invalidation everywhere.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{cluster_on, redis_url};
+use crate::helpers::{Backend, Binary, Client, TestDb, free_port};
+
+/// The stand-in user service (`chat-backend dev-user-service`) on `port`, naming `user` `name`.
+fn user_service(port: u16, user: Uuid, name: &str, dir: &std::path::Path) -> std::process::Child {
+    let file = dir.join(format!("users-{}.json", Uuid::new_v4().simple()));
+    let users = json!({"users": {user.to_string(): {"name": name}}, "businesses": {}});
+    std::fs::write(&file, users.to_string()).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .arg("dev-user-service")
+        .arg("--file")
+        .arg(&file)
+        .args(["--at", &format!("127.0.0.1:{port}")])
+        .env("CHAT_PROFILES_TOKEN", "profiles-token")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// Two nodes on a stand-in user service that names `subject` `name`.
+struct ProfileSetup {
+    dir: tempfile::TempDir,
+    port: u16,
+    service: Option<std::process::Child>,
+    nodes: Vec<Binary>,
+    _db: TestDb,
+}
+
+impl ProfileSetup {
+    async fn start(subject: Uuid, name: &str) -> ProfileSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let service = user_service(port, subject, name, dir.path());
+        let db = TestDb::new(Backend::Postgres).await;
+        let url = format!("http://127.0.0.1:{port}");
+        let extra = [
+            ("CHAT_PROFILES_URL", url.as_str()),
+            ("CHAT_PROFILES_TOKEN", "profiles-token"),
+            ("CHAT_SERVICE_TOKEN", "service-token"),
+        ];
+        let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+        ProfileSetup {
+            dir,
+            port,
+            service: Some(service),
+            nodes,
+            _db: db,
+        }
+    }
+
+    fn stop_service(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            let _ = service.kill();
+            let _ = service.wait();
+        }
+    }
+}
+
+impl Drop for ProfileSetup {
+    fn drop(&mut self) {
+        self.stop_service();
+    }
+}
+
+/// A new user on `node` in a direct chat with `subject`, once its view names them `name`.
+async fn chat_seeing(node: &Binary, subject: Uuid, name: &str) -> (Client, String) {
+    let mut viewer = node.client(Uuid::new_v4()).await;
+    let r = viewer
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = name_seen(&mut viewer, &conv, subject).await;
+        if seen == name {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, name, "the node never cached the profile");
+    (viewer, conv)
+}
+
+/// The name `viewer`'s `get` of `conv` shows for `user`.
+async fn name_seen(c: &mut Client, conv: &str, user: Uuid) -> String {
+    let r = c.call("get", json!({"conv": conv})).await;
+    r["conversation"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == user.to_string())
+        .map(|m| m["profile"]["name"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
+    let subject = Uuid::new_v4();
+    let mut setup = ProfileSetup::start(subject, "Old Name").await;
+    let (dir, port) = (setup.dir.path().to_owned(), setup.port);
+    let (mut viewer, conv) = chat_seeing(&setup.nodes[1], subject, "Old Name").await;
+    let told = setup.nodes[0].port;
+
+    // The service now says "New Name", and tells node 0 only.
+    setup.stop_service();
+    let mut service = user_service(port, subject, "New Name", &dir);
+    let event = json!({"type": "user.profile.updated", "uuid": subject.to_string()}).to_string();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", told))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST /v1/internal/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer service-token\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{event}",
+        event.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Node 1 forgot its copy and fetches the new name.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = name_seen(&mut viewer, &conv, subject).await;
+        if seen == "New Name" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(seen, "New Name", "node 1 kept the old profile");
+}
+
+#[tokio::test]
+async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
+    let subject = Uuid::new_v4();
+    let mut setup = ProfileSetup::start(subject, "Shared Name").await;
+    chat_seeing(&setup.nodes[0], subject, "Shared Name").await;
+    // The user service goes away; node 1 has never asked it about the subject.
+    setup.stop_service();
+    let nodes = &setup.nodes;
+    let mut second = nodes[1].client(Uuid::new_v4()).await;
+    let r = second
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [subject.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let got = second.call("get", json!({"conv": conv})).await;
+    let profile = got["conversation"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user"] == subject.to_string())
+        .map(|m| m["profile"].clone())
+        .unwrap();
+    assert_eq!(profile["name"], "Shared Name", "{profile}");
+    assert!(
+        profile.get("placeholder").is_none() && profile.get("stale").is_none(),
+        "{profile}"
+    );
+}
