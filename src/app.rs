@@ -45,7 +45,11 @@ pub async fn serve(
     tracing::info!(backend = sql.backend(), "database ready");
     let store: Arc<dyn Store> = GuardedStore::new(sql.clone());
     ::metrics::gauge!("chat_database_up").set(1.0);
-    let (writer, writer_task) = BatchingWriter::start(store.clone(), sql.write_concurrency());
+    let (writer, writer_task) = BatchingWriter::start(
+        store.clone(),
+        sql.write_concurrency(),
+        Duration::from_millis(config.commit_window_ms),
+    );
     let node_id = if config.node_id.is_empty() {
         format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
     } else {

@@ -141,6 +141,9 @@ settings! {
     outbound_queue: usize = 1024, "CHAT_OUTBOUND_QUEUE";
     /// PostgreSQL connections per node.
     db_max_connections: u32 = 16, "CHAT_DB_MAX_CONNECTIONS";
+    /// Least ms between the starts of two commits: messages gather meanwhile and commit
+    /// together. 0: commit each batch as soon as it comes.
+    commit_window_ms: u64 = 4, "CHAT_COMMIT_WINDOW_MS";
 }
 
 /// `url` with its password (if any) replaced, for logs and error messages.

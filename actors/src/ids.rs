@@ -27,6 +27,10 @@ macro_rules! uuid_id {
             pub fn uuid(self) -> Uuid {
                 self.0
             }
+            /// The form for logs: the first 8 hex digits, never the whole id.
+            pub fn masked(self) -> Masked {
+                Masked(self.0)
+            }
         }
 
         impl fmt::Display for $name {
@@ -60,6 +64,25 @@ macro_rules! uuid_id {
             }
         }
     };
+}
+
+/// An id as logs show it: its first 8 hex digits and an ellipsis (`1f0c2d3e…`), enough to
+/// follow one user or conversation through a log without the log holding the id itself.
+#[derive(Clone, Copy)]
+pub struct Masked(Uuid);
+
+impl fmt::Display for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = Uuid::encode_buffer();
+        let simple = self.0.simple().encode_lower(&mut buf);
+        write!(f, "{}…", &simple[..8])
+    }
+}
+
+impl fmt::Debug for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 struct UuidVisitor;
@@ -107,5 +130,12 @@ mod tests {
         let back: UserId = rmp_serde::from_slice(&packed).unwrap();
         assert_eq!(back, u);
         assert!(serde_json::from_str::<UserId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn a_masked_id_shows_its_first_eight_hex_digits_only() {
+        let c = ConversationId::parse("1f0c2d3e-4b5a-6978-8695-a4b3c2d1e0f9").unwrap();
+        assert_eq!(c.masked().to_string(), "1f0c2d3e…");
+        assert_eq!(format!("{:?}", c.masked()), "1f0c2d3e…");
     }
 }

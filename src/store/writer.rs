@@ -21,17 +21,6 @@ use tokio::time::Instant;
 /// The most messages in one transaction.
 const MAX_MESSAGES_PER_COMMIT: usize = 4096;
 
-/// The least time between the starts of two commits. A commit costs the database about the same
-/// whether it carries one message or fifty, so under load the writer lets batches gather for
-/// this long instead of committing as fast as the last commit returns (on this machine that was
-/// ~1,100 commits/s of ~5 messages at 6,000 msgs/s, and PostgreSQL's CPU went on commits). Only
-/// a busy writer waits (its last commit carried [`BUSY_BATCHES`] conversations or more): a quiet
-/// node, or one conversation talking alone, commits at once.
-const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
-
-/// How many conversations' batches in one commit make the writer busy.
-const BUSY_BATCHES: usize = 2;
-
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 enum Job {
@@ -50,16 +39,26 @@ pub struct BatchingWriter {
 
 impl BatchingWriter {
     /// Starts the writer task with at most `concurrency` commits in flight (1 for a store with
-    /// one writer, such as SQLite). It ends, after committing everything queued, once every
-    /// handle is dropped; await the returned task to know the last batch is committed.
+    /// one writer, such as SQLite), starting two commits at least `window` apart. It ends,
+    /// after committing everything queued, once every handle is dropped; await the returned
+    /// task to know the last batch is committed.
+    ///
+    /// The window: a commit costs the database about the same whether it carries one message
+    /// or fifty (on this machine a single-row commit is ~370 µs of PostgreSQL CPU, mostly the
+    /// WAL flush), so the writer lets batches gather between commits rather than committing
+    /// each message the moment it comes. At 1,000 msgs/s a 4 ms window makes ~4 messages a
+    /// commit instead of one; busier, the commits get fewer and bigger still. The first
+    /// message after a quiet spell commits at once; one that closely follows a commit waits at
+    /// most `window`, which is what the window adds to a send's latency.
     pub fn start(
         store: Arc<dyn Store>,
         concurrency: usize,
+        window: Duration,
     ) -> (Arc<BatchingWriter>, JoinHandle<()>) {
         // Unbounded on purpose: each conversation has at most one batch here at a time, so the
         // queue is bounded by the number of live conversations.
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx, concurrency.max(1)));
+        let task = tokio::spawn(run(store, rx, concurrency.max(1), window));
         (Arc::new(BatchingWriter { jobs: tx }), task)
     }
 }
@@ -98,7 +97,12 @@ struct Commit {
 /// A commit in flight: resolves to the commit and each batch's outcome.
 type InFlight = BoxFuture<'static, (Commit, Vec<Result<(), StoreError>>)>;
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, concurrency: usize) {
+async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    concurrency: usize,
+    window: Duration,
+) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     // The first job of the next commit, taken while it waits for its start time.
     let mut next: Option<Job> = None;
@@ -117,8 +121,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Job>, concur
             if let Some(first) = next.take() {
                 let commit = gather(first, &mut rx, &mut flushes);
                 if !commit.batches.is_empty() {
-                    next_start = (commit.batches.len() >= BUSY_BATCHES)
-                        .then(|| Instant::now() + MIN_COMMIT_INTERVAL);
+                    next_start = (!window.is_zero()).then(|| Instant::now() + window);
                     in_flight.push(start_commit(store.clone(), commit));
                 }
             }

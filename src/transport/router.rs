@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use chat_actors::protocol::ErrorCode;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
@@ -60,7 +61,13 @@ pub async fn route(
             &serde_json::json!({"error": {"code": "not_found", "message": "no such route"}}),
         )),
     };
-    Ok(answer.unwrap_or_else(|r| api::rejected(&r)))
+    Ok(answer.unwrap_or_else(|r| {
+        if matches!(r.code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
+            // The path's ids are masked on their way to the log (telemetry's redaction).
+            tracing::warn!(%method, %path, code = ?r.code, reason = %r.message, "access denied");
+        }
+        api::rejected(&r)
+    }))
 }
 
 /// The methods that serve `segments`, for the `Allow` header of a 405 (None: no such path).

@@ -4,8 +4,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use uuid::Uuid;
 
-use crate::helpers::{Client, SECRET};
+use crate::helpers::{Backend, Binary, Client, SECRET};
 
 #[tokio::test]
 async fn sigterm_says_bye_closes_1001_and_exits_0() {
@@ -82,5 +84,96 @@ fn help_never_prints_secrets_from_the_environment() {
         "db-password-4",
     ] {
         assert!(!text.contains(secret), "--help shows {secret}");
+    }
+}
+
+/// `GET path` with a bearer token on the binary's port: the status.
+async fn get_as(b: &Binary, path: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", b.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A scenario through the real binary, logging at debug: the whole log holds no raw UUID and
+/// no token, names every denied access at warn with masked ids, has no colour codes (stderr is
+/// a file) and, with `CHAT_LOG_FORMAT=json`, is one JSON object per line.
+#[tokio::test]
+async fn the_log_holds_no_raw_id_or_token_and_names_each_denied_access() {
+    let uuid = regex::Regex::new(
+        r"(?i)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32}",
+    )
+    .unwrap();
+    for format in ["text", "json"] {
+        let env = [("RUST_LOG", "debug"), ("CHAT_LOG_FORMAT", format)];
+        let b = Binary::start(Backend::Sqlite, &env).await;
+        let (a, friend, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut ca = b.client(a).await;
+        let r = ca
+            .call(
+                "create",
+                json!({"kind": "direct", "members": [friend.to_string()]}),
+            )
+            .await;
+        let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+        let r = ca
+            .call("send", json!({"conv": conv, "body": "hello"}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        // Denied: a stranger reads the conversation over WebSocket and over HTTP, and a forged
+        // token is refused at the upgrade and by the API.
+        let mut cs = b.client(stranger).await;
+        let r = cs.call("history", json!({"conv": conv})).await;
+        assert_eq!(r["code"], "forbidden", "{r}");
+        let path = format!("/v1/conversations/{conv}/messages");
+        assert_eq!(get_as(&b, &path, &b.token(stranger)).await, 403);
+        let forged = format!("{}x", b.token(a));
+        assert_eq!(get_as(&b, &path, &forged).await, 401);
+        let mut req = b.url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {forged}").parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(req).await.is_err());
+        drop((ca, cs));
+        b.terminate();
+        let mut b = b;
+        b.wait().await;
+
+        let log = b.log();
+        assert!(log.contains("access denied"), "{log}");
+        assert_eq!(
+            log.lines().filter(|l| l.contains("access denied")).count(),
+            4,
+            "{log}"
+        );
+        assert!(log.contains(&format!("{}…", &conv[..8])), "{log}");
+        assert!(log.contains(&format!("{}…", &stranger.simple().to_string()[..8])));
+        if let Some(raw) = uuid.find(&log) {
+            panic!("a raw id in the {format} log: {}\n{log}", raw.as_str());
+        }
+        for token in [b.token(a), b.token(stranger), forged] {
+            let signature = token.rsplit('.').next().unwrap().to_owned();
+            assert!(
+                !log.contains(&signature),
+                "a token in the {format} log\n{log}"
+            );
+        }
+        assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+        if format == "json" {
+            for line in log.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["level"].is_string(), "{line}");
+            }
+        }
     }
 }

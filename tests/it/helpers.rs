@@ -353,7 +353,7 @@ pub struct Binary {
     pub db_url: String,
     _db: Option<TestDb>,
     /// The working directory (removed when dropped).
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Binary {
@@ -397,7 +397,7 @@ impl Binary {
             .env("CHAT_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -407,7 +407,7 @@ impl Binary {
             child,
             db_url,
             _db: db,
-            _dir: dir,
+            dir,
         };
         for _ in 0..200 {
             if b.get("/readyz").await.0 == 200 {
@@ -420,6 +420,11 @@ impl Binary {
 
     pub fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    /// Everything the process wrote to stderr so far (its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// A token for `user`, signed like the binary's `token` command would.

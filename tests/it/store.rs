@@ -376,3 +376,62 @@ async fn the_writer_commits_concurrently_in_order_on_sqlite() {
 async fn the_writer_commits_concurrently_in_order_on_postgres() {
     writer_suite(Backend::Postgres).await;
 }
+
+/// A trickle of batches that closely follow a commit waits out the writer's window and goes
+/// in one later commit, instead of each committing the moment it comes (a commit per message
+/// is what made a quiet PostgreSQL burn the most CPU per message).
+#[tokio::test]
+async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use chat_actors::ports::Writer;
+    use chat_backend::store::writer::BatchingWriter;
+
+    let window = Duration::from_millis(150);
+    let (s, _db) = open(Backend::Postgres).await;
+    let store: Arc<dyn Store> = Arc::new(s.clone());
+    let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency(), window);
+    let sender = UserId::random();
+    let mut convs = Vec::new();
+    for _ in 0..6 {
+        let (record, _) = store
+            .create_conversation(direct(sender, UserId::random()))
+            .await
+            .unwrap();
+        convs.push(record.id);
+    }
+    let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let submit = |conv| {
+        let answered = answered.clone();
+        writer.submit(
+            AppendBatch {
+                conv,
+                messages: vec![msg(1, sender, false)],
+            },
+            Box::new(move |r| {
+                assert!(r.is_ok(), "{r:?}");
+                answered.lock().unwrap().push(Instant::now());
+            }),
+        );
+    };
+    // The first batch after a quiet spell starts a commit; the others trickle in behind it.
+    let first_commit = Instant::now();
+    submit(convs[0]);
+    for conv in &convs[1..] {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        submit(*conv);
+    }
+    writer.flush().await;
+    let answered = answered.lock().unwrap().clone();
+    assert_eq!(answered.len(), convs.len());
+    for at in &answered[1..] {
+        assert!(
+            at.duration_since(first_commit) >= window,
+            "a batch committed {:?} after the first commit started, inside the {window:?} window",
+            at.duration_since(first_commit)
+        );
+    }
+    drop(writer);
+    task.await.unwrap();
+}

@@ -46,7 +46,7 @@ impl ConversationDeps {
             {
                 Ok(found) => found,
                 Err(e) => {
-                    tracing::warn!(conv = %record.id, error = %e, "conversation push skipped");
+                    tracing::warn!(conv = %record.id.masked(), error = %e, "conversation push skipped");
                     return;
                 }
             };

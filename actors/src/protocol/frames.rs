@@ -144,6 +144,22 @@ fn saturating_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64
 }
 
 impl Request {
+    /// The conversation the request is about, when it names one.
+    pub fn conv(&self) -> Option<ConversationId> {
+        match self {
+            Request::Send { conv, .. }
+            | Request::History { conv, .. }
+            | Request::Read { conv, .. }
+            | Request::Typing { conv, .. }
+            | Request::Get { conv, .. }
+            | Request::AddMember { conv, .. }
+            | Request::RemoveMember { conv, .. }
+            | Request::Mute { conv, .. }
+            | Request::Transfer { conv, .. } => Some(*conv),
+            _ => None,
+        }
+    }
+
     /// The client's request id.
     pub fn id(&self) -> Option<u64> {
         match self {

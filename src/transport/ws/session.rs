@@ -10,7 +10,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use chat_actors::delivery::Outbound;
-use chat_actors::ids::{SessionId, UserId};
+use chat_actors::ids::{ConversationId, SessionId, UserId};
 use chat_actors::node::Caller;
 use chat_actors::node::handle::CreateRequest;
 use chat_actors::protocol::encode::DecodeFailure;
@@ -344,6 +344,8 @@ impl Session {
         };
         let node = self.t.node.clone();
         let started = Instant::now();
+        let (user, conv) = (self.user, req.conv());
+        let asked = |kind: &'static str| Asked { user, conv, kind };
         match req {
             Request::Ping { id } => Dispatched::Now(ServerFrame::Pong { id }),
             Request::Send {
@@ -354,7 +356,7 @@ impl Session {
                 ..
             } => {
                 let fut = node.send(caller, conv, mid, body, kind);
-                later(id, "send", started, async move {
+                later(id, asked("send"), started, async move {
                     let s = fut.await?;
                     Ok(ServerFrame::Sent {
                         id,
@@ -371,7 +373,7 @@ impl Session {
                 before,
                 limit,
                 ..
-            } => later(id, "history", started, async move {
+            } => later(id, asked("history"), started, async move {
                 let (messages, more) = node.history(caller, conv, after, before, limit).await?;
                 Ok(ServerFrame::History {
                     id,
@@ -380,7 +382,7 @@ impl Session {
                     more,
                 })
             }),
-            Request::Read { conv, seq, .. } => later(id, "read", started, async move {
+            Request::Read { conv, seq, .. } => later(id, asked("read"), started, async move {
                 node.read(caller, conv, seq).await?;
                 Ok(ServerFrame::Ok { id })
             }),
@@ -388,11 +390,11 @@ impl Session {
                 node.typing(caller, conv, on);
                 Dispatched::Nothing
             }
-            Request::Typing { conv, on, .. } => later(id, "typing", started, async move {
+            Request::Typing { conv, on, .. } => later(id, asked("typing"), started, async move {
                 node.typing_answered(caller, conv, on).await?;
                 Ok(ServerFrame::Ok { id })
             }),
-            Request::Delete { mid, .. } => later(id, "delete", started, async move {
+            Request::Delete { mid, .. } => later(id, asked("delete"), started, async move {
                 node.delete(caller, mid).await?;
                 Ok(ServerFrame::Ok { id })
             }),
@@ -402,7 +404,7 @@ impl Session {
                 name,
                 business,
                 ..
-            } => later(id, "create", started, async move {
+            } => later(id, asked("create"), started, async move {
                 let req = CreateRequest {
                     kind,
                     members: members.unwrap_or_default(),
@@ -415,7 +417,7 @@ impl Session {
                     conversation: Box::new(conversation),
                 })
             }),
-            Request::Get { conv, .. } => later(id, "get", started, async move {
+            Request::Get { conv, .. } => later(id, asked("get"), started, async move {
                 let conversation = node.get(caller, conv).await?;
                 Ok(ServerFrame::Conversation {
                     id,
@@ -427,32 +429,36 @@ impl Session {
                 before,
                 since,
                 ..
-            } => later(id, "conversations", started, async move {
+            } => later(id, asked("conversations"), started, async move {
                 let (items, more) = node.conversations(caller, limit, before, since).await?;
                 Ok(ServerFrame::Conversations { id, items, more })
             }),
-            Request::AddMember { conv, user, .. } => later(id, "add_member", started, async move {
-                node.add_member(caller, conv, user).await?;
-                Ok(ServerFrame::Ok { id })
-            }),
+            Request::AddMember { conv, user, .. } => {
+                later(id, asked("add_member"), started, async move {
+                    node.add_member(caller, conv, user).await?;
+                    Ok(ServerFrame::Ok { id })
+                })
+            }
             Request::RemoveMember { conv, user, .. } => {
-                later(id, "remove_member", started, async move {
+                later(id, asked("remove_member"), started, async move {
                     node.remove_member(caller, conv, user).await?;
                     Ok(ServerFrame::Ok { id })
                 })
             }
-            Request::Mute { conv, on, .. } => later(id, "mute", started, async move {
+            Request::Mute { conv, on, .. } => later(id, asked("mute"), started, async move {
                 node.mute(caller, conv, on).await?;
                 Ok(ServerFrame::Ok { id })
             }),
-            Request::Transfer { conv, agent, .. } => later(id, "transfer", started, async move {
-                node.transfer(caller, conv, agent).await?;
-                Ok(ServerFrame::Ok { id })
-            }),
+            Request::Transfer { conv, agent, .. } => {
+                later(id, asked("transfer"), started, async move {
+                    node.transfer(caller, conv, agent).await?;
+                    Ok(ServerFrame::Ok { id })
+                })
+            }
             Request::Presence { users, .. } => {
                 Dispatched::Now(match node.presence(caller, &users) {
                     Ok(items) => ServerFrame::PresenceReply { id, items },
-                    Err(r) => error_frame(id, r),
+                    Err(r) => refused(id, &asked("presence"), r),
                 })
             }
             Request::Watch { users, .. } => {
@@ -464,12 +470,12 @@ impl Session {
                         self.watching = unique;
                         ServerFrame::Ok { id }
                     }
-                    Err(r) => error_frame(id, r),
+                    Err(r) => refused(id, &asked("watch"), r),
                 })
             }
             Request::Auth { token, .. } => Dispatched::Now(match node.charge(caller) {
                 Ok(()) => self.reauthenticate(id, &token),
-                Err(r) => error_frame(id, r),
+                Err(r) => refused(id, &asked("auth"), r),
             }),
         }
     }
@@ -505,17 +511,30 @@ impl Session {
     }
 
     /// A fresh token for the same user moves the expiry; any other is refused.
+    fn asked(&self, kind: &'static str) -> Asked {
+        Asked {
+            user: self.user,
+            conv: None,
+            kind,
+        }
+    }
+
     fn reauthenticate(&mut self, id: Option<u64>, token: &str) -> ServerFrame {
         match self.t.verifier.verify(token) {
             Ok(identity) if identity.user == self.user => {
                 self.expires = expiry_after(identity.remaining());
                 ServerFrame::Ok { id }
             }
-            Ok(_) => error_frame(
+            Ok(_) => refused(
                 id,
+                &self.asked("auth"),
                 Rejection::new(ErrorCode::Unauthorized, "the token is for another user"),
             ),
-            Err(_) => error_frame(id, Rejection::new(ErrorCode::Unauthorized, "invalid token")),
+            Err(_) => refused(
+                id,
+                &self.asked("auth"),
+                Rejection::new(ErrorCode::Unauthorized, "invalid token"),
+            ),
         }
     }
 
@@ -589,19 +608,42 @@ enum Dispatched {
     Nothing,
 }
 
+/// Who asked for what: the context of the warn line a refused request leaves.
+struct Asked {
+    user: UserId,
+    conv: Option<ConversationId>,
+    kind: &'static str,
+}
+
+/// The `error` frame for a rejection; a denied access (`forbidden`, `unauthorized`) is also
+/// logged at warn, with the user and the conversation masked.
+fn refused(id: Option<u64>, asked: &Asked, r: Rejection) -> ServerFrame {
+    if matches!(r.code, ErrorCode::Forbidden | ErrorCode::Unauthorized) {
+        tracing::warn!(
+            user = %asked.user.masked(),
+            conv = asked.conv.map(|c| c.masked().to_string()),
+            request = asked.kind,
+            code = ?r.code,
+            reason = %r.message,
+            "access denied"
+        );
+    }
+    error_frame(id, r)
+}
+
 /// Wraps a request's future: its error becomes an `error` frame, its latency a metric.
 fn later(
     id: Option<u64>,
-    kind: &'static str,
+    asked: Asked,
     started: Instant,
     fut: impl std::future::Future<Output = Result<ServerFrame, Rejection>> + Send + 'static,
 ) -> Dispatched {
     Dispatched::Later(Box::pin(async move {
         let frame = match fut.await {
             Ok(frame) => frame,
-            Err(r) => error_frame(id, r),
+            Err(r) => refused(id, &asked, r),
         };
-        crate::metrics::hot().record_request(kind, started.elapsed().as_secs_f64());
+        crate::metrics::hot().record_request(asked.kind, started.elapsed().as_secs_f64());
         frame
     }))
 }

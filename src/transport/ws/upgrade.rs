@@ -23,15 +23,18 @@ pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> 
         return refuse(400, "bad_request", "not a WebSocket upgrade");
     };
     if !origin_allowed(&t, headers) {
+        tracing::warn!("access denied: a WebSocket upgrade from an origin not allowed");
         return refuse(403, "forbidden", "origin not allowed");
     }
     let Some(token) = bearer(headers).or_else(|| query_token(req.uri().query())) else {
+        tracing::warn!("access denied: a WebSocket upgrade without a token");
         return refuse(401, "unauthorized", "a token is required");
     };
     let identity = match t.verifier.verify(&token) {
         Ok(id) => id,
         Err(e) => {
-            tracing::debug!(error = %e, "upgrade refused");
+            // Why, never the token itself.
+            tracing::warn!(error = %e, "access denied: a WebSocket upgrade with an invalid token");
             return refuse(401, "unauthorized", "invalid token");
         }
     };
