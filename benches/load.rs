@@ -1206,6 +1206,16 @@ fn print_table(r: &Report) {
             s.rss_kib_peak,
             per_conn(s.rss_kib_peak)
         );
+        if c.acked == 0 {
+            println!(
+                "server CPU  {:.2} s: nodes {:.2} + PostgreSQL {:.2} + Redis {:.2}",
+                s.cpu.total(),
+                s.cpu.nodes_s,
+                s.cpu.postgres_s,
+                s.cpu.redis_s
+            );
+            return;
+        }
         println!(
             "server CPU  {:.2} s: {:.1} µs per acked message = nodes {:.1} + PostgreSQL {:.1} + Redis {:.1}",
             s.cpu.total(),

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use ractor::ActorId;
+use smallvec::SmallVec;
 
 use super::outbound::Outbound;
 use crate::clock::now_ms;
@@ -21,8 +22,12 @@ pub struct PresenceBoard {
     /// Users online here, with the actor that holds them (a stopping actor must not mark a user
     /// offline whom a newer actor already holds).
     online: DashMap<UserId, ActorId>,
-    /// Users online on other nodes, and which.
-    remote: DashMap<UserId, Vec<String>>,
+    /// Users online on other nodes, and which. Every user connected anywhere else has an entry
+    /// on every node, so entries are lean: a user is on one node nearly always (inline, no
+    /// heap block), and node names are shared, not a string per entry.
+    remote: DashMap<UserId, SmallVec<[Arc<str>; 1]>>,
+    /// The node names `remote` refers to, each held once.
+    node_names: DashSet<Arc<str>>,
     /// When each user who went offline here was last seen.
     last_seen: DashMap<UserId, i64>,
     /// Watched user → the connections watching them.
@@ -59,13 +64,14 @@ impl PresenceBoard {
     pub fn set_remote(&self, user: UserId, node: &str, online: bool) {
         let was_online = self.is_online(user);
         if online {
+            let name = self.node_name(node);
             let mut nodes = self.remote.entry(user).or_default();
-            if !nodes.iter().any(|n| n == node) {
-                nodes.push(node.to_owned());
+            if !nodes.iter().any(|n| **n == *node) {
+                nodes.push(name);
             }
         } else {
             if let Some(mut nodes) = self.remote.get_mut(&user) {
-                nodes.retain(|n| n != node);
+                nodes.retain(|n| **n != *node);
             }
             self.remote.remove_if(&user, |_, nodes| nodes.is_empty());
         }
@@ -76,13 +82,23 @@ impl PresenceBoard {
         }
     }
 
+    /// The shared copy of a node's name.
+    fn node_name(&self, node: &str) -> Arc<str> {
+        if let Some(name) = self.node_names.get(node) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(node);
+        self.node_names.insert(name.clone());
+        name
+    }
+
     /// `node` says exactly `users` are connected there.
     pub fn set_roster(&self, node: &str, users: &[UserId]) {
         let listed: std::collections::HashSet<&UserId> = users.iter().collect();
         let gone: Vec<UserId> = self
             .remote
             .iter()
-            .filter(|e| e.value().iter().any(|n| n == node) && !listed.contains(e.key()))
+            .filter(|e| e.value().iter().any(|n| **n == *node) && !listed.contains(e.key()))
             .map(|e| *e.key())
             .collect();
         for user in gone {
@@ -98,7 +114,7 @@ impl PresenceBoard {
         let users: Vec<UserId> = self
             .remote
             .iter()
-            .filter(|e| e.value().iter().any(|n| n == node))
+            .filter(|e| e.value().iter().any(|n| **n == *node))
             .map(|e| *e.key())
             .collect();
         for user in users {
