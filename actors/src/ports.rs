@@ -247,6 +247,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<ListedConversation>, bool), StoreError>;
     /// How many business conversations each of `agents` serves.
     async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError>;
+    /// Which of `ids` are businesses with a conversation here.
+    async fn businesses_among(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
     /// Erases the bodies of messages deleted before `audit_cutoff` and removes messages older
     /// than `retention_cutoff`; returns (erased, removed). Skips when another node holds the job.
     async fn purge(

@@ -250,6 +250,10 @@ impl Store for GuardedStore {
         self.read(self.inner.agent_loads(agents)).await
     }
 
+    async fn businesses_among(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        self.read(self.inner.businesses_among(ids)).await
+    }
+
     async fn purge(
         &self,
         retention_cutoff: i64,

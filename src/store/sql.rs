@@ -845,6 +845,27 @@ impl Store for SqlStore {
         })
     }
 
+    async fn businesses_among(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_pool!(self, |p, _d| {
+            let mut q = QueryBuilder::new(
+                "SELECT DISTINCT user_id FROM members WHERE role = 'business' AND user_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(id.0);
+            }
+            q.push(")");
+            let rows = q.build().fetch_all(p).await.map_err(classify)?;
+            rows.iter()
+                .map(|row| row.try_get::<Uuid, _>(0).map(UserId))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(classify)
+        })
+    }
+
     async fn purge(
         &self,
         retention_cutoff: i64,

@@ -172,6 +172,9 @@ impl Store for MemoryStore {
     async fn purge(&self, _: i64, _: i64) -> Result<(u64, u64), StoreError> {
         Err(not_here())
     }
+    async fn businesses_among(&self, _: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        Err(not_here())
+    }
 }
 
 /// What the writer calls with a batch's outcome.

@@ -159,8 +159,10 @@ impl PresenceBoard {
         }
     }
 
-    /// Records the agents of `business`, whose presence is any of theirs.
+    /// Records the agents of `business`, whose presence is any of theirs; its watchers hear
+    /// if that changes what they were told.
     pub fn set_business_agents(&self, business: UserId, agents: &[UserId]) {
+        let was = self.status(business).status;
         let old = self
             .agents
             .insert(business, agents.to_vec())
@@ -176,6 +178,15 @@ impl PresenceBoard {
                 list.push(business);
             }
         }
+        let now = self.status(business).status;
+        if now != was {
+            self.announce(business, now);
+        }
+    }
+
+    /// Whether the agents of `business` are known here.
+    pub fn knows_business(&self, business: UserId) -> bool {
+        self.agents.contains_key(&business)
     }
 
     /// Whether `user` has a connection on any node.

@@ -495,10 +495,37 @@ impl Node {
                 "at most 100 users per presence request",
             ));
         }
+        self.learn_businesses(users);
         Ok(users
             .iter()
             .map(|u| self.deps.delivery.presence.status(*u))
             .collect())
+    }
+
+    /// Learns in the background which of `ids` are businesses whose agents this node does not
+    /// know, and their agents. A business's presence is its agents': a node learns them when
+    /// a chat with the business is created or transferred there, so without this a node that
+    /// did neither (another node did, or this one restarted) would show the business offline
+    /// to its watchers. The watchers hear the change once the agents are known.
+    fn learn_businesses(&self, ids: &[UserId]) {
+        let presence = &self.deps.delivery.presence;
+        let unknown: Vec<UserId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !presence.knows_business(*id) && !presence.is_online(*id))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let node = self.clone();
+        self.deps.tasks.spawn(async move {
+            let Ok(Ok(businesses)) = timed(node.deps.store.businesses_among(&unknown)).await else {
+                return; // the database is away: the next watch asks again
+            };
+            for business in businesses {
+                let _ = node.agents_of(business).await;
+            }
+        });
     }
 
     /// Replaces a connection's watch list (at most 200 users).
@@ -513,6 +540,7 @@ impl Node {
             return Err(Rejection::bad_request("at most 200 users in a watch list"));
         }
         self.deps.delivery.presence.watch(watcher, old, new);
+        self.learn_businesses(new);
         Ok(())
     }
 

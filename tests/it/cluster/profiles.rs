@@ -8,9 +8,18 @@ use crate::helpers::{Backend, Binary, Client, TestDb, free_port};
 
 /// The stand-in user service (`chat-backend dev-user-service`) on `port`, naming `user` `name`.
 fn user_service(port: u16, user: Uuid, name: &str, dir: &std::path::Path) -> std::process::Child {
-    let file = dir.join(format!("users-{}.json", Uuid::new_v4().simple()));
     let users = json!({"users": {user.to_string(): {"name": name}}, "businesses": {}});
-    std::fs::write(&file, users.to_string()).unwrap();
+    user_service_with(port, &users, dir)
+}
+
+/// The stand-in user service on `port`, serving `directory` (users and businesses).
+fn user_service_with(
+    port: u16,
+    directory: &serde_json::Value,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    let file = dir.join(format!("users-{}.json", Uuid::new_v4().simple()));
+    std::fs::write(&file, directory.to_string()).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
         .arg("dev-user-service")
         .arg("--file")
@@ -181,4 +190,74 @@ async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
         profile.get("placeholder").is_none() && profile.get("stale").is_none(),
         "{profile}"
     );
+}
+
+/// A business is online on every node while an agent of theirs is connected anywhere, also on
+/// a node that never made or transferred a chat with it (so never asked for its agents).
+#[tokio::test]
+async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
+    let (business, agent, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let directory = json!({
+        "users": {agent.to_string(): {"name": "Agent"}, customer.to_string(): {"name": "Customer"}},
+        "businesses": {business.to_string(): {"name": "Shop", "agents": [agent.to_string()]}},
+    });
+    let mut service = user_service_with(port, &directory, dir.path());
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let extra = [
+        ("CHAT_PROFILES_URL", url.as_str()),
+        ("CHAT_PROFILES_TOKEN", "profiles-token"),
+    ];
+    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+    // The agent and the chat on node 0.
+    let ca = nodes[0].client(agent).await;
+    let mut on_first = nodes[0].client(customer).await;
+    let r = on_first
+        .call(
+            "create",
+            json!({"kind": "business", "business": business.to_string()}),
+        )
+        .await;
+    assert_eq!(r["t"], "conversation", "{r}");
+    // The customer, now also on node 1, watches the business there.
+    let mut on_second = nodes[1].client(customer).await;
+    let r = on_second
+        .call("watch", json!({"users": [business.to_string()]}))
+        .await;
+    assert_eq!(r["t"], "ok", "{r}");
+    let mut online = false;
+    for _ in 0..50 {
+        let r = on_second
+            .call("presence", json!({"users": [business.to_string()]}))
+            .await;
+        if r["items"][0]["status"] == "online" {
+            online = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        online,
+        "node 1 shows the business offline with its agent online"
+    );
+    let pushed = loop {
+        let f = on_second.push("presence").await;
+        if f["user"] == business.to_string() {
+            break f;
+        }
+    };
+    assert_eq!(pushed["status"], "online", "{pushed}");
+    // The agent leaves: the business goes offline for the watcher on node 1.
+    drop(ca);
+    let gone = loop {
+        let f = on_second.push("presence").await;
+        if f["user"] == business.to_string() && f["status"] == "offline" {
+            break f;
+        }
+    };
+    assert_eq!(gone["status"], "offline");
+    let _ = service.kill();
+    let _ = service.wait();
 }
