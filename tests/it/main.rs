@@ -7,5 +7,6 @@ mod faults;
 mod helpers;
 mod http;
 mod profiles;
+mod protocol_doc;
 mod store;
 mod ws;
