@@ -4,9 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::SettingsArgs;
+use crate::config::{ServeFlags, SettingsArgs};
 
-/// chat-backend: a horizontally sharded chat service.
+/// chat-backend: a chat service of one node or many (sharded over Redis and PostgreSQL).
+///
+/// Every setting is also read from cluster.toml and from its CHAT_* variable (`serve --help`
+/// lists them); settings given before a subcommand apply to it (`chat-backend --database-url …
+/// migrate`).
 #[derive(Debug, Parser)]
 #[command(name = "chat-backend", version, about)]
 pub struct Cli {
@@ -14,7 +18,10 @@ pub struct Cli {
     #[arg(long, env = "CHAT_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Settings, each also read from its CHAT_* variable.
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "Settings (each also from its CHAT_* variable)"
+    )]
     pub settings: SettingsArgs,
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -25,8 +32,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve,
-    /// Print a client token signed with the configured secret.
+    Serve {
+        /// The settings, as flags of `serve`.
+        #[command(
+            flatten,
+            next_help_heading = "Settings (each also from its CHAT_* variable)"
+        )]
+        flags: Box<ServeFlags>,
+    },
+    /// Print a client token signed with the configured secret (CHAT_JWT_SECRET, with
+    /// CHAT_JWT_ISSUER and CHAT_JWT_AUDIENCE when set, or the same keys of cluster.toml).
     Token {
         /// The user's UUID (the `sub` claim).
         #[arg(long)]

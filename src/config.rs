@@ -54,13 +54,25 @@ macro_rules! settings {
         #[derive(clap::Args, Debug, Default, Clone)]
         pub struct SettingsArgs {
             // `hide_env_values`: `--help` would print each variable's value, secrets included.
-            $( $(#[doc = $doc])* #[arg(long, env = $env, global = true, hide_env_values = true)] pub $field: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true)] pub $field: Option<$ty>, )*
+        }
+
+        /// The settings as flags of `serve` (`chat-backend serve --listen …`); the variables
+        /// are read once, by [`SettingsArgs`], so a flag before `serve` still beats them.
+        #[derive(clap::Args, Debug, Default, Clone)]
+        pub struct ServeFlags {
+            $( #[arg(long, help = concat!($($doc,)* " [variable: ", $env, "]"))] pub $field: Option<$ty>, )*
         }
 
         impl SettingsArgs {
             /// Overrides `config` with every setting given as a flag or variable.
             pub fn apply(self, config: &mut Config) {
                 $( if let Some(v) = self.$field { config.$field = v; } )*
+            }
+
+            /// These settings, with `serve`'s own flags winning where both give one.
+            pub fn with(self, serve: ServeFlags) -> SettingsArgs {
+                SettingsArgs { $( $field: serve.$field.or(self.$field), )* }
             }
         }
 

@@ -15,7 +15,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = ?e, "chat-backend failed");
+            // Once, with its causes, and no backtrace: a wrong setting or an unreachable
+            // database is the operator's to fix, not a crash to debug.
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -23,8 +24,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref(), cli.settings).context("configuration")?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve {
+        flags: Box::default(),
+    });
+    let settings = match &command {
+        Command::Serve { flags } => cli.settings.with((**flags).clone()),
+        _ => cli.settings,
+    };
+    let config = Config::load(cli.config.as_deref(), settings).context("configuration")?;
+    match command {
         Command::Token { user, ttl } => {
             let user = UserId::parse(&user).context("--user must be a UUID")?;
             println!("{}", auth::sign(&config, user, ttl.into())?);
@@ -36,7 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown::on_signal(stop.clone());
             app::dev_user_service(&config, &file, &at, stop).await
         }),
-        Command::Serve => runtime()?.block_on(async move {
+        Command::Serve { .. } => runtime()?.block_on(async move {
             let listener = tokio::net::TcpListener::bind(&config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;

@@ -19,15 +19,31 @@ pub enum ConnectError {
     /// The URL is neither `sqlite://` nor `postgres://`.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     Scheme(String),
-    /// The database refused or failed.
+    /// The database refused or failed: what it said, once (sqlx's error repeats its cause in
+    /// its own text, so a chain of sources would print the same words two or three times).
     #[error("cannot open the database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(String),
     /// The migrations failed.
     #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
     /// The SQLite file's folder cannot be made.
-    #[error("cannot create the database folder: {0}")]
+    #[error("cannot create the database folder")]
     Folder(#[from] std::io::Error),
+}
+
+impl From<sqlx::Error> for ConnectError {
+    fn from(e: sqlx::Error) -> Self {
+        ConnectError::Database(match &e {
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        })
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for ConnectError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        ConnectError::Migrate(e.to_string())
+    }
 }
 
 /// Opens the database named by `url` (`sqlite://PATH` or `postgres://...`) and applies the

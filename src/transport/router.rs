@@ -20,6 +20,18 @@ pub async fn route(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let answer = match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => Ok(json(
+            200,
+            &serde_json::json!({
+                "service": "chat-backend",
+                "websocket": "/v1/ws",
+                "protocol": "docs/PROTOCOL.md in the repository",
+                "openapi": "/v1/openapi.json",
+                "health": "/healthz",
+                "ready": "/readyz",
+                "metrics": "/metrics",
+            }),
+        )),
         (&Method::GET, ["healthz"]) => Ok(probes::health()),
         (&Method::GET, ["readyz"]) => Ok(probes::ready(t).await),
         (&Method::GET, ["metrics"]) => Ok(probes::metrics(&t)),
@@ -73,7 +85,9 @@ pub async fn route(
 /// The methods that serve `segments`, for the `Allow` header of a 405 (None: no such path).
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "ws"] | ["v1", "openapi.json"] => "GET",
+        [""] | ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "ws"] | ["v1", "openapi.json"] => {
+            "GET"
+        }
         ["v1", "conversations"] | ["v1", "conversations", _, "messages"] => "GET, POST",
         ["v1", "conversations", _] => "GET",
         ["v1", "conversations", _, "members" | "read"] | ["v1", "internal", "events"] => "POST",

@@ -177,3 +177,38 @@ async fn the_log_holds_no_raw_id_or_token_and_names_each_denied_access() {
         }
     }
 }
+
+/// A user's mistake is said once, plainly, without a backtrace; `token --help` shows the
+/// token's options, not every server setting.
+#[tokio::test]
+async fn a_users_mistake_is_said_once_and_each_command_shows_its_own_options() {
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let missing = format!("{}_missing", db.url);
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .arg("migrate")
+        .env("CHAT_DATABASE_URL", &missing)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(!err.contains("backtrace") && !err.contains("Backtrace"), "{err}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .args(["token", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--user") && help.contains("--ttl"), "{help}");
+    assert!(!help.contains("--listen") && !help.contains("--max-group-size"), "{help}");
+    // `serve` still takes every setting as a flag, after the subcommand or before it.
+    let help = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--listen"));
+}
