@@ -871,10 +871,39 @@ impl Store for SqlStore {
         retention_cutoff: i64,
         audit_cutoff: i64,
     ) -> Result<(u64, u64), StoreError> {
+        let mut done = (0, 0);
+        loop {
+            let (erased, removed) = self
+                .purge_batch(retention_cutoff, audit_cutoff, PURGE_BATCH)
+                .await?;
+            done = (done.0 + erased, done.1 + removed);
+            if erased < PURGE_BATCH && removed < PURGE_BATCH {
+                return Ok(done);
+            }
+        }
+    }
+}
+
+/// Rows one round of the expiry job touches in one transaction: small enough that a send never
+/// waits long behind it (on SQLite the writer and the job share one write lock), large enough
+/// that a backlog clears quickly.
+const PURGE_BATCH: u64 = 1000;
+
+impl SqlStore {
+    /// One round of the expiry job, its own transaction: erases up to `limit` deleted bodies
+    /// past the audit period and removes up to `limit` messages past retention. On PostgreSQL
+    /// it runs on one node at a time (an advisory lock: another node finds it taken and does
+    /// nothing this round).
+    async fn purge_batch(
+        &self,
+        retention_cutoff: i64,
+        audit_cutoff: i64,
+        limit: u64,
+    ) -> Result<(u64, u64), StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         on_pool!(self, |p, d| {
             let mut tx = begin_write!(p, d).map_err(classify)?;
             if d == Dialect::Pg {
-                // One node at a time: the others find the lock taken and skip this round.
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7321)")
                     .fetch_one(&mut *tx)
                     .await
@@ -884,26 +913,31 @@ impl Store for SqlStore {
                 }
             }
             let erased = sqlx::query(
-                "UPDATE messages SET body = NULL WHERE deleted_at IS NOT NULL AND deleted_at < $1 AND body IS NOT NULL",
+                "UPDATE messages SET body = NULL WHERE (conv_id, seq) IN (SELECT conv_id, seq \
+                 FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
+                 AND body IS NOT NULL LIMIT $2)",
             )
             .bind(audit_cutoff)
+            .bind(limit)
             .execute(&mut *tx)
             .await
             .map_err(classify)?
             .rows_affected();
-            let removed = sqlx::query("DELETE FROM messages WHERE at < $1")
-                .bind(retention_cutoff)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
+            let removed = sqlx::query(
+                "DELETE FROM messages WHERE (conv_id, seq) IN (SELECT conv_id, seq \
+                 FROM messages WHERE at < $1 LIMIT $2)",
+            )
+            .bind(retention_cutoff)
+            .bind(limit)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
             tx.commit().await.map_err(classify)?;
             Ok((erased, removed))
         })
     }
-}
 
-impl SqlStore {
     /// The newest message of each conversation and `user`'s unread count in each.
     async fn lasts_and_unreads(
         &self,

@@ -196,7 +196,10 @@ async fn a_users_mistake_is_said_once_and_each_command_shows_its_own_options() {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].starts_with("error: "), "{err}");
     assert_eq!(err.matches("does not exist").count(), 1, "{err}");
-    assert!(!err.contains("backtrace") && !err.contains("Backtrace"), "{err}");
+    assert!(
+        !err.contains("backtrace") && !err.contains("Backtrace"),
+        "{err}"
+    );
 
     let help = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
         .args(["token", "--help"])
@@ -204,7 +207,10 @@ async fn a_users_mistake_is_said_once_and_each_command_shows_its_own_options() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--user") && help.contains("--ttl"), "{help}");
-    assert!(!help.contains("--listen") && !help.contains("--max-group-size"), "{help}");
+    assert!(
+        !help.contains("--listen") && !help.contains("--max-group-size"),
+        "{help}"
+    );
     // `serve` still takes every setting as a flag, after the subcommand or before it.
     let help = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
         .args(["serve", "--help"])

@@ -435,3 +435,98 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
     drop(writer);
     task.await.unwrap();
 }
+
+/// The expiry job on a backlog bigger than one of its rounds: every message past retention goes,
+/// in rounds; a deleted body stays in the table (hidden) through the audit period and is erased
+/// after it; the conversation keeps numbering where it was.
+async fn expiry_suite(backend: Backend) {
+    let (s, db) = open(backend).await;
+    let sender = UserId::random();
+    let (conv, _) = s
+        .create_conversation(direct(sender, UserId::random()))
+        .await
+        .unwrap();
+    // 2,500 old messages (at 1001..=3500), then 3 recent ones (at 10,001..).
+    let old: Vec<NewMessage> = (1..=2500).map(|seq| msg(seq, sender, false)).collect();
+    let recent: Vec<NewMessage> = (2501..=2503)
+        .map(|seq| NewMessage {
+            at: 10_000 + seq - 2500,
+            ..msg(seq, sender, false)
+        })
+        .collect();
+    for messages in [old, recent.clone()] {
+        let r = s
+            .append(&[AppendBatch {
+                conv: conv.id,
+                messages,
+            }])
+            .await;
+        assert!(r.iter().all(Result::is_ok), "{r:?}");
+    }
+    // Two recent messages deleted: one long ago (past the audit period), one lately.
+    s.mark_deleted(recent[0].mid, 11_000).await.unwrap();
+    s.mark_deleted(recent[1].mid, 19_000).await.unwrap();
+
+    let (erased, removed) = s.purge(5_000, 15_000).await.unwrap();
+    assert_eq!((erased, removed), (1, 2500));
+    // What is left: the three recent messages, seq continuing.
+    let (page, more) = s
+        .history(conv.id, HistoryRange::After(0, None), 200)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2501, 2502, 2503]
+    );
+    assert!(!more);
+    assert_eq!(
+        s.load_conversation(conv.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        2503
+    );
+    // The raw table: the body deleted long ago is gone, the one deleted lately is kept for
+    // audit (clients see neither).
+    let bodies: Vec<(i64, Option<String>)> = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+            sqlx::query_as("SELECT seq, body FROM messages ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            sqlx::query_as("SELECT seq, body FROM messages ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        bodies,
+        [
+            (2501, None),
+            (2502, Some("m2502".to_owned())),
+            (2503, Some("m2503".to_owned()))
+        ]
+    );
+    assert!(page[1].body.is_none(), "a deleted body reached a client");
+    // A second run finds nothing more to do.
+    assert_eq!(s.purge(5_000, 15_000).await.unwrap(), (0, 0));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period_on_sqlite()
+{
+    expiry_suite(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period_on_postgres()
+ {
+    expiry_suite(Backend::Postgres).await;
+}
