@@ -59,5 +59,30 @@ fn fanout(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, fanout);
+/// Encryption at rest: what sealing a 100-byte body on its way in and opening it on its way out
+/// cost per message (`CHAT_ENCRYPTION_KEYS`).
+fn sealing(c: &mut Criterion) {
+    use base64::Engine;
+    let spec = format!(
+        "k1:{}",
+        base64::engine::general_purpose::STANDARD.encode([3u8; 32])
+    );
+    let Ok(Some(keys)) = chat_backend::store::keyring::Keyring::parse(&spec) else {
+        return;
+    };
+    let mid = chat_actors::ids::Mid::random();
+    let body = "x".repeat(100);
+    let sealed = keys.seal(mid, &body);
+    c.bench_function("seal a 100-byte body (AES-256-GCM)", |b| {
+        b.iter(|| keys.seal(mid, std::hint::black_box(&body)))
+    });
+    c.bench_function("open a 100-byte body (AES-256-GCM)", |b| {
+        b.iter(|| {
+            keys.open(mid, std::hint::black_box(&sealed))
+                .map(|s| s.len())
+        })
+    });
+}
+
+criterion_group!(benches, codec, fanout, sealing);
 criterion_main!(benches);

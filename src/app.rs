@@ -11,6 +11,7 @@ use chat_actors::ports::{Bus, Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +19,8 @@ use crate::auth::{self, Verifier};
 use crate::bus::LocalBus;
 use crate::config::Config;
 use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserServiceClient};
+use crate::store::keyring::Keyring;
+use crate::store::sealed::SealedStore;
 use crate::store::{self, GuardedStore, writer::BatchingWriter};
 use crate::transport::{self, Probe, Transport, WsSettings};
 use crate::{metrics, retention};
@@ -43,7 +46,11 @@ pub async fn serve(
         .await
         .context("opening the database")?;
     tracing::info!(backend = sql.backend(), "database ready");
-    let store: Arc<dyn Store> = GuardedStore::new(sql.clone());
+    let mut store: Arc<dyn Store> = GuardedStore::new(sql.clone());
+    if let Some(keys) = Keyring::parse(&config.encryption_keys)? {
+        tracing::info!(key = keys.current(), "message bodies are encrypted at rest");
+        store = SealedStore::wrap(store, Arc::new(keys));
+    }
     ::metrics::gauge!("chat_database_up").set(1.0);
     let (writer, writer_task) = BatchingWriter::start(
         store.clone(),
@@ -183,6 +190,44 @@ pub async fn serve(
     tracing::info!("stopped cleanly");
     Ok(())
 }
+
+/// Re-seals every stored body that is not sealed with the current (first) key: after a key
+/// was added in front of `CHAT_ENCRYPTION_KEYS`, or encryption was switched on. Runs in rounds
+/// of [`REKEY_ROUND`] rows while the nodes serve; returns how many bodies it re-sealed.
+pub async fn rekey(config: &Config) -> anyhow::Result<u64> {
+    let keys = Keyring::parse(&config.encryption_keys)?
+        .context("CHAT_ENCRYPTION_KEYS is empty: there is no key to re-encrypt with")?;
+    let sql = store::connect(&config.database_url, 2)
+        .await
+        .context("opening the database")?;
+    let (mut total, mut after) = (0, None);
+    loop {
+        let rows = sql
+            .bodies_not_sealed_with(keys.current(), after, REKEY_ROUND)
+            .await
+            .context("reading bodies to re-encrypt")?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = Some((last.conv, last.seq));
+        let mut resealed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let body = keys.open(row.mid, &row.body)?;
+            resealed.push(keys.seal(row.mid, &body));
+        }
+        let changed = sql
+            .replace_bodies(&rows, &resealed)
+            .await
+            .context("writing re-encrypted bodies")?;
+        total += changed;
+        tracing::info!(resealed = total, key = keys.current(), "rekey");
+    }
+    sql.close().await;
+    Ok(total)
+}
+
+/// Rows one rekey transaction re-seals.
+const REKEY_ROUND: u64 = 500;
 
 /// Applies the migrations and returns.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -52,6 +52,9 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Re-encrypt every stored message body with the first key of CHAT_ENCRYPTION_KEYS (after
+    /// adding a key in front, or switching encryption on); safe while nodes serve.
+    Rekey,
     /// Serve a stand-in user service (profiles, business agents) from a JSON file, for local
     /// use and demos; point CHAT_PROFILES_URL at it. It requires CHAT_PROFILES_TOKEN when set.
     DevUserService {

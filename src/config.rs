@@ -82,7 +82,7 @@ macro_rules! settings {
                 let mut d = f.debug_struct("Config");
                 $(
                     let name = stringify!($field);
-                    if name.contains("secret") || name.contains("token") {
+                    if name.contains("secret") || name.contains("token") || name.contains("keys") {
                         d.field(name, &"<redacted>");
                     } else if name.ends_with("_url") {
                         d.field(name, &redact_url(&self.$field.to_string()));
@@ -156,6 +156,9 @@ settings! {
     /// Least ms between the starts of two commits: messages gather meanwhile and commit
     /// together. 0: commit each batch as soon as it comes.
     commit_window_ms: u64 = 4, "CHAT_COMMIT_WINDOW_MS";
+    /// Keys that encrypt message bodies at rest, `ID:BASE64,...` (32-byte AES-256-GCM keys;
+    /// the first encrypts, all decrypt); empty: bodies stored in the clear.
+    encryption_keys: String = String::new(), "CHAT_ENCRYPTION_KEYS";
 }
 
 /// `url` with its password (if any) replaced, for logs and error messages.

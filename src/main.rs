@@ -39,6 +39,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate => runtime()?.block_on(app::migrate(&config)),
+        Command::Rekey => {
+            let resealed = runtime()?.block_on(app::rekey(&config))?;
+            println!("{resealed} message bodies re-encrypted");
+            Ok(())
+        }
         Command::DevUserService { file, at } => runtime()?.block_on(async move {
             let stop = CancellationToken::new();
             shutdown::on_signal(stop.clone());

@@ -5,13 +5,15 @@
 //! connection options, migrations, a few statements — lives in [`postgres`] and [`sqlite`].
 
 pub mod guard;
+pub mod keyring;
 pub mod postgres;
+pub mod sealed;
 mod sql;
 pub mod sqlite;
 pub mod writer;
 
 pub use guard::GuardedStore;
-pub use sql::SqlStore;
+pub use sql::{SqlStore, StoredBody};
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]

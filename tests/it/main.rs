@@ -3,6 +3,7 @@
 mod abuse;
 mod binary;
 mod cluster;
+mod encryption;
 mod faults;
 mod helpers;
 mod http;
