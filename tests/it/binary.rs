@@ -119,13 +119,7 @@ async fn the_log_holds_no_raw_id_or_token_and_names_each_denied_access() {
         let b = Binary::start(Backend::Sqlite, &env).await;
         let (a, friend, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut ca = b.client(a).await;
-        let r = ca
-            .call(
-                "create",
-                json!({"kind": "direct", "members": [friend.to_string()]}),
-            )
-            .await;
-        let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+        let conv = ca.direct_with(friend).await;
         let r = ca
             .call("send", json!({"conv": conv, "body": "hello"}))
             .await;

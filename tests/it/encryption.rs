@@ -68,13 +68,7 @@ async fn rotation(backend: Backend) {
     // Before encryption: one message in the clear.
     let n = node(backend, &db, "").await;
     let mut ca = n.client(a).await;
-    let r = ca
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [b.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = ca.direct_with(b).await;
     send(&mut ca, &conv, "clear words").await;
     drop((ca, n));
 

@@ -29,13 +29,7 @@ async fn read_and_mute_move_only_after_their_commit_and_the_node_fails_fast_whil
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut ca = node.client(a).await;
     let mut cb = node.client(b).await;
-    let r = cb
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [a.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = cb.direct_with(a).await;
     for i in 0..3 {
         let r = cb
             .call("send", json!({"conv": conv, "body": format!("{i}")}))
@@ -154,13 +148,7 @@ async fn a_stopping_node_answers_every_send_it_commits() {
     .await;
     let (u, v) = (Uuid::new_v4(), Uuid::new_v4());
     let mut c = b.client(u).await;
-    let r = c
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [v.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = c.direct_with(v).await;
     // Four connections sending without pause, and the node told to stop in the middle of it.
     let mut senders = Vec::new();
     for _ in 0..4 {

@@ -327,6 +327,20 @@ impl Client {
         }
     }
 
+    /// Creates (or finds) the direct conversation with `other`; its id.
+    pub async fn direct_with(&mut self, other: Uuid) -> String {
+        let r = self
+            .call(
+                "create",
+                json!({"kind": "direct", "members": [other.to_string()]}),
+            )
+            .await;
+        r["conversation"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no conversation in {r}"))
+            .to_owned()
+    }
+
     /// The next push of type `t` (pushes of other types are kept).
     pub async fn push(&mut self, t: &str) -> Value {
         if let Some(i) = self.pushes.iter().position(|f| f["t"] == t) {

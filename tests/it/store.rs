@@ -43,6 +43,19 @@ fn direct(a: UserId, b: UserId) -> NewConversation {
     }
 }
 
+/// `n` direct conversations of `sender`, each with a new user.
+async fn direct_convs(store: &dyn Store, sender: UserId, n: usize) -> Vec<ConversationId> {
+    let mut convs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (record, _) = store
+            .create_conversation(direct(sender, UserId::random()))
+            .await
+            .unwrap();
+        convs.push(record.id);
+    }
+    convs
+}
+
 fn msg(seq: i64, sender: UserId, client_mid: bool) -> NewMessage {
     NewMessage {
         seq,
@@ -292,14 +305,7 @@ async fn writer_suite(backend: Backend) {
         std::time::Duration::from_millis(4),
     );
     let sender = UserId::random();
-    let mut convs = Vec::new();
-    for _ in 0..40 {
-        let (record, _) = store
-            .create_conversation(direct(sender, UserId::random()))
-            .await
-            .unwrap();
-        convs.push(record.id);
-    }
+    let convs = direct_convs(store.as_ref(), sender, 40).await;
     let answered = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let rounds = 5;
@@ -393,14 +399,7 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
     let store: Arc<dyn Store> = Arc::new(s.clone());
     let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency(), window);
     let sender = UserId::random();
-    let mut convs = Vec::new();
-    for _ in 0..6 {
-        let (record, _) = store
-            .create_conversation(direct(sender, UserId::random()))
-            .await
-            .unwrap();
-        convs.push(record.id);
-    }
+    let convs = direct_convs(store.as_ref(), sender, 6).await;
     let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let submit = |conv| {
         let answered = answered.clone();

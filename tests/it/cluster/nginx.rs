@@ -104,13 +104,7 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
     let mut ca = Client::connect(&url, &token(a)).await;
     let mut cb = Client::connect(&url, &token(b)).await;
     let nodes_seen = [ca.hello["node"].clone(), cb.hello["node"].clone()];
-    let r = ca
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [b.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = ca.direct_with(b).await;
     let r = ca
         .call("send", json!({"conv": conv, "body": "through nginx"}))
         .await;

@@ -87,13 +87,7 @@ impl Drop for ProfileSetup {
 /// A new user on `node` in a direct chat with `subject`, once its view names them `name`.
 async fn chat_seeing(node: &Binary, subject: Uuid, name: &str) -> (Client, String) {
     let mut viewer = node.client(Uuid::new_v4()).await;
-    let r = viewer
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [subject.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = viewer.direct_with(subject).await;
     let mut seen = String::new();
     for _ in 0..50 {
         seen = name_seen(&mut viewer, &conv, subject).await;
@@ -170,13 +164,7 @@ async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
     setup.stop_service();
     let nodes = &setup.nodes;
     let mut second = nodes[1].client(Uuid::new_v4()).await;
-    let r = second
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [subject.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = second.direct_with(subject).await;
     let got = second.call("get", json!({"conv": conv})).await;
     let profile = got["conversation"]["members"]
         .as_array()
