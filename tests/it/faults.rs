@@ -174,3 +174,69 @@ async fn a_stopping_node_answers_every_send_it_commits() {
     println!("stopping under a stream of sends: {stored} committed, {answered} answered `sent`");
     assert_eq!(answered, stored, "committed sends left unanswered");
 }
+
+/// Another process holds the SQLite file's write lock for longer than a request may wait: sends
+/// are answered `unavailable` within PROTOCOL's 5 s (never hang), reads go on (WAL), and once
+/// the lock is gone sends commit again; nothing acknowledged is lost and `seq` stays dense.
+#[tokio::test]
+async fn a_sqlite_file_locked_by_another_process_fails_sends_fast_and_recovers() {
+    use sqlx::Connection;
+
+    let b = Binary::start(Backend::Sqlite, &[]).await;
+    let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = b.client(a).await;
+    let conv = ca.direct_with(other).await;
+    let mut acked = Vec::new();
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "before"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    acked.push(r["mid"].as_str().unwrap().to_owned());
+
+    // Another process (a connection of its own, as the sqlite3 shell would be) takes the lock.
+    let mut locker = sqlx::SqliteConnection::connect(&b.db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let (r, took) = timed(&mut ca, "send", json!({"conv": conv, "body": "locked"})).await;
+    assert!(took < Duration::from_millis(5500), "waited {took:?}: {r}");
+    match r["t"].as_str() {
+        Some("sent") => panic!("committed through another process's exclusive lock: {r}"),
+        _ => assert_eq!(r["code"], "unavailable", "{r}"),
+    }
+    let (h, took) = timed(&mut ca, "history", json!({"conv": conv})).await;
+    assert_eq!(
+        h["t"], "history",
+        "reads stop while a writer holds the lock: {h}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    drop(locker);
+    let back = Instant::now();
+    loop {
+        let r = ca
+            .call("send", json!({"conv": conv, "body": "after"}))
+            .await;
+        if r["t"] == "sent" {
+            acked.push(r["mid"].as_str().unwrap().to_owned());
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = ca.call("history", json!({"conv": conv})).await;
+    let messages = h["messages"].as_array().unwrap();
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    for mid in &acked {
+        assert!(
+            messages.iter().any(|m| m["mid"] == mid.as_str()),
+            "lost {mid}"
+        );
+    }
+}
