@@ -11,8 +11,34 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub fn install() -> PrometheusHandle {
     let builder = PrometheusBuilder::new();
     match builder.install_recorder() {
-        Ok(handle) => handle,
+        Ok(handle) => {
+            register_event_counters();
+            handle
+        }
         Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+    }
+}
+
+/// Counters of events that may never happen on a healthy node, shown at 0 from the start: a
+/// series that appears only with its first event makes `rate()` and the dashboard
+/// (`deploy/grafana-dashboard.json`) blind until then.
+fn register_event_counters() {
+    for name in [
+        "chat_slow_consumers_total",
+        "chat_rate_limited_total",
+        "chat_connections_refused_total",
+        "chat_accept_errors_total",
+        "chat_actor_failures_total",
+        "chat_bus_lost_total",
+        "chat_bus_disconnections_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for ok in ["true", "false"] {
+        metrics::counter!("chat_user_service_calls_total", "ok" => ok).increment(0);
+    }
+    for kind in ["push", "presence", "request", "reply"] {
+        metrics::counter!("chat_bus_publishes_total", "kind" => kind).increment(0);
     }
 }
 

@@ -3,6 +3,7 @@
 mod abuse;
 mod binary;
 mod cluster;
+mod dashboard;
 mod encryption;
 mod faults;
 mod helpers;
