@@ -58,7 +58,9 @@ pub async fn route(
         (_, segs) if allowed_methods(segs).is_some() => {
             let mut res = json(
                 405,
-                &serde_json::json!({"error": {"code": "bad_request", "message": "method not allowed"}}),
+                // Not one of PROTOCOL's request errors: the request named a real path with the
+                // wrong method, which `Allow` answers.
+                &serde_json::json!({"error": {"code": "method_not_allowed", "message": "method not allowed; see the Allow header"}}),
             );
             if let Some(allow) = allowed_methods(segs) {
                 res.headers_mut().insert(

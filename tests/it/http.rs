@@ -120,6 +120,12 @@ async fn an_http_send_reaches_websocket_clients_and_errors_map_to_statuses() {
     );
     let (status, doc) = http(&node, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!((status, doc["openapi"].clone()), (200, json!("3.0.3")));
+    // A real path with the wrong method: 405, its own code, and what is allowed.
+    let (status, body) = http(&node, "DELETE", "/v1/conversations", Some(&ta), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (405, json!("method_not_allowed"))
+    );
     // The root points a newcomer at the WebSocket and the docs instead of a bare 404.
     let (status, root) = http(&node, "GET", "/", None, None).await;
     assert_eq!((status, root["websocket"].clone()), (200, json!("/v1/ws")));
