@@ -357,3 +357,54 @@ MdYtJo57Uz+kLguo+UALrMsS8A8ze6djQmOjldWkPXfqRcRDwKQlt8vfHQ==
         ));
     }
 }
+
+/// Property fuzzing of the token path: whatever a client puts where a token goes (random text,
+/// or three base64url parts with random headers and claims), the verifier answers, never panics,
+/// and accepts nothing it did not sign.
+#[cfg(test)]
+mod fuzz {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn verifier() -> Verifier {
+        let config = Config {
+            jwt_secret: "fuzz-secret-0123456789abcdef0123456789".to_owned(),
+            ..Config::default()
+        };
+        Verifier::new(&config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_any_text_is_refused(token in "\\PC{0,300}") {
+            prop_assert!(verifier().verify(&token).is_err());
+        }
+
+        #[test]
+        fn fuzz_forged_jwts_are_refused(
+            alg in prop_oneof![
+                Just("none".to_owned()),
+                Just("HS256".to_owned()),
+                Just("RS256".to_owned()),
+                Just("ES256".to_owned()),
+                Just("HS512".to_owned()),
+                "[A-Za-z0-9]{0,8}",
+            ],
+            sub in prop_oneof![Just(uuid::Uuid::new_v4().to_string()), "\\PC{0,40}"],
+            exp in any::<i64>(),
+            signature in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            let claims = URL_SAFE_NO_PAD.encode(
+                serde_json::json!({"sub": sub, "exp": exp}).to_string(),
+            );
+            let token = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(signature));
+            prop_assert!(verifier().verify(&token).is_err());
+        }
+    }
+}
