@@ -588,11 +588,22 @@ pub async fn outage(db_name: &str, down: bool) {
     pool.close().await;
 }
 
-/// A free local port (free when asked: bind to it soon).
+/// A free local port (free when asked: bind to it soon), chosen below the kernel's ephemeral
+/// range: every outgoing connection of every test takes its local port from that range, and
+/// could take a port picked there before its server (a node, nginx) binds it ("Address already
+/// in use"). Below the range only another `free_port` could pick it, at random.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let from = low.saturating_sub(12_000).max(1024);
+    let span = u128::from(low.saturating_sub(from).max(1));
+    loop {
+        let offset = u16::try_from(Uuid::new_v4().as_u128() % span).unwrap_or(0);
+        let port = from + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
