@@ -3,6 +3,7 @@
 //! Everything else passes through. It sits in front of the guarded store when
 //! `CHAT_ENCRYPTION_KEYS` is set, so the core and the SQL never see a key.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -37,15 +38,15 @@ impl SealedStore {
 
     fn open(&self, mut m: MessageObject) -> Result<MessageObject, StoreError> {
         if let Some(stored) = m.body.take() {
-            let body = self
-                .keys
-                .open(m.mid, &stored)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "a message body cannot be opened");
-                    StoreError::Unavailable(Box::new(e))
-                })?
-                .into_owned();
-            m.body = Some(body);
+            let opened = self.keys.open(m.mid, &stored).map_err(|e| {
+                tracing::error!(error = %e, "a message body cannot be opened");
+                StoreError::Unavailable(Box::new(e))
+            })?;
+            m.body = Some(match opened {
+                Cow::Owned(body) => body,
+                // Stored in the clear (before encryption was on): the body as it came.
+                Cow::Borrowed(_) => stored,
+            });
         }
         Ok(m)
     }

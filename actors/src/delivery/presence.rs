@@ -36,7 +36,16 @@ pub struct PresenceBoard {
     agents: DashMap<UserId, Vec<UserId>>,
     /// Agent → the businesses they serve.
     businesses: DashMap<UserId, Vec<UserId>>,
+    /// Ids the database said are not businesses, and until when (ms) that answer stands: a
+    /// `watch` or `presence` of ordinary users does not ask the database again each time.
+    not_businesses: DashMap<UserId, i64>,
 }
+
+/// How long "not a business" stands before it is asked again (a business's first chat may be
+/// made on another node meanwhile).
+const NOT_A_BUSINESS_FOR_MS: i64 = 60_000;
+/// Past this many remembered ids the memory starts over, so it never grows without bound.
+const NOT_A_BUSINESS_MAX: usize = 200_000;
 
 impl PresenceBoard {
     /// `user` is online here, held by `actor`; tells their watchers if that is news. True when
@@ -124,7 +133,7 @@ impl PresenceBoard {
 
     /// Calls `f` with each other node where `user` is connected (under the entry's shard lock:
     /// `f` must not touch the board).
-    pub fn for_each_remote_node(&self, user: UserId, mut f: impl FnMut(&str)) {
+    pub fn for_each_remote_node(&self, user: UserId, mut f: impl FnMut(&Arc<str>)) {
         if let Some(nodes) = self.remote.get(&user) {
             for node in nodes.iter() {
                 f(node);
@@ -184,9 +193,26 @@ impl PresenceBoard {
         }
     }
 
-    /// Whether the agents of `business` are known here.
-    pub fn knows_business(&self, business: UserId) -> bool {
-        self.agents.contains_key(&business)
+    /// Whether the database should be asked if `id` is a business: its agents are not known
+    /// here, it is not online itself (a user), and no recent answer said it is not one.
+    pub fn business_unknown(&self, id: UserId) -> bool {
+        !self.agents.contains_key(&id)
+            && !self.is_online(id)
+            && self
+                .not_businesses
+                .get(&id)
+                .is_none_or(|until| *until <= now_ms())
+    }
+
+    /// The database said none of `ids` is a business.
+    pub fn not_businesses(&self, ids: impl IntoIterator<Item = UserId>) {
+        if self.not_businesses.len() > NOT_A_BUSINESS_MAX {
+            self.not_businesses.clear();
+        }
+        let until = now_ms() + NOT_A_BUSINESS_FOR_MS;
+        for id in ids {
+            self.not_businesses.insert(id, until);
+        }
     }
 
     /// Whether `user` has a connection on any node.

@@ -512,7 +512,7 @@ impl Node {
         let unknown: Vec<UserId> = ids
             .iter()
             .copied()
-            .filter(|id| !presence.knows_business(*id) && !presence.is_online(*id))
+            .filter(|id| presence.business_unknown(*id))
             .collect();
         if unknown.is_empty() {
             return;
@@ -522,6 +522,8 @@ impl Node {
             let Ok(Ok(businesses)) = timed(node.deps.store.businesses_among(&unknown)).await else {
                 return; // the database is away: the next watch asks again
             };
+            let others = unknown.iter().filter(|id| !businesses.contains(id));
+            node.deps.delivery.presence.not_businesses(others.copied());
             for business in businesses {
                 let _ = node.agents_of(business).await;
             }
