@@ -22,6 +22,7 @@ use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserS
 use crate::store::keyring::Keyring;
 use crate::store::sealed::SealedStore;
 use crate::store::{self, GuardedStore, writer::BatchingWriter};
+use crate::transport::http::demo::Demo;
 use crate::transport::{self, Probe, Transport, WsSettings};
 use crate::{metrics, retention};
 
@@ -167,6 +168,7 @@ pub async fn serve(
         open: Default::default(),
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
+        demo: Demo::new(&config),
     });
     tokio::spawn(retention::run(
         store.clone(),

@@ -345,6 +345,46 @@ MdYtJo57Uz+kLguo+UALrMsS8A8ze6djQmOjldWkPXfqRcRDwKQlt8vfHQ==
         assert!(Verifier::new(&key(P256)).is_ok());
     }
 
+    /// RS256 and ES256 tokens from the user service's private key verify against its public
+    /// key, whatever crypto backend is built in; the public key used as an HS256 secret (the
+    /// classic algorithm confusion) does not.
+    #[test]
+    fn tokens_signed_with_an_rsa_or_ec_private_key_verify_against_the_public_key() {
+        let fixture =
+            |name: &str| format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+        let user = UserId::random();
+        let claims = serde_json::json!({"sub": user.to_string(), "exp": now_secs() + 60});
+        let cases = [
+            ("rsa.pub", "rsa.key.pem", Algorithm::RS256),
+            ("ec.pub", "ec.key.pem", Algorithm::ES256),
+        ];
+        for (public, private, alg) in cases {
+            let c = Config {
+                jwt_public_key: fixture(public),
+                ..Config::default()
+            };
+            let v = Verifier::new(&c).unwrap();
+            let pem = std::fs::read(fixture(private)).unwrap();
+            let key = match alg {
+                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+                _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+            };
+            let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+            assert_eq!(v.verify(&token).unwrap().user, user, "{alg:?}");
+            let public_text = std::fs::read(fixture(public)).unwrap();
+            let confused = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(&public_text),
+            )
+            .unwrap();
+            assert!(
+                v.verify(&confused).is_err(),
+                "{alg:?}: HS256 with the public key"
+            );
+        }
+    }
+
     #[test]
     fn minting_is_refused_with_a_public_key() {
         let c = Config {

@@ -159,6 +159,9 @@ settings! {
     /// Keys that encrypt message bodies at rest, `ID:BASE64,...` (32-byte AES-256-GCM keys;
     /// the first encrypts, all decrypt); empty: bodies stored in the clear.
     encryption_keys: String = String::new(), "CHAT_ENCRYPTION_KEYS";
+    /// Serve the browser demo at `/` (and development tokens for it while the development
+    /// secret is in use).
+    demo: bool = true, "CHAT_DEMO";
 }
 
 /// `url` with its password (if any) replaced, for logs and error messages.

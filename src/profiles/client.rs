@@ -75,6 +75,9 @@ pub struct UserServiceClient {
 impl UserServiceClient {
     /// A client of the service at `base` (no trailing slash needed).
     pub fn new(base: &str, token: &str) -> Result<Self, ClientError> {
+        // reqwest is built without a provider of its own (Cargo.toml): ring serves the process.
+        // An error only says a provider is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_millis(500))

@@ -73,6 +73,8 @@ pub struct Transport {
     /// Every WebSocket task, so shutdown can wait for them (hyper's graceful shutdown does not
     /// see upgraded sockets).
     pub sessions: TaskTracker,
+    /// The browser demo, when `CHAT_DEMO` is on.
+    pub demo: Option<http::demo::Demo>,
 }
 
 impl Transport {

@@ -3,12 +3,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use chat_actors::protocol::ErrorCode;
+use chat_actors::protocol::{ErrorCode, Rejection};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::Transport;
-use super::http::{Body, api, conversations, internal, json, messages, openapi, probes};
+use super::http::{Body, api, conversations, demo, internal, json, messages, openapi, probes};
 use super::ws;
 
 /// Routes one request.
@@ -20,10 +20,18 @@ pub async fn route(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let answer = match (&method, segments.as_slice()) {
+        (&Method::GET, [""] | ["demo"]) if t.demo.is_some() && demo::wants_html(req.headers()) => {
+            Ok(demo::page())
+        }
+        (&Method::GET, ["demo", "token"]) => match &t.demo {
+            Some(demo) => demo.token(req.uri()),
+            None => Err(Rejection::not_found("the demo is off (CHAT_DEMO)")),
+        },
         (&Method::GET, [""]) => Ok(json(
             200,
             &serde_json::json!({
                 "service": "chat-backend",
+                "demo": t.demo.as_ref().map(|_| "/ in a browser"),
                 "websocket": "/v1/ws",
                 "protocol": "docs/PROTOCOL.md in the repository",
                 "openapi": "/v1/openapi.json",

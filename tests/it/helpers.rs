@@ -452,11 +452,18 @@ impl Binary {
 
     /// A plain HTTP GET: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
+        self.get_accepting(path, "*/*").await
+    }
+
+    /// [`Binary::get`] with an `Accept` header, as a browser (`text/html`) or a program sends.
+    pub async fn get_accepting(&self, path: &str, accept: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await else {
             return (0, String::new());
         };
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        );
         if s.write_all(req.as_bytes()).await.is_err() {
             return (0, String::new());
         }

@@ -2,8 +2,10 @@
 
 mod abuse;
 mod binary;
+mod browser;
 mod cluster;
 mod dashboard;
+mod demo;
 mod encryption;
 mod faults;
 mod helpers;

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod conversations;
+pub mod demo;
 pub mod internal;
 pub mod messages;
 pub mod openapi;
