@@ -4,11 +4,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Connection, SqlSafeStr};
 
 /// Opens (creating when missing) the database file of a `sqlite://PATH` URL.
 pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
@@ -35,6 +35,11 @@ pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
         // A connection to a local file does not go stale; sqlx's ping before every acquire
         // was a trip through the connection's worker thread before every statement.
         .test_before_acquire(false)
+        // A commit that fails on I/O (a full disk) makes SQLite roll the transaction back by
+        // itself; sqlx's own rollback then finds none and leaves the connection marked as in
+        // a transaction for good, so every later write on it would fail ("begin_with at
+        // non-zero transaction depth"). Such a connection is closed here instead of reused.
+        .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
         .connect_with(options)
         .await?)
 }

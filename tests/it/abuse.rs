@@ -288,7 +288,7 @@ async fn a_client_that_stops_reading_is_cut_off_alone_and_counted_once() {
 
 #[tokio::test]
 async fn out_of_file_descriptors_the_node_backs_off_and_recovers() {
-    let b = Binary::start_with(Backend::Sqlite, &[], Some(64)).await;
+    let b = Binary::start_with(Backend::Sqlite, &[], Some("ulimit -n 64")).await;
     // Far more connections than the node may hold files: accept fails with EMFILE.
     let mut held = Vec::new();
     for _ in 0..120 {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, TestNode, outage};
+use crate::helpers::{Backend, Binary, Client, TestNode, admin, outage};
 
 /// Times one request.
 async fn timed(c: &mut Client, t: &str, fields: Value) -> (Value, Duration) {
@@ -175,6 +175,69 @@ async fn a_stopping_node_answers_every_send_it_commits() {
     assert_eq!(answered, stored, "committed sends left unanswered");
 }
 
+/// A send that must be refused `unavailable` within PROTOCOL's 5 s (never hang, never `sent`),
+/// carrying `mid` so it can be retried after recovery.
+async fn assert_send_refused(c: &mut Client, conv: &str, mid: &str, why: &str) {
+    let (r, took) = timed(
+        c,
+        "send",
+        json!({"conv": conv, "mid": mid, "body": format!("during {why}")}),
+    )
+    .await;
+    assert!(
+        took < Duration::from_millis(5500),
+        "{why}: waited {took:?}: {r}"
+    );
+    match r["t"].as_str() {
+        Some("sent") => panic!("committed during {why}: {r}"),
+        _ => assert_eq!(r["code"], "unavailable", "{why}: {r}"),
+    }
+}
+
+/// Sends until one is `sent` (at most 10 s); its mid.
+async fn send_until_sent(c: &mut Client, conv: &str, body: &str) -> String {
+    let since = Instant::now();
+    loop {
+        let r = c.call("send", json!({"conv": conv, "body": body})).await;
+        if r["t"] == "sent" {
+            return r["mid"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "no recovery: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every acknowledged mid is in the conversation once, and `seq` runs 1..N with no gap.
+async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
+    let h = c
+        .call("history", json!({"conv": conv, "after": 0, "limit": 200}))
+        .await;
+    let messages = h["messages"].as_array().unwrap();
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    for mid in acked {
+        let copies = messages.iter().filter(|m| m["mid"] == mid.as_str()).count();
+        assert_eq!(copies, 1, "{mid} is there {copies} times");
+    }
+}
+
+/// Resends each refused mid once the store is back: each is stored exactly once.
+async fn retry_refused(c: &mut Client, conv: &str, refused: &[String], acked: &mut Vec<String>) {
+    for mid in refused {
+        let r = c
+            .call("send", json!({"conv": conv, "mid": mid, "body": "retried"}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        acked.push(mid.clone());
+    }
+}
+
 /// Another process holds the SQLite file's write lock for longer than a request may wait: sends
 /// are answered `unavailable` within PROTOCOL's 5 s (never hang), reads go on (WAL), and once
 /// the lock is gone sends commit again; nothing acknowledged is lost and `seq` stays dense.
@@ -186,12 +249,7 @@ async fn a_sqlite_file_locked_by_another_process_fails_sends_fast_and_recovers()
     let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
     let mut ca = b.client(a).await;
     let conv = ca.direct_with(other).await;
-    let mut acked = Vec::new();
-    let r = ca
-        .call("send", json!({"conv": conv, "body": "before"}))
-        .await;
-    assert_eq!(r["t"], "sent", "{r}");
-    acked.push(r["mid"].as_str().unwrap().to_owned());
+    let mut acked = vec![send_until_sent(&mut ca, &conv, "before").await];
 
     // Another process (a connection of its own, as the sqlite3 shell would be) takes the lock.
     let mut locker = sqlx::SqliteConnection::connect(&b.db_url).await.unwrap();
@@ -199,12 +257,8 @@ async fn a_sqlite_file_locked_by_another_process_fails_sends_fast_and_recovers()
         .execute(&mut locker)
         .await
         .unwrap();
-    let (r, took) = timed(&mut ca, "send", json!({"conv": conv, "body": "locked"})).await;
-    assert!(took < Duration::from_millis(5500), "waited {took:?}: {r}");
-    match r["t"].as_str() {
-        Some("sent") => panic!("committed through another process's exclusive lock: {r}"),
-        _ => assert_eq!(r["code"], "unavailable", "{r}"),
-    }
+    let refused = vec![Uuid::new_v4().to_string()];
+    assert_send_refused(&mut ca, &conv, &refused[0], "another process's lock").await;
     let (h, took) = timed(&mut ca, "history", json!({"conv": conv})).await;
     assert_eq!(
         h["t"], "history",
@@ -214,29 +268,113 @@ async fn a_sqlite_file_locked_by_another_process_fails_sends_fast_and_recovers()
 
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     drop(locker);
-    let back = Instant::now();
+    acked.push(send_until_sent(&mut ca, &conv, "after").await);
+    retry_refused(&mut ca, &conv, &refused, &mut acked).await;
+    assert_kept(&mut ca, &conv, &acked).await;
+}
+
+/// The disk fills under SQLite: every write that would grow a file fails (here a file-size
+/// limit set on the running node, so the test needs no privileges: the write fails with EFBIG
+/// where a full disk gives ENOSPC, and SQLite fails the commit the same way). Sends are answered
+/// `unavailable` at once, reads go on, and once there is room again sends commit without a
+/// restart; nothing acknowledged is lost, the refused mids store once when retried, `seq` stays
+/// dense and the file passes SQLite's integrity check.
+#[tokio::test]
+async fn a_full_disk_under_sqlite_fails_sends_clearly_and_recovers_without_corruption() {
+    use sqlx::Connection;
+
+    // SIGXFSZ ignored, so an over-limit write fails instead of killing the process.
+    let b = Binary::start_with(Backend::Sqlite, &[], Some("trap '' XFSZ")).await;
+    let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = b.client(a).await;
+    let conv = ca.direct_with(other).await;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(send_until_sent(&mut ca, &conv, &format!("before {i}")).await);
+    }
+
+    let pid = b.child.id().to_string();
+    // The soft limit only: any process may raise it again up to the hard one.
+    let prlimit = |soft: &str| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--fsize={soft}:")])
+            .status()
+            .expect("prlimit (util-linux) runs");
+        assert!(status.success(), "prlimit --fsize={soft}:");
+    };
+    // No write may end past 4 KiB in any file: the WAL's next frame cannot be written.
+    prlimit("4096");
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let mid = Uuid::new_v4().to_string();
+        assert_send_refused(&mut ca, &conv, &mid, "a full disk").await;
+        refused.push(mid);
+    }
+    let (h, took) = timed(&mut ca, "history", json!({"conv": conv})).await;
+    assert_eq!(h["t"], "history", "reads stop on a full disk: {h}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    prlimit("unlimited");
+    acked.push(send_until_sent(&mut ca, &conv, "after").await);
+    retry_refused(&mut ca, &conv, &refused, &mut acked).await;
+    assert_kept(&mut ca, &conv, &acked).await;
+
+    let mut check = sqlx::SqliteConnection::connect(&b.db_url).await.unwrap();
+    let verdict: String = sqlx::query("PRAGMA integrity_check")
+        .fetch_one(&mut check)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(verdict, "ok");
+}
+
+/// PostgreSQL turns read-only under the node (a failover to a standby, an operator's
+/// `default_transaction_read_only`): sends are refused `unavailable` at once and nothing is
+/// half-written, reads go on, and when the database takes writes again (its connections cut,
+/// as a failover back cuts them) sends commit without a restart; nothing acknowledged is lost.
+#[tokio::test]
+async fn a_read_only_postgres_fails_sends_clearly_serves_reads_and_recovers() {
+    let b = Binary::start(Backend::Postgres, &[]).await;
+    let db = b.db_url.rsplit('/').next().unwrap().to_owned();
+    let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = b.client(a).await;
+    let conv = ca.direct_with(other).await;
+    let mut acked = vec![send_until_sent(&mut ca, &conv, "before").await];
+
+    let cut =
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'");
+    admin(format!(
+        "ALTER DATABASE {db} SET default_transaction_read_only = on"
+    ))
+    .await;
+    admin(cut.clone()).await;
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let mid = Uuid::new_v4().to_string();
+        assert_send_refused(&mut ca, &conv, &mid, "a read-only database").await;
+        refused.push(mid);
+    }
+    let since = Instant::now();
     loop {
-        let r = ca
-            .call("send", json!({"conv": conv, "body": "after"}))
-            .await;
-        if r["t"] == "sent" {
-            acked.push(r["mid"].as_str().unwrap().to_owned());
+        let (h, took) = timed(&mut ca, "history", json!({"conv": conv})).await;
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        if h["t"] == "history" {
             break;
         }
-        assert!(back.elapsed() < Duration::from_secs(10), "{r}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let h = ca.call("history", json!({"conv": conv})).await;
-    let messages = h["messages"].as_array().unwrap();
-    let seqs: Vec<i64> = messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    for mid in &acked {
+        // The breaker may hold reads back for a moment after the failed writes.
         assert!(
-            messages.iter().any(|m| m["mid"] == mid.as_str()),
-            "lost {mid}"
+            since.elapsed() < Duration::from_secs(10),
+            "reads stay down: {h}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    admin(format!(
+        "ALTER DATABASE {db} RESET default_transaction_read_only"
+    ))
+    .await;
+    admin(cut).await;
+    acked.push(send_until_sent(&mut ca, &conv, "after").await);
+    retry_refused(&mut ca, &conv, &refused, &mut acked).await;
+    assert_kept(&mut ca, &conv, &acked).await;
 }

@@ -377,12 +377,9 @@ impl Binary {
         Binary::start_with(backend, env, None).await
     }
 
-    /// [`Binary::start`], with at most `open_files` file descriptors when given.
-    pub async fn start_with(
-        backend: Backend,
-        env: &[(&str, &str)],
-        open_files: Option<u32>,
-    ) -> Binary {
+    /// [`Binary::start`], through `sh -c '<shell>; exec chat-backend serve'` when `shell` is
+    /// given: limits (`ulimit -n 64`) or signal dispositions (`trap '' XFSZ`) the process keeps.
+    pub async fn start_with(backend: Backend, env: &[(&str, &str)], shell: Option<&str>) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let given = env.iter().find(|(k, _)| *k == "CHAT_DATABASE_URL");
         let db = match given {
@@ -396,11 +393,11 @@ impl Binary {
         };
         let port = free_port();
         let bin = env!("CARGO_BIN_EXE_chat-backend");
-        let mut cmd = match open_files {
+        let mut cmd = match shell {
             None => std::process::Command::new(bin),
-            Some(n) => {
+            Some(first) => {
                 let mut sh = std::process::Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                sh.args(["-c", &format!("{first} && exec \"$0\" \"$@\""), bin]);
                 sh
             }
         };
