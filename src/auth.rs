@@ -417,6 +417,21 @@ mod fuzz {
         Verifier::new(&config).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Replays the AFL++ corpus (`fuzz/corpus/token`) through the verifier: nothing in it was
+    /// signed with this secret, so all of it is refused, without a panic.
+    #[test]
+    fn fuzz_the_afl_corpus_is_refused() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/token");
+        let v = verifier();
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(v.verify(&String::from_utf8_lossy(&data)).is_err());
+            replayed += 1;
+        }
+        assert!(replayed >= 5, "only {replayed} corpus entries in {dir}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

@@ -532,4 +532,28 @@ mod fuzz {
             }
         }
     }
+
+    /// Replays the AFL++ corpus (`fuzz/corpus/frame_decoder`: inputs that each reached new code
+    /// in the coverage-guided runs) through the decoder: the short smoke run of that fuzzer.
+    #[test]
+    fn fuzz_the_afl_corpus_decodes_or_is_refused() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/frame_decoder");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let Some((&selector, frame)) = data.split_first() else {
+                continue;
+            };
+            let format = if selector & 1 == 0 {
+                Format::MsgPack
+            } else {
+                Format::Json
+            };
+            if let Err(e) = decode_request(format, frame) {
+                assert_eq!(e.rejection.code, crate::protocol::ErrorCode::BadRequest);
+            }
+            replayed += 1;
+        }
+        assert!(replayed >= 30, "only {replayed} corpus entries in {dir}");
+    }
 }
