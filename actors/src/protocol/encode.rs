@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use serde::Deserialize;
 
 use super::error_code::Rejection;
 use super::frames::{Request, ServerFrame};
@@ -52,10 +53,19 @@ pub struct DecodeFailure {
     pub rejection: Rejection,
 }
 
+/// How deep a MessagePack frame may nest. A request nests three levels at most; rmp-serde's own
+/// limit (1,024) let a 1 KiB frame recurse deep enough to overflow a 2 MiB thread stack in a
+/// debug build. serde_json stops at 128 by itself.
+const MAX_MSGPACK_DEPTH: usize = 64;
+
 /// Decodes a client frame in `format`.
 pub fn decode_request(format: Format, data: &[u8]) -> Result<Request, DecodeFailure> {
     let parsed = match format {
-        Format::MsgPack => rmp_serde::from_slice::<Request>(data).map_err(|e| e.to_string()),
+        Format::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(data);
+            de.set_max_depth(MAX_MSGPACK_DEPTH);
+            Request::deserialize(&mut de).map_err(|e| e.to_string())
+        }
         Format::Json => serde_json::from_slice::<Request>(data).map_err(|e| e.to_string()),
     };
     parsed.map_err(|why| DecodeFailure {
