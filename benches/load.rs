@@ -13,7 +13,9 @@
 //! `--issuer`, `--audience`, `--private-key PEM`, `--connections`, `--rate` (messages/s in
 //! total), `--duration` (s, measured), `--warmup` (s of sending before the measured window,
 //! neither counted nor sampled; default 0), `--mix direct=70,group=25,business=5` (shares of the senders),
-//! `--group-size`, `--body-bytes`, `--workers` (child processes, each holding a share of the
+//! `--group-size`, `--body-bytes`, `--no-mids` (send without a `mid`, as figures before
+//! 2026-11-30 did; by default each send carries a fresh one, as real clients do), `--workers`
+//! (child processes, each holding a share of the
 //! connections: one process may hold at most 20,000 open files here), `--json PATH`, `--idle`
 //! (connect and hold, send nothing), `--find-max` (raise the rate until p99 passes
 //! `--p99-limit-ms` or a message goes undelivered), `--sweep` (500, 1,000, 2,000, 4,000 msgs/s
@@ -88,6 +90,10 @@ struct Args {
     /// Bytes of each message body.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
+    /// Send without a `mid` (the node makes one), as the figures before 2026-11-30 did; by
+    /// default each send carries a fresh `mid`, as PROTOCOL tells clients to.
+    #[arg(long)]
+    no_mids: bool,
     /// Write the report here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -137,6 +143,8 @@ struct Plan {
     mix: (f64, f64, f64),
     group_size: usize,
     body_bytes: usize,
+    /// Whether each send carries its own `mid`.
+    mids: bool,
     idle: bool,
     /// business → its agents (agents connect in worker 0; empty agent lists against --url)
     businesses: Vec<(Uuid, Vec<Uuid>)>,
@@ -566,6 +574,8 @@ struct SendFrame<'a> {
     t: &'static str,
     id: u64,
     conv: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mid: Option<&'a str>,
     body: &'a str,
 }
 
@@ -738,7 +748,11 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
     for (i, ws) in sockets.into_iter().enumerate() {
         let Some((ws, node)) = ws else { continue };
         let role = conv_of.get(i).cloned().flatten();
-        let (live, body_bytes) = (live.clone(), plan.body_bytes);
+        let live = live.clone();
+        let payload = Payload {
+            body_bytes: plan.body_bytes,
+            mids: plan.mids,
+        };
         // spread the senders' phases over one interval
         let phase = if senders > 0 && interval_us != u64::MAX {
             interval_us * (i as u64 % senders as u64) / senders as u64
@@ -754,7 +768,7 @@ async fn run_worker(index: usize, plan: Plan) -> Tally {
             interval_us,
         };
         tasks.push(tokio::spawn(connection(
-            ws, node, role, schedule, body_bytes, live,
+            ws, node, role, schedule, payload, live,
         )));
     }
     if index == 0 {
@@ -809,12 +823,20 @@ struct Schedule {
     interval_us: u64,
 }
 
+/// What each send of a connection carries.
+struct Payload {
+    /// Bytes of the body.
+    body_bytes: usize,
+    /// A fresh `mid` on each send.
+    mids: bool,
+}
+
 async fn connection(
     mut ws: Ws,
     node: String,
     role: Option<(String, Kind, usize)>,
     schedule: Schedule,
-    body_bytes: usize,
+    payload: Payload,
     live: Arc<Live>,
 ) -> ConnResult {
     let mut r = ConnResult {
@@ -836,7 +858,8 @@ async fn connection(
     let drain_until = end_us + 5_000_000;
     // The body: scheduled µs, the sender's node (so a receiver can tell a delivery that crossed
     // nodes), padding to --body-bytes.
-    let pad = "x".repeat(body_bytes.saturating_sub(18 + node.len()));
+    let pad = "x".repeat(payload.body_bytes.saturating_sub(18 + node.len()));
+    let mut mid_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     // One timer for the connection, moved rather than made anew on every frame.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -864,7 +887,12 @@ async fn connection(
                 if let Some((conv, _, fanout)) = &role {
                     id += 1;
                     let body = format!("{next_us:016}|{node}|{pad}");
-                    let out = SendFrame { t: "send", id, conv, body: &body };
+                    let mid = if payload.mids {
+                        Some(&*Uuid::new_v4().hyphenated().encode_lower(&mut mid_text))
+                    } else {
+                        None
+                    };
+                    let out = SendFrame { t: "send", id, conv, mid, body: &body };
                     if ws.send(encode(&out)).await.is_err() {
                         r.counts.errors += 1;
                         break;
@@ -1296,6 +1324,7 @@ fn main() {
         mix,
         group_size: args.group_size,
         body_bytes: args.body_bytes,
+        mids: !args.no_mids,
         idle: args.idle,
         businesses,
         start_us: 0,

@@ -260,28 +260,13 @@ impl SqlStore {
             .collect();
         match &self.pool {
             Pool::Pg(p) => {
-                let hits = if client_mids.is_empty() {
-                    Vec::new()
-                } else {
-                    let rows = sqlx::query(
-                        "SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid = ANY($1::uuid[])",
-                    )
-                    .bind(&client_mids)
-                    .fetch_all(p)
-                    .await
-                    .map_err(classify)?;
-                    rows.iter()
-                        .map(|r| existing_mid!(r))
-                        .collect::<Result<_, _>>()?
-                };
-                let (results, kept) = leave_out_stored(batches, &hits);
-                // A mid stored between the look-up and this statement fails it with a unique
-                // violation, which `append` isolates; nothing is half written, as the one
-                // statement is its own transaction.
-                if !kept.is_empty() {
-                    pg_write_rows(p, &kept).await.map_err(classify)?;
-                }
-                Ok(results)
+                // The look-up of stored mids travels in the write's own statement: a batch with
+                // one is left out there and answered from the rows found. A mid stored between
+                // the look-up and the insert fails the statement with a unique violation, which
+                // `append` isolates; nothing is half written, as the one statement is its own
+                // transaction.
+                let hits = pg_write_rows(p, batches, &client_mids).await?;
+                Ok(leave_out_stored(batches, &hits).0)
             }
             Pool::Lite(p) => {
                 let mut tx = begin_write!(p, Dialect::Lite).map_err(classify)?;
@@ -333,11 +318,16 @@ fn leave_out_stored<'a>(
     (results, kept)
 }
 
-/// PostgreSQL: the messages and the conversations' new `last_seq` in one statement, so one round
-/// trip and one implicit transaction per commit. Whole columns are bound as arrays, so the
-/// statement text is the same whatever the batch size: prepared once and cached.
-async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx::Error> {
-    let n: usize = kept.iter().map(|b| b.messages.len()).sum();
+/// PostgreSQL: the stored rows of `client_mids`, the messages of every batch none of whose
+/// mids is stored, and those conversations' new `last_seq`, in one statement: one round trip and
+/// one implicit transaction per commit. Whole columns are bound as arrays, so the statement text
+/// is the same whatever the batch size: prepared once and cached. Answers the stored mids found.
+async fn pg_write_rows(
+    pool: &PgPool,
+    batches: &[AppendBatch],
+    client_mids: &[Uuid],
+) -> Result<Vec<ExistingMid>, StoreError> {
+    let n: usize = batches.iter().map(|b| b.messages.len()).sum();
     let (mut convs, mut seqs, mut mids, mut senders) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -349,10 +339,10 @@ async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx:
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
-    let mut ids = Vec::with_capacity(kept.len());
-    let mut lasts = Vec::with_capacity(kept.len());
-    let mut times = Vec::with_capacity(kept.len());
-    for b in kept {
+    let mut ids = Vec::with_capacity(batches.len());
+    let mut lasts = Vec::with_capacity(batches.len());
+    let mut times = Vec::with_capacity(batches.len());
+    for b in batches {
         for m in &b.messages {
             convs.push(b.conv.0);
             seqs.push(m.seq);
@@ -368,17 +358,29 @@ async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx:
             times.push(last.at);
         }
     }
-    // A data-modifying WITH runs exactly once, whether or not the outer statement reads it.
-    // The conversations are found with `id = ANY(..)` (an index scan whatever the plan cache
-    // decides; a join with the unnested ids was planned as a hash join over a sequential scan
-    // of the whole table while the table was small), each commit names a conversation once.
-    sqlx::query(
-        "WITH inserted AS (\
+    // A data-modifying WITH runs exactly once, whether or not the outer statement reads it, and
+    // sees the table as it was before the statement: `hits` finds only rows stored earlier.
+    // A batch is left out whole when one of its mids is stored (each commit names a
+    // conversation once, so its conversation names it). The conversations are found with
+    // `id = ANY(..)` (an index scan whatever the plan cache decides; a join with the unnested
+    // ids was planned as a hash join over a sequential scan of the whole table while the table
+    // was small).
+    let rows = sqlx::query(
+        "WITH hits AS (\
+           SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid = ANY($11::uuid[])), \
+         guilty AS (\
+           SELECT r.conv_id FROM UNNEST($3::uuid[], $1::uuid[]) AS r(mid, conv_id) \
+           JOIN hits h ON h.mid = r.mid), \
+         inserted AS (\
            INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
-           SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[])) \
-         UPDATE conversations SET last_seq = ($9::int8[])[array_position($8::uuid[], id)], \
-           last_activity = ($10::int8[])[array_position($8::uuid[], id)] \
-         WHERE id = ANY($8::uuid[])",
+           SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[]) \
+             AS r(conv_id, seq, mid, sender, kind, body, at) \
+           WHERE r.conv_id NOT IN (SELECT conv_id FROM guilty)), \
+         updated AS (\
+           UPDATE conversations SET last_seq = ($9::int8[])[array_position($8::uuid[], id)], \
+             last_activity = ($10::int8[])[array_position($8::uuid[], id)] \
+           WHERE id = ANY($8::uuid[]) AND id NOT IN (SELECT conv_id FROM guilty)) \
+         SELECT mid, conv_id, sender, seq, at FROM hits",
     )
     .bind(&convs)
     .bind(&seqs)
@@ -390,9 +392,11 @@ async fn pg_write_rows(pool: &PgPool, kept: &[&AppendBatch]) -> Result<(), sqlx:
     .bind(&ids)
     .bind(&lasts)
     .bind(&times)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(client_mids)
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    rows.iter().map(|r| existing_mid!(r)).collect()
 }
 
 /// SQLite, in process: multi-row `VALUES`, inside the caller's `BEGIN IMMEDIATE` transaction.

@@ -113,15 +113,16 @@ async fn suite(backend: Backend) {
     );
     assert!(!more);
 
-    // a stored client mid is reported with where it lives; the other batch still commits
+    // a stored client mid is reported with where it lives; its whole batch is left out (the
+    // fresh message beside it too) and the other batch still commits
     let (other, _) = s.create_conversation(direct(a, c)).await.unwrap();
-    let mut retry = msg(13, a, true);
+    let mut retry = msg(14, a, true);
     retry.mid = msgs[1].mid;
     let results = s
         .append(&[
             AppendBatch {
                 conv: conv.id,
-                messages: vec![retry],
+                messages: vec![msg(13, a, true), retry],
             },
             AppendBatch {
                 conv: other.id,
@@ -143,6 +144,19 @@ async fn suite(backend: Backend) {
             .unwrap()
             .last_seq,
         12
+    );
+    let (after, _) = s
+        .history(conv.id, HistoryRange::After(12, None), 50)
+        .await
+        .unwrap();
+    assert!(after.is_empty(), "half a batch stored: {after:?}");
+    assert_eq!(
+        s.load_conversation(other.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        1
     );
 
     // a seq taken by another writer is refused, never stored twice
