@@ -25,6 +25,7 @@
 //! PostgreSQL and Redis process of the machine is measured beside them, so a cluster's report
 //! gives its total RSS and CPU per message split into nodes, PostgreSQL and Redis). Users,
 //! conversations and bodies are made fresh each run (random UUIDs); nothing else is random.
+//! `CHAT_LOAD_BIN=PATH` starts another build of the node (before/after comparisons).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -287,7 +288,10 @@ fn free_port() -> u16 {
 }
 
 fn start_node(args: &Args, businesses: &[(Uuid, Vec<Uuid>)]) -> Started {
-    let bin = env!("CARGO_BIN_EXE_chat-backend");
+    // `CHAT_LOAD_BIN` runs another build of the node, for before/after comparisons.
+    let bin = std::env::var("CHAT_LOAD_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_chat-backend").to_owned());
+    let bin = bin.as_str();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut users = serde_json::Map::new();
     let mut biz = serde_json::Map::new();
