@@ -11,7 +11,6 @@ use chat_actors::ports::{Bus, Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
-
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -203,9 +202,10 @@ pub async fn rekey(config: &Config) -> anyhow::Result<u64> {
         .await
         .context("opening the database")?;
     let (mut total, mut after) = (0, None);
+    let prefix = keys.current_prefix();
     loop {
         let rows = sql
-            .bodies_not_sealed_with(keys.current(), after, REKEY_ROUND)
+            .bodies_not_sealed_with(&prefix, after, REKEY_ROUND)
             .await
             .context("reading bodies to re-encrypt")?;
         let Some(last) = rows.last() else {

@@ -83,6 +83,11 @@ impl Keyring {
         self.keys.first().map_or("", |(id, _)| id.as_str())
     }
 
+    /// How every body sealed with the current key begins, for finding the others.
+    pub fn current_prefix(&self) -> String {
+        format!("{SEALED}{}:", self.current())
+    }
+
     /// The stored form of `body`, sealed with the current key.
     pub fn seal(&self, mid: Mid, body: &str) -> String {
         let Some((id, cipher)) = self.keys.first() else {

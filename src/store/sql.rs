@@ -906,15 +906,15 @@ pub struct StoredBody {
 }
 
 impl SqlStore {
-    /// Up to `limit` bodies after `after` (in primary-key order) not sealed with `key`, with
-    /// the position to continue from: one pass over the table for a whole rekey.
+    /// Up to `limit` bodies after `after` (in primary-key order) that do not begin with
+    /// `prefix` (the current key's, [`super::keyring::Keyring::current_prefix`]), with the
+    /// position to continue from: one pass over the table for a whole rekey.
     pub async fn bodies_not_sealed_with(
         &self,
-        key: &str,
+        prefix: &str,
         after: Option<(ConversationId, Seq)>,
         limit: u64,
     ) -> Result<Vec<StoredBody>, sqlx::Error> {
-        let prefix = format!("\u{1}aes256gcm:{key}:");
         let (conv, seq) = after.map_or((Uuid::nil(), 0), |(c, s)| (c.0, s));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
@@ -926,7 +926,7 @@ impl SqlStore {
             .bind(conv)
             .bind(seq)
             .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
-            .bind(&prefix)
+            .bind(prefix)
             .bind(limit)
             .fetch_all(p)
             .await?;

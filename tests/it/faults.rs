@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, TestNode, admin, outage};
+use crate::helpers::{Backend, Binary, Client, TestNode, admin, assert_kept, outage};
 
 /// Times one request.
 async fn timed(c: &mut Client, t: &str, fields: Value) -> (Value, Duration) {
@@ -207,23 +207,6 @@ async fn send_until_sent(c: &mut Client, conv: &str, body: &str) -> String {
             "no recovery: {r}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every acknowledged mid is in the conversation once, and `seq` runs 1..N with no gap.
-async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
-    let h = c
-        .call("history", json!({"conv": conv, "after": 0, "limit": 200}))
-        .await;
-    let messages = h["messages"].as_array().unwrap();
-    let seqs: Vec<i64> = messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    for mid in acked {
-        let copies = messages.iter().filter(|m| m["mid"] == mid.as_str()).count();
-        assert_eq!(copies, 1, "{mid} is there {copies} times");
     }
 }
 

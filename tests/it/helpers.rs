@@ -611,3 +611,31 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// `conv`'s history is exactly seq 1..N and holds each of `acked` (mids answered `sent`) once;
+/// read page by page, so any length is checked.
+pub async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
+    let mut messages = Vec::new();
+    loop {
+        let after = messages.len();
+        let h = c
+            .call(
+                "history",
+                json!({"conv": conv, "after": after, "limit": 100}),
+            )
+            .await;
+        messages.extend(h["messages"].as_array().unwrap().iter().cloned());
+        if h["more"] != true {
+            break;
+        }
+    }
+    let seqs: Vec<i64> = messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    for mid in acked {
+        let copies = messages.iter().filter(|m| m["mid"] == mid.as_str()).count();
+        assert_eq!(copies, 1, "{mid} is there {copies} times");
+    }
+}

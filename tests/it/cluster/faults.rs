@@ -3,8 +3,8 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{PrivateRedis, assert_kept, cluster, cluster_on, group, owner};
-use crate::helpers::{Backend, Client, TestDb, free_port};
+use super::{PrivateRedis, cluster, cluster_on, group, owner};
+use crate::helpers::{Backend, Client, TestDb, assert_kept, free_port};
 
 #[tokio::test]
 async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals() {

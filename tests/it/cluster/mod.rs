@@ -69,35 +69,6 @@ pub fn owner_among(conv: &str, live: &[String]) -> usize {
     live.iter().position(|n| n == owner).unwrap()
 }
 
-/// `conv`'s history is exactly seq 1..N and holds every one of `acked` (mids answered `sent`);
-/// read page by page, so any length is checked.
-pub async fn assert_kept(c: &mut Client, conv: &str, acked: &[String]) {
-    let mut messages = Vec::new();
-    loop {
-        let after = messages.len();
-        let h = c
-            .call(
-                "history",
-                json!({"conv": conv, "after": after, "limit": 100}),
-            )
-            .await;
-        messages.extend(h["messages"].as_array().unwrap().iter().cloned());
-        if h["more"] != true {
-            break;
-        }
-    }
-    let seqs: Vec<i64> = messages
-        .iter()
-        .map(|m| m["seq"].as_i64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    let stored: std::collections::HashSet<&str> =
-        messages.iter().filter_map(|m| m["mid"].as_str()).collect();
-    for mid in acked {
-        assert!(stored.contains(mid.as_str()), "lost {mid}");
-    }
-}
-
 /// A Redis server of the test's own (the shared one must not be stopped under other tests).
 pub struct PrivateRedis {
     port: u16,

@@ -9,8 +9,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{PrivateRedis, assert_kept, owner_among, redis_url};
-use crate::helpers::{Backend, Client, TestDb, free_port, outage, token};
+use super::{PrivateRedis, owner_among, redis_url};
+use crate::helpers::{Backend, Client, TestDb, assert_kept, free_port, outage, token};
 
 /// N nodes and nginx started by `scripts/cluster` in a directory of the test's own, on ports of
 /// their own; stopped by the same script when dropped, so a failed test leaves nothing running.
