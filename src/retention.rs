@@ -1,11 +1,12 @@
 //! The expiry job: erases deleted bodies after the audit period and removes messages past the
-//! retention period. On PostgreSQL an advisory lock makes it run on one node at a time.
+//! retention period (on PostgreSQL a week's partition at a time, src/store/partitions.rs). On
+//! PostgreSQL an advisory lock makes it run on one node at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chat_actors::clock::now_ms;
-use chat_actors::ports::Store;
+use chat_actors::ports::{Purged, Store};
 use tokio_util::sync::CancellationToken;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -23,8 +24,12 @@ pub async fn run(
         let retention_cutoff = now - i64::from(retention_days) * DAY_MS;
         let audit_cutoff = now - i64::from(audit_days) * DAY_MS;
         match store.purge(retention_cutoff, audit_cutoff).await {
-            Ok((0, 0)) => {}
-            Ok((erased, removed)) => tracing::info!(erased, removed, "retention job"),
+            Ok(done) if done == Purged::default() => {}
+            Ok(Purged {
+                erased,
+                removed,
+                partitions,
+            }) => tracing::info!(erased, removed, partitions, "retention job"),
             Err(e) => tracing::warn!(error = %e, "retention job failed; retrying next round"),
         }
         tokio::select! {

@@ -250,12 +250,20 @@ pub trait Store: Send + Sync + 'static {
     /// Which of `ids` are businesses with a conversation here.
     async fn businesses_among(&self, ids: &[UserId]) -> Result<Vec<UserId>, StoreError>;
     /// Erases the bodies of messages deleted before `audit_cutoff` and removes messages older
-    /// than `retention_cutoff`; returns (erased, removed). Skips when another node holds the job.
-    async fn purge(
-        &self,
-        retention_cutoff: i64,
-        audit_cutoff: i64,
-    ) -> Result<(u64, u64), StoreError>;
+    /// than `retention_cutoff` (where the store keeps them by week, a week once all of it is
+    /// older). Stops when another node holds the job.
+    async fn purge(&self, retention_cutoff: i64, audit_cutoff: i64) -> Result<Purged, StoreError>;
+}
+
+/// What one run of the expiry job did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Deleted bodies erased.
+    pub erased: u64,
+    /// Messages removed one by one.
+    pub removed: u64,
+    /// Whole partitions dropped (PostgreSQL: a week of messages each).
+    pub partitions: u64,
 }
 
 /// The batching writer: takes a conversation's batch, calls `done` after its commit (or failure).

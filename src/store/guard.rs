@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, Store, StoreError,
+    NewConversation, Purged, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 use tokio::sync::Semaphore;
@@ -254,11 +254,7 @@ impl Store for GuardedStore {
         self.read(self.inner.businesses_among(ids)).await
     }
 
-    async fn purge(
-        &self,
-        retention_cutoff: i64,
-        audit_cutoff: i64,
-    ) -> Result<(u64, u64), StoreError> {
+    async fn purge(&self, retention_cutoff: i64, audit_cutoff: i64) -> Result<Purged, StoreError> {
         self.read(self.inner.purge(retention_cutoff, audit_cutoff))
             .await
     }

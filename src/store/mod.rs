@@ -6,6 +6,7 @@
 
 pub mod guard;
 pub mod keyring;
+pub mod partitions;
 pub mod postgres;
 pub mod sealed;
 mod sql;
@@ -48,8 +49,8 @@ impl From<sqlx::migrate::MigrateError> for ConnectError {
     }
 }
 
-/// Opens the database named by `url` (`sqlite://PATH` or `postgres://...`) and applies the
-/// migrations.
+/// Opens the database named by `url` (`sqlite://PATH` or `postgres://...`), applies the
+/// migrations and, on PostgreSQL, makes the coming weeks' message partitions.
 pub async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, ConnectError> {
     let store = if url.starts_with("sqlite:") {
         SqlStore::sqlite(sqlite::connect(url).await?)
@@ -59,5 +60,6 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, Connec
         return Err(ConnectError::Scheme(crate::config::redact_url(url)));
     };
     store.migrate().await?;
+    store.prepare_partitions().await?;
     Ok(store)
 }

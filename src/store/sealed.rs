@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, NewMessage, Store, StoreError,
+    NewConversation, NewMessage, Purged, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 
@@ -176,11 +176,7 @@ impl Store for SealedStore {
         self.inner.businesses_among(ids).await
     }
 
-    async fn purge(
-        &self,
-        retention_cutoff: i64,
-        audit_cutoff: i64,
-    ) -> Result<(u64, u64), StoreError> {
+    async fn purge(&self, retention_cutoff: i64, audit_cutoff: i64) -> Result<Purged, StoreError> {
         self.inner.purge(retention_cutoff, audit_cutoff).await
     }
 }

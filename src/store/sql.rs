@@ -7,17 +7,35 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
-    MemberRecord, MembershipChange, NewConversation, Store, StoreError,
+    MemberRecord, MembershipChange, NewConversation, Purged, Store, StoreError,
 };
 use chat_actors::protocol::{ConversationKind, MessageObject, Role};
 use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 use uuid::Uuid;
 
+use super::partitions;
+
 /// The most rows in one multi-row statement (SQLite allows 32766 parameters).
 const ROWS_PER_STATEMENT: usize = 2000;
+
+/// PostgreSQL: narrows a `WHERE … mid = …` on `messages` to where that message is, found in
+/// the registry of mids (or among the rows kept from before partitioning): weeks have no mid
+/// index of their own, and the `at` found names the one week to look in (an init-plan, so
+/// PostgreSQL prunes the others when it runs the statement).
+fn push_located<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, mid: Mid)
+where
+    for<'t> Uuid: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    q.push(" AND (conv_id, seq, at) = (SELECT conv_id, seq, at FROM message_mids WHERE mid = ")
+        .push_bind(mid.0)
+        .push(" UNION ALL SELECT conv_id, seq, at FROM messages_default WHERE mid = ")
+        .push_bind(mid.0)
+        .push(" LIMIT 1)");
+}
 
 /// The columns of a message, in the order [`message!`] reads them. A deleted body is hidden.
 const MESSAGE_COLUMNS: &str = "conv_id, seq, mid, sender, kind, \
@@ -143,16 +161,20 @@ fn corrupt(what: &str) -> sqlx::Error {
 }
 
 /// Converts a driver error once, by what the caller does next. A unique violation is told apart
-/// by the constraint it broke: PostgreSQL names it; SQLite names the columns in its message.
+/// by the constraint it broke: PostgreSQL names it (a partition's index: `messages_20261130_mid`,
+/// `message_mids_20261130_mid`, `messages_default_pkey`); SQLite names the columns in its
+/// message.
 fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
-            let named = |constraint: &str, columns: &str| {
-                db.constraint() == Some(constraint) || db.message().contains(columns)
+            let named = |suffixes: &[&str], columns: &str| {
+                db.constraint().is_some_and(|c| {
+                    c.starts_with("message") && suffixes.iter().any(|s| c.ends_with(s))
+                }) || db.message().contains(columns)
             };
-            if named("messages_pkey", "messages.conv_id, messages.seq") {
+            if named(&["_pkey", "_seq"], "messages.conv_id, messages.seq") {
                 StoreError::SeqTaken
-            } else if named("messages_mid", "messages.mid") {
+            } else if named(&["_mid"], "messages.mid") {
                 StoreError::MidTaken
             } else {
                 StoreError::Unavailable(Box::new(e))
@@ -245,10 +267,13 @@ impl SqlStore {
         })
     }
 
-    /// One transaction for the batches; Err means the whole transaction failed.
+    /// One transaction for the batches; Err means the whole transaction failed. `everywhere`:
+    /// look stored mids up in the current span of PostgreSQL's mid registry too (its unique
+    /// index catches them at insert otherwise; see `pg_write_rows`).
     async fn append_once(
         &self,
         batches: &[AppendBatch],
+        everywhere: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // Client-chosen mids may be stored already (a retry, or a clash): find them first, so
         // the batches they belong to are left out instead of failing the transaction.
@@ -264,9 +289,22 @@ impl SqlStore {
                 // one is left out there and answered from the rows found. A mid stored between
                 // the look-up and the insert fails the statement with a unique violation, which
                 // `append` isolates; nothing is half written, as the one statement is its own
-                // transaction.
-                let hits = pg_write_rows(p, batches, &client_mids).await?;
-                Ok(leave_out_stored(batches, &hits).0)
+                // transaction. A batch whose conversation moved on meanwhile (another owner
+                // wrote) is left out too, and answered SeqTaken.
+                let now = now_ms();
+                let below = if everywhere {
+                    i64::MAX
+                } else {
+                    partitions::MIDS.containing(now).start()
+                };
+                let (hits, fenced) = pg_write_rows(p, batches, &client_mids, now, below).await?;
+                let (mut results, _) = leave_out_stored(batches, &hits);
+                for (b, r) in batches.iter().zip(&mut results) {
+                    if r.is_ok() && fenced.contains(&b.conv.0) {
+                        *r = Err(StoreError::SeqTaken);
+                    }
+                }
+                Ok(results)
             }
             Pool::Lite(p) => {
                 let mut tx = begin_write!(p, Dialect::Lite).map_err(classify)?;
@@ -321,12 +359,15 @@ fn leave_out_stored<'a>(
 /// PostgreSQL: the stored rows of `client_mids`, the messages of every batch none of whose
 /// mids is stored, and those conversations' new `last_seq`, in one statement: one round trip and
 /// one implicit transaction per commit. Whole columns are bound as arrays, so the statement text
-/// is the same whatever the batch size: prepared once and cached. Answers the stored mids found.
+/// is the same whatever the batch size: prepared once and cached. Answers the stored mids found
+/// and the conversations whose `last_seq` was no longer the one the batch follows.
 async fn pg_write_rows(
     pool: &PgPool,
     batches: &[AppendBatch],
     client_mids: &[Uuid],
-) -> Result<Vec<ExistingMid>, StoreError> {
+    now: i64,
+    filed_below: i64,
+) -> Result<(Vec<ExistingMid>, Vec<Uuid>), StoreError> {
     let n: usize = batches.iter().map(|b| b.messages.len()).sum();
     let (mut convs, mut seqs, mut mids, mut senders) = (
         Vec::with_capacity(n),
@@ -342,6 +383,7 @@ async fn pg_write_rows(
     let mut ids = Vec::with_capacity(batches.len());
     let mut lasts = Vec::with_capacity(batches.len());
     let mut times = Vec::with_capacity(batches.len());
+    let mut follows = Vec::with_capacity(batches.len());
     for b in batches {
         for m in &b.messages {
             convs.push(b.conv.0);
@@ -352,10 +394,11 @@ async fn pg_write_rows(
             bodies.push(m.body.as_str());
             ats.push(m.at);
         }
-        if let Some(last) = b.messages.last() {
+        if let (Some(first), Some(last)) = (b.messages.first(), b.messages.last()) {
             ids.push(b.conv.0);
             lasts.push(last.seq);
             times.push(last.at);
+            follows.push(first.seq - 1);
         }
     }
     // A data-modifying WITH runs exactly once, whether or not the outer statement reads it, and
@@ -365,22 +408,47 @@ async fn pg_write_rows(
     // `id = ANY(..)` (an index scan whatever the plan cache decides; a join with the unnested
     // ids was planned as a hash join over a sequential scan of the whole table while the table
     // was small).
+    //
+    // The order of a conversation is fenced here: its `last_seq` moves only from the seq the
+    // batch follows (a compare-and-set), and its messages go in only where it moved. Two owners
+    // for a moment both write the row; the second waits for the first's commit, then finds
+    // `last_seq` changed and stores nothing. (The messages' own (conv_id, seq) index is unique
+    // only within a week's partition.)
+    //
+    // Stored mids are looked up in the registry of mids (`message_mids`, src/store/partitions.rs)
+    // and in the rows kept from before partitioning; every mid stored is filed there in the same
+    // statement. The look-up skips the registry's current span (`filed_below`): its unique
+    // index refuses a stored mid at the insert, which fails the statement (MidTaken) and makes
+    // `append` retry each batch alone, looking everywhere. A retry the conversation's own cache
+    // did not answer is rare; a probe of a large index with random keys for every message is
+    // not (each span probed cost ~20 µs a message at 1,000 msgs/s).
     let rows = sqlx::query(
         "WITH hits AS (\
-           SELECT mid, conv_id, sender, seq, at FROM messages WHERE mid = ANY($11::uuid[])), \
+           SELECT mid, conv_id, sender, seq, at FROM message_mids WHERE mid = ANY($11::uuid[]) AND filed < $14 \
+           UNION SELECT mid, conv_id, sender, seq, at FROM messages_default WHERE mid = ANY($11::uuid[])), \
          guilty AS (\
            SELECT r.conv_id FROM UNNEST($3::uuid[], $1::uuid[]) AS r(mid, conv_id) \
            JOIN hits h ON h.mid = r.mid), \
+         updated AS (\
+           UPDATE conversations SET last_seq = ($9::int8[])[array_position($8::uuid[], id)], \
+             last_activity = ($10::int8[])[array_position($8::uuid[], id)] \
+           WHERE id = ANY($8::uuid[]) AND last_seq = ($12::int8[])[array_position($8::uuid[], id)] \
+             AND id NOT IN (SELECT conv_id FROM guilty) \
+           RETURNING id), \
          inserted AS (\
            INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
            SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[]) \
              AS r(conv_id, seq, mid, sender, kind, body, at) \
-           WHERE r.conv_id NOT IN (SELECT conv_id FROM guilty)), \
-         updated AS (\
-           UPDATE conversations SET last_seq = ($9::int8[])[array_position($8::uuid[], id)], \
-             last_activity = ($10::int8[])[array_position($8::uuid[], id)] \
-           WHERE id = ANY($8::uuid[]) AND id NOT IN (SELECT conv_id FROM guilty)) \
-         SELECT mid, conv_id, sender, seq, at FROM hits",
+           WHERE r.conv_id IN (SELECT id FROM updated)), \
+         filed AS (\
+           INSERT INTO message_mids (mid, conv_id, sender, seq, at, filed) \
+           SELECT r.mid, r.conv_id, r.sender, r.seq, r.at, $13 \
+           FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $7::int8[]) AS r(conv_id, seq, mid, sender, at) \
+           WHERE r.conv_id IN (SELECT id FROM updated)) \
+         SELECT mid, conv_id, sender, seq, at FROM hits \
+         UNION ALL \
+         SELECT NULL::uuid, f.id, NULL::uuid, NULL::int8, NULL::int8 FROM UNNEST($8::uuid[]) AS f(id) \
+         WHERE f.id NOT IN (SELECT id FROM updated) AND f.id NOT IN (SELECT conv_id FROM guilty)",
     )
     .bind(&convs)
     .bind(&seqs)
@@ -393,10 +461,22 @@ async fn pg_write_rows(
     .bind(&lasts)
     .bind(&times)
     .bind(client_mids)
+    .bind(&follows)
+    .bind(now)
+    .bind(filed_below)
     .fetch_all(pool)
     .await
     .map_err(classify)?;
-    rows.iter().map(|r| existing_mid!(r)).collect()
+    let mut hits = Vec::new();
+    let mut fenced = Vec::new();
+    for row in &rows {
+        // A fenced conversation's row has no mid.
+        match row.try_get::<Option<Uuid>, _>(0).map_err(classify)? {
+            Some(_) => hits.push(existing_mid!(row)?),
+            None => fenced.push(row.try_get::<Uuid, _>(1).map_err(classify)?),
+        }
+    }
+    Ok((hits, fenced))
 }
 
 /// SQLite, in process: multi-row `VALUES`, inside the caller's `BEGIN IMMEDIATE` transaction.
@@ -538,16 +618,17 @@ impl Store for SqlStore {
     }
 
     async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
-        match self.append_once(batches).await {
+        match self.append_once(batches, false).await {
             Ok(results) => results,
-            // A race with another writer (two owners for a moment, or a mid stored meanwhile):
-            // retry each batch alone, so the others still commit and only the guilty batch is
-            // refused — with SeqTaken (its conversation reloads and renumbers) or, its mid now
-            // found by the look-up, DuplicateMids.
+            // A race with another writer (two owners for a moment, or a mid stored meanwhile),
+            // or a mid stored in the registry's current span: retry each batch alone, looking
+            // everywhere, so the others still commit and only the guilty batch is refused —
+            // with SeqTaken (its conversation reloads and renumbers) or, its mid now found by
+            // the look-up, DuplicateMids.
             Err(e) if is_race(&e) && (batches.len() > 1 || matches!(e, StoreError::MidTaken)) => {
                 let mut results = Vec::with_capacity(batches.len());
                 for b in batches {
-                    let one = self.append_once(std::slice::from_ref(b)).await;
+                    let one = self.append_once(std::slice::from_ref(b), true).await;
                     results.push(match one {
                         Ok(mut r) => r.pop().unwrap_or(Ok(())),
                         Err(e) => Err(e),
@@ -606,6 +687,24 @@ impl Store for SqlStore {
                     .map_err(classify)?;
             }
             if let Some(m) = &change.system {
+                // The same fence as a commit's: `last_seq` moves only from the seq before this
+                // message; another owner who wrote meanwhile makes this change SeqTaken (the
+                // transaction rolls back when dropped).
+                let moved = sqlx::query(
+                    "UPDATE conversations SET last_seq = $1, last_activity = $2 \
+                     WHERE id = $3 AND last_seq = $4",
+                )
+                .bind(m.seq)
+                .bind(m.at)
+                .bind(conv.0)
+                .bind(m.seq - 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+                if moved == 0 {
+                    return Err(StoreError::SeqTaken);
+                }
                 sqlx::query(
                     "INSERT INTO messages (conv_id, seq, mid, sender, kind, body, at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -620,15 +719,21 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-                sqlx::query(
-                    "UPDATE conversations SET last_seq = $1, last_activity = $2 WHERE id = $3",
-                )
-                .bind(m.seq)
-                .bind(m.at)
-                .bind(conv.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
+                if d == Dialect::Pg {
+                    sqlx::query(
+                        "INSERT INTO message_mids (mid, conv_id, sender, seq, at, filed) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(m.mid.0)
+                    .bind(conv.0)
+                    .bind(m.sender.0)
+                    .bind(m.seq)
+                    .bind(m.at)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
             }
             tx.commit().await.map_err(classify)
         })
@@ -722,6 +827,9 @@ impl Store for SqlStore {
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE mid = "
             ));
             q.push_bind(mid.0);
+            if d == Dialect::Pg {
+                push_located(&mut q, mid);
+            }
             let row = q.build().fetch_optional(p).await.map_err(classify)?;
             match row {
                 Some(row) => {
@@ -734,15 +842,16 @@ impl Store for SqlStore {
     }
 
     async fn mark_deleted(&self, mid: Mid, at: i64) -> Result<(), StoreError> {
-        on_pool!(self, |p, d| sqlx::query(
-            "UPDATE messages SET deleted_at = $1 WHERE mid = $2 AND deleted_at IS NULL"
-        )
-        .bind(at)
-        .bind(mid.0)
-        .execute(p)
-        .await
-        .map(|_| ())
-        .map_err(classify))
+        on_pool!(self, |p, d| {
+            let mut q = QueryBuilder::new("UPDATE messages SET deleted_at = ");
+            q.push_bind(at)
+                .push(" WHERE deleted_at IS NULL AND mid = ")
+                .push_bind(mid.0);
+            if d == Dialect::Pg {
+                push_located(&mut q, mid);
+            }
+            q.build().execute(p).await.map(|_| ()).map_err(classify)
+        })
     }
 
     async fn last_message_and_unread(
@@ -752,11 +861,17 @@ impl Store for SqlStore {
         last_read: Seq,
     ) -> Result<(Option<MessageObject>, i64), StoreError> {
         on_pool!(self, |p, d| {
-            let mut q = QueryBuilder::new(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conv_id = "
-            ));
-            q.push_bind(conv.0).push(" ORDER BY seq DESC LIMIT 1");
-            let row = q.build().fetch_optional(p).await.map_err(classify)?;
+            // The newest message, as in `lasts_and_unreads`: one partition looked in.
+            let row = sqlx::query(
+                "SELECT msg.conv_id, msg.seq, msg.mid, msg.sender, msg.kind, \
+                 CASE WHEN msg.deleted_at IS NULL THEN msg.body END, msg.at, msg.deleted_at \
+                 FROM conversations c JOIN messages msg ON msg.conv_id = c.id \
+                 AND msg.seq = c.last_seq AND msg.at = c.last_activity WHERE c.id = $1",
+            )
+            .bind(conv.0)
+            .fetch_optional(p)
+            .await
+            .map_err(classify)?;
             let last = match row {
                 Some(row) => {
                     let read = || -> Result<MessageObject, sqlx::Error> { Ok(message!(&row)) };
@@ -870,19 +985,27 @@ impl Store for SqlStore {
         })
     }
 
-    async fn purge(
-        &self,
-        retention_cutoff: i64,
-        audit_cutoff: i64,
-    ) -> Result<(u64, u64), StoreError> {
-        let mut done = (0, 0);
-        loop {
-            let (erased, removed) = self
-                .purge_batch(retention_cutoff, audit_cutoff, PURGE_BATCH)
-                .await?;
-            done = (done.0 + erased, done.1 + removed);
-            if erased < PURGE_BATCH && removed < PURGE_BATCH {
-                return Ok(done);
+    async fn purge(&self, retention_cutoff: i64, audit_cutoff: i64) -> Result<Purged, StoreError> {
+        match &self.pool {
+            // Weeks ahead first: the job is also what keeps them ready on a long-running node.
+            Pool::Pg(p) => {
+                partitions::prepare(p, now_ms()).await.map_err(classify)?;
+                partitions::expire(p, retention_cutoff, audit_cutoff, PURGE_BATCH)
+                    .await
+                    .map_err(classify)
+            }
+            Pool::Lite(_) => {
+                let mut done = Purged::default();
+                loop {
+                    let (erased, removed) = self
+                        .purge_batch(retention_cutoff, audit_cutoff, PURGE_BATCH)
+                        .await?;
+                    done.erased += erased;
+                    done.removed += removed;
+                    if erased < PURGE_BATCH && removed < PURGE_BATCH {
+                        return Ok(done);
+                    }
+                }
             }
         }
     }
@@ -901,6 +1024,8 @@ pub struct StoredBody {
     pub seq: Seq,
     /// Its message's mid (the associated data of a sealed body).
     pub mid: Mid,
+    /// Its message's time: on PostgreSQL, which week partition holds it.
+    pub at: i64,
     /// As stored: sealed, or in the clear.
     pub body: String,
 }
@@ -919,7 +1044,7 @@ impl SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         on_pool!(self, |p, _d| {
             let rows = sqlx::query(
-                "SELECT conv_id, seq, mid, body FROM messages \
+                "SELECT conv_id, seq, mid, body, at FROM messages \
                  WHERE (conv_id, seq) > ($1, $2) AND body IS NOT NULL \
                  AND substr(body, 1, $3) <> $4 ORDER BY conv_id, seq LIMIT $5",
             )
@@ -937,6 +1062,7 @@ impl SqlStore {
                         seq: row.try_get(1)?,
                         mid: Mid(row.try_get::<Uuid, _>(2)?),
                         body: row.try_get(3)?,
+                        at: row.try_get(4)?,
                     })
                 })
                 .collect()
@@ -956,12 +1082,14 @@ impl SqlStore {
             let mut changed = 0;
             for (row, body) in rows.iter().zip(bodies) {
                 changed += sqlx::query(
-                    "UPDATE messages SET body = $1 WHERE conv_id = $2 AND seq = $3 AND body = $4",
+                    "UPDATE messages SET body = $1 WHERE conv_id = $2 AND seq = $3 AND body = $4 \
+                     AND at = $5",
                 )
                 .bind(body)
                 .bind(row.conv.0)
                 .bind(row.seq)
                 .bind(&row.body)
+                .bind(row.at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -971,10 +1099,17 @@ impl SqlStore {
         })
     }
 
-    /// One round of the expiry job, its own transaction: erases up to `limit` deleted bodies
-    /// past the audit period and removes up to `limit` messages past retention. On PostgreSQL
-    /// it runs on one node at a time (an advisory lock: another node finds it taken and does
-    /// nothing this round).
+    /// Creates PostgreSQL's week partitions up to two weeks ahead (nothing on SQLite): before a
+    /// node serves, so every message it stores has its table.
+    pub async fn prepare_partitions(&self) -> Result<u64, sqlx::Error> {
+        match &self.pool {
+            Pool::Pg(p) => partitions::prepare(p, now_ms()).await,
+            Pool::Lite(_) => Ok(0),
+        }
+    }
+
+    /// SQLite: one round of the expiry job, its own transaction: erases up to `limit` deleted
+    /// bodies past the audit period and removes up to `limit` messages past retention.
     async fn purge_batch(
         &self,
         retention_cutoff: i64,
@@ -984,15 +1119,6 @@ impl SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         on_pool!(self, |p, d| {
             let mut tx = begin_write!(p, d).map_err(classify)?;
-            if d == Dialect::Pg {
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7321)")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(classify)?;
-                if !got {
-                    return Ok((0, 0));
-                }
-            }
             let erased = sqlx::query(
                 "UPDATE messages SET body = NULL WHERE (conv_id, seq) IN (SELECT conv_id, seq \
                  FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
@@ -1019,7 +1145,9 @@ impl SqlStore {
         })
     }
 
-    /// The newest message of each conversation and `user`'s unread count in each.
+    /// The newest message of each conversation and `user`'s unread count in each. The newest is
+    /// found by `last_seq` and, as the two are written together, `last_activity` is its `at`:
+    /// on PostgreSQL that names the one week partition to look in.
     async fn lasts_and_unreads(
         &self,
         user: UserId,
@@ -1041,7 +1169,7 @@ impl SqlStore {
                 "SELECT msg.conv_id, msg.seq, msg.mid, msg.sender, msg.kind, \
                  CASE WHEN msg.deleted_at IS NULL THEN msg.body END, msg.at, msg.deleted_at \
                  FROM conversations c JOIN messages msg ON msg.conv_id = c.id AND msg.seq = c.last_seq \
-                 WHERE c.id IN (",
+                 AND msg.at = c.last_activity WHERE c.id IN (",
             );
             let mut list = q.separated(", ");
             for c in convs {

@@ -10,6 +10,7 @@ mod encryption;
 mod faults;
 mod helpers;
 mod http;
+mod partitions;
 mod profiles;
 mod protocol_doc;
 mod store;

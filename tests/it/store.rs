@@ -3,7 +3,7 @@
 use chat_actors::ids::{ConversationId, Mid, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, MemberRecord, MembershipChange,
-    NewConversation, NewMessage, Store, StoreError,
+    NewConversation, NewMessage, Purged, Store, StoreError,
 };
 use chat_actors::protocol::{ConversationKind, Role};
 use chat_backend::store::{self, SqlStore};
@@ -16,7 +16,8 @@ async fn open(backend: Backend) -> (SqlStore, TestDb) {
     (s, db)
 }
 
-fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
+/// A member row (shared with the partition tests).
+pub(crate) fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
     MemberRecord {
         user,
         role,
@@ -26,7 +27,8 @@ fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
     }
 }
 
-fn direct(a: UserId, b: UserId) -> NewConversation {
+/// A new direct conversation of `a` and `b` (shared with the partition tests).
+pub(crate) fn direct(a: UserId, b: UserId) -> NewConversation {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     NewConversation {
         record: ConversationRecord {
@@ -281,8 +283,8 @@ async fn suite(backend: Backend) {
     assert_eq!(list[0].unread, 0);
 
     // retention: deleted bodies erased after the audit period, old messages removed
-    let (erased, removed) = s.purge(1003, 6000).await.unwrap();
-    assert_eq!((erased, removed), (1, 3));
+    let done = s.purge(1003, 6000).await.unwrap();
+    assert_eq!((done.erased, done.removed), (1, 3));
     let (page, _) = s
         .history(conv.id, HistoryRange::After(0, None), 200)
         .await
@@ -480,8 +482,8 @@ async fn expiry_suite(backend: Backend) {
     s.mark_deleted(recent[0].mid, 11_000).await.unwrap();
     s.mark_deleted(recent[1].mid, 19_000).await.unwrap();
 
-    let (erased, removed) = s.purge(5_000, 15_000).await.unwrap();
-    assert_eq!((erased, removed), (1, 2500));
+    let done = s.purge(5_000, 15_000).await.unwrap();
+    assert_eq!((done.erased, done.removed), (1, 2500));
     // What is left: the three recent messages, seq continuing.
     let (page, more) = s
         .history(conv.id, HistoryRange::After(0, None), 200)
@@ -528,7 +530,7 @@ async fn expiry_suite(backend: Backend) {
     );
     assert!(page[1].body.is_none(), "a deleted body reached a client");
     // A second run finds nothing more to do.
-    assert_eq!(s.purge(5_000, 15_000).await.unwrap(), (0, 0));
+    assert_eq!(s.purge(5_000, 15_000).await.unwrap(), Purged::default());
     s.close().await;
 }
 

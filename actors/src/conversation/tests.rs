@@ -19,8 +19,8 @@ use crate::directory::Directory;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{
     AppendBatch, Bus, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
-    MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles, ProfilesError, Store,
-    StoreError, Writer,
+    MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles, ProfilesError, Purged,
+    Store, StoreError, Writer,
 };
 use crate::protocol::{ConversationKind, ErrorCode, MessageObject, Profile, Rejection, Role};
 use crate::rules::Limits;
@@ -169,7 +169,7 @@ impl Store for MemoryStore {
     async fn agent_loads(&self, _: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {
         Err(not_here())
     }
-    async fn purge(&self, _: i64, _: i64) -> Result<(u64, u64), StoreError> {
+    async fn purge(&self, _: i64, _: i64) -> Result<Purged, StoreError> {
         Err(not_here())
     }
     async fn businesses_among(&self, _: &[UserId]) -> Result<Vec<UserId>, StoreError> {
