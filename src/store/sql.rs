@@ -419,7 +419,7 @@ async fn pg_write_rows(
     // and in the rows kept from before partitioning; every mid stored is filed there in the same
     // statement. The look-up skips the registry's current span (`filed_below`): its unique
     // index refuses a stored mid at the insert, which fails the statement (MidTaken) and makes
-    // `append` retry each batch alone, looking everywhere. A retry the conversation's own cache
+    // `append` run the commit again, looking everywhere. A retry the conversation's own cache
     // did not answer is rare; a probe of a large index with random keys for every message is
     // not (each span probed cost ~20 µs a message at 1,000 msgs/s).
     let rows = sqlx::query(
@@ -618,13 +618,20 @@ impl Store for SqlStore {
     }
 
     async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
-        match self.append_once(batches, false).await {
+        let mut outcome = self.append_once(batches, false).await;
+        if matches!(outcome, Err(StoreError::MidTaken)) {
+            // Most likely a retry whose mid is in the registry's current span, which the first
+            // look-up skips: the same commit again, looking everywhere, leaves its batch out
+            // and stores the others in one statement (after a node's failover many resent
+            // mids come at once; each must not split its commit into one statement a batch).
+            outcome = self.append_once(batches, true).await;
+        }
+        match outcome {
             Ok(results) => results,
-            // A race with another writer (two owners for a moment, or a mid stored meanwhile),
-            // or a mid stored in the registry's current span: retry each batch alone, looking
-            // everywhere, so the others still commit and only the guilty batch is refused —
-            // with SeqTaken (its conversation reloads and renumbers) or, its mid now found by
-            // the look-up, DuplicateMids.
+            // A race with another writer (two owners for a moment, or a mid stored meanwhile):
+            // retry each batch alone, looking everywhere, so the others still commit and only
+            // the guilty batch is refused — with SeqTaken (its conversation reloads and
+            // renumbers) or, its mid now found by the look-up, DuplicateMids.
             Err(e) if is_race(&e) && (batches.len() > 1 || matches!(e, StoreError::MidTaken)) => {
                 let mut results = Vec::with_capacity(batches.len());
                 for b in batches {
