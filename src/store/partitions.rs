@@ -51,8 +51,8 @@ const DETACH_ATTEMPTS: u32 = 20;
 pub struct Layout {
     parent: &'static str,
     width: i64,
-    /// (name suffix, definition) of each span's indexes.
-    indexes: &'static [(&'static str, &'static str)],
+    /// Each span's indexes, `{t}` standing for its table.
+    indexes: &'static [&'static str],
     /// How long after retention's cut-off passes a span's end it is dropped.
     kept_past_retention: i64,
 }
@@ -62,11 +62,8 @@ pub const MESSAGES: Layout = Layout {
     parent: "messages",
     width: WEEK_MS,
     indexes: &[
-        ("seq", "UNIQUE INDEX {t}_seq ON {t} (conv_id, seq)"),
-        (
-            "deleted_at",
-            "INDEX {t}_deleted_at ON {t} (deleted_at) WHERE deleted_at IS NOT NULL",
-        ),
+        "UNIQUE INDEX {t}_seq ON {t} (conv_id, seq)",
+        "INDEX {t}_deleted_at ON {t} (deleted_at) WHERE deleted_at IS NOT NULL",
     ],
     kept_past_retention: 0,
 };
@@ -77,7 +74,7 @@ pub const MESSAGES: Layout = Layout {
 pub const MIDS: Layout = Layout {
     parent: "message_mids",
     width: 13 * WEEK_MS,
-    indexes: &[("mid", "UNIQUE INDEX {t}_mid ON {t} (mid)")],
+    indexes: &["UNIQUE INDEX {t}_mid ON {t} (mid)"],
     kept_past_retention: WEEK_MS,
 };
 
@@ -162,7 +159,7 @@ impl Span {
         let (t, parent) = (self.table(), self.layout.parent);
         let mut sql =
             format!("CREATE TABLE {t} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS); ");
-        for (_, index) in self.layout.indexes {
+        for index in self.layout.indexes {
             sql.push_str("CREATE ");
             sql.push_str(&index.replace("{t}", &t));
             sql.push_str("; ");
@@ -184,13 +181,13 @@ struct Table {
 }
 
 /// Every span table of both layouts, oldest first.
-async fn tables(pool: &PgPool) -> Result<Vec<Table>, sqlx::Error> {
+async fn tables(conn: impl sqlx::PgExecutor<'_>) -> Result<Vec<Table>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT c.relname::text, c.relispartition FROM pg_class c \
          WHERE c.relkind = 'r' AND c.relname LIKE 'message%' \
          AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'messages'::regclass)",
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let mut tables = Vec::new();
     for row in &rows {
@@ -215,20 +212,15 @@ pub async fn prepare(pool: &PgPool, now: i64) -> Result<u64, sqlx::Error> {
         .bind(MAINTENANCE_LOCK)
         .execute(&mut *tx)
         .await?;
+    let existing = tables(&mut *tx).await?;
     let mut created = 0;
     for layout in LAYOUTS {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = $1::regclass",
-        )
-        .bind(layout.parent)
-        .fetch_all(&mut *tx)
-        .await?;
         // Contiguous from the newest span: never below `messages`' default partition's bound,
         // whose rows a week dated inside it would have to be checked against.
-        let mut span = names
+        let mut span = existing
             .iter()
-            .filter_map(|n| layout.from_table(n))
+            .filter(|t| t.attached && t.span.layout == layout)
+            .map(|t| t.span)
             .max_by_key(|s| s.start)
             .map_or_else(|| layout.containing(now), Span::next);
         let last = layout.containing(now + AHEAD_MS);

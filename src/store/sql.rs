@@ -518,6 +518,41 @@ async fn lite_write_rows(
     Ok(())
 }
 
+/// SQLite: one round of the expiry job, its own transaction: erases up to `limit` deleted
+/// bodies past the audit period and removes up to `limit` messages past retention.
+async fn lite_purge_round(
+    pool: &SqlitePool,
+    retention_cutoff: i64,
+    audit_cutoff: i64,
+    limit: u64,
+) -> Result<(u64, u64), StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut tx = begin_write!(pool, Dialect::Lite).map_err(classify)?;
+    let erased = sqlx::query(
+        "UPDATE messages SET body = NULL WHERE (conv_id, seq) IN (SELECT conv_id, seq \
+         FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
+         AND body IS NOT NULL LIMIT $2)",
+    )
+    .bind(audit_cutoff)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?
+    .rows_affected();
+    let removed = sqlx::query(
+        "DELETE FROM messages WHERE (conv_id, seq) IN (SELECT conv_id, seq \
+         FROM messages WHERE at < $1 LIMIT $2)",
+    )
+    .bind(retention_cutoff)
+    .bind(limit)
+    .execute(&mut *tx)
+    .await
+    .map_err(classify)?
+    .rows_affected();
+    tx.commit().await.map_err(classify)?;
+    Ok((erased, removed))
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1001,12 +1036,11 @@ impl Store for SqlStore {
                     .await
                     .map_err(classify)
             }
-            Pool::Lite(_) => {
+            Pool::Lite(p) => {
                 let mut done = Purged::default();
                 loop {
-                    let (erased, removed) = self
-                        .purge_batch(retention_cutoff, audit_cutoff, PURGE_BATCH)
-                        .await?;
+                    let (erased, removed) =
+                        lite_purge_round(p, retention_cutoff, audit_cutoff, PURGE_BATCH).await?;
                     done.erased += erased;
                     done.removed += removed;
                     if erased < PURGE_BATCH && removed < PURGE_BATCH {
@@ -1113,43 +1147,6 @@ impl SqlStore {
             Pool::Pg(p) => partitions::prepare(p, now_ms()).await,
             Pool::Lite(_) => Ok(0),
         }
-    }
-
-    /// SQLite: one round of the expiry job, its own transaction: erases up to `limit` deleted
-    /// bodies past the audit period and removes up to `limit` messages past retention.
-    async fn purge_batch(
-        &self,
-        retention_cutoff: i64,
-        audit_cutoff: i64,
-        limit: u64,
-    ) -> Result<(u64, u64), StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        on_pool!(self, |p, d| {
-            let mut tx = begin_write!(p, d).map_err(classify)?;
-            let erased = sqlx::query(
-                "UPDATE messages SET body = NULL WHERE (conv_id, seq) IN (SELECT conv_id, seq \
-                 FROM messages WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
-                 AND body IS NOT NULL LIMIT $2)",
-            )
-            .bind(audit_cutoff)
-            .bind(limit)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?
-            .rows_affected();
-            let removed = sqlx::query(
-                "DELETE FROM messages WHERE (conv_id, seq) IN (SELECT conv_id, seq \
-                 FROM messages WHERE at < $1 LIMIT $2)",
-            )
-            .bind(retention_cutoff)
-            .bind(limit)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?
-            .rows_affected();
-            tx.commit().await.map_err(classify)?;
-            Ok((erased, removed))
-        })
     }
 
     /// The newest message of each conversation and `user`'s unread count in each. The newest is

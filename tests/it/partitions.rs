@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chat_actors::clock::now_ms;
-use chat_actors::ids::{ConversationId, Mid, UserId};
+use chat_actors::ids::{ConversationId, UserId};
 use chat_actors::ports::{
     AppendBatch, HistoryRange, ListQuery, NewMessage, Purged, Store, StoreError,
 };
@@ -16,19 +16,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, TestDb, TestNode, assert_kept};
-use crate::store::direct;
+use crate::store::{direct, msg};
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A message of `sender` with a client mid, sent at `at`.
 fn at(seq: i64, sender: UserId, at: i64) -> NewMessage {
     NewMessage {
-        seq,
-        mid: Mid::random(),
-        client_mid: true,
-        sender,
-        kind: "text".to_owned(),
-        body: format!("m{seq}"),
         at,
+        ..msg(seq, sender, true)
     }
 }
 

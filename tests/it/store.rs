@@ -58,7 +58,8 @@ async fn direct_convs(store: &dyn Store, sender: UserId, n: usize) -> Vec<Conver
     convs
 }
 
-fn msg(seq: i64, sender: UserId, client_mid: bool) -> NewMessage {
+/// Message `seq` of `sender`, sent at 1000 + seq (shared with the partition tests).
+pub(crate) fn msg(seq: i64, sender: UserId, client_mid: bool) -> NewMessage {
     NewMessage {
         seq,
         mid: Mid::random(),
