@@ -151,7 +151,7 @@ settings! {
     max_frame_bytes: usize = 65_536, "CHAT_MAX_FRAME_BYTES";
     /// Pushes queued per connection before a client that stopped reading is dropped.
     outbound_queue: usize = 1024, "CHAT_OUTBOUND_QUEUE";
-    /// PostgreSQL connections per node.
+    /// PostgreSQL connections per node, the writer's two commit connections included.
     db_max_connections: u32 = 16, "CHAT_DB_MAX_CONNECTIONS";
     /// Least ms between the starts of two commits: messages gather meanwhile and commit
     /// together. 0: commit each batch as soon as it comes.

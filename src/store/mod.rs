@@ -55,7 +55,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, Connec
     let store = if url.starts_with("sqlite:") {
         SqlStore::sqlite(sqlite::connect(url).await?)
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        SqlStore::postgres(postgres::connect(url, max_connections).await?)
+        let (requests, commits) = postgres::connect(url, max_connections).await?;
+        SqlStore::postgres(requests).with_commit_pool(commits)
     } else {
         return Err(ConnectError::Scheme(crate::config::redact_url(url)));
     };

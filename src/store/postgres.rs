@@ -10,12 +10,43 @@ use sqlx::{Connection, SqlSafeStr};
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// A pool whose every wait is bounded, so no request outlives PROTOCOL's 5 s.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?
-        .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]);
+/// The connections of a node's pool that its batching writer commits on (as many as the
+/// writer's commits in flight, `SqlStore::write_concurrency`).
+pub const COMMIT_CONNECTIONS: u32 = 2;
+
+/// The node's two pools, `max_connections` in all: one for the writer's commits
+/// ([`COMMIT_CONNECTIONS`]), the rest for everything else. Every wait is bounded, so no request
+/// outlives PROTOCOL's 5 s.
+///
+/// The commit connections always use a generic plan. A commit is one statement over whole
+/// columns bound as arrays; left to choose, PostgreSQL planned it afresh for every commit (its
+/// custom plans look cheaper, as they know the arrays' lengths), and `perf` showed the planner
+/// (copyObject, expression_tree_walker, the join paths over the partitions) as the better part
+/// of PostgreSQL's CPU at 1,000 msgs/s: ~170 µs a message with planning, ~95 without
+/// (docs/PERFORMANCE.md, "The commit's plan"). Other statements keep PostgreSQL's choice: a
+/// read's best plan may depend on its parameters.
+pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool), sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?;
+    let requests = pool(
+        options
+            .clone()
+            .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]),
+        max_connections.saturating_sub(COMMIT_CONNECTIONS).max(1),
+    );
+    let commits = pool(
+        options.options([
+            ("statement_timeout", "4000"),
+            ("lock_timeout", "3000"),
+            ("plan_cache_mode", "force_generic_plan"),
+        ]),
+        COMMIT_CONNECTIONS,
+    );
+    tokio::try_join!(requests, commits)
+}
+
+async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
-        .max_connections(max_connections)
+        .max_connections(size)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(3))
         // sqlx pings every connection before handing it out: a round trip before every

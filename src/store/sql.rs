@@ -57,6 +57,8 @@ enum Pool {
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
+    /// PostgreSQL: where the writer's commits go, when not on `pool` (see `postgres::connect`).
+    commits: Option<PgPool>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
@@ -196,6 +198,15 @@ impl SqlStore {
     pub fn postgres(pool: PgPool) -> Self {
         SqlStore {
             pool: Pool::Pg(pool),
+            commits: None,
+        }
+    }
+
+    /// The same store, committing the writer's batches on `commits`.
+    pub fn with_commit_pool(self, commits: PgPool) -> Self {
+        SqlStore {
+            commits: Some(commits),
+            ..self
         }
     }
 
@@ -203,6 +214,7 @@ impl SqlStore {
     pub fn sqlite(pool: SqlitePool) -> Self {
         SqlStore {
             pool: Pool::Lite(pool),
+            commits: None,
         }
     }
 
@@ -215,8 +227,11 @@ impl SqlStore {
         }
     }
 
-    /// Closes the pool (after the writer drained).
+    /// Closes the pools (after the writer drained).
     pub async fn close(&self) {
+        if let Some(commits) = &self.commits {
+            commits.close().await;
+        }
         on_pool!(self, |p, d| p.close().await)
     }
 
@@ -229,7 +244,7 @@ impl SqlStore {
         }
     }
 
-    /// The pool's connection limit.
+    /// The connection limit of the pool for everything but the writer's commits.
     pub fn pool_size(&self) -> u32 {
         on_pool!(self, |p, d| p.options().get_max_connections())
     }
@@ -297,7 +312,9 @@ impl SqlStore {
                 } else {
                     partitions::MIDS.containing(now).start()
                 };
-                let (hits, fenced) = pg_write_rows(p, batches, &client_mids, now, below).await?;
+                let commits = self.commits.as_ref().unwrap_or(p);
+                let (hits, fenced) =
+                    pg_write_rows(commits, batches, &client_mids, now, below).await?;
                 let (mut results, _) = leave_out_stored(batches, &hits);
                 for (b, r) in batches.iter().zip(&mut results) {
                     if r.is_ok() && fenced.contains(&b.conv.0) {

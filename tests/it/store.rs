@@ -546,3 +546,46 @@ async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audi
  {
     expiry_suite(Backend::Postgres).await;
 }
+
+/// The commit is one statement over arrays, which PostgreSQL would otherwise plan again for
+/// every commit (a custom plan knows the arrays' lengths, so it looks cheaper): the writer's
+/// connections plan it once, generically, however many commits go through them.
+#[tokio::test]
+async fn commits_on_postgres_reuse_one_generic_plan() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (requests, commits) = store::postgres::connect(&db.url, 4).await.unwrap();
+    store::connect(&db.url, 4).await.unwrap(); // migrated, partitions made
+    let s = SqlStore::postgres(requests).with_commit_pool(commits.clone());
+    let sender = UserId::random();
+    let (record, _) = s
+        .create_conversation(direct(sender, UserId::random()))
+        .await
+        .unwrap();
+    for seq in 1..=12 {
+        let mut r = s
+            .append(&[AppendBatch {
+                conv: record.id,
+                messages: vec![msg(seq, sender, true)],
+            }])
+            .await;
+        r.pop().unwrap().unwrap();
+    }
+    // Each connection knows its own prepared statements: ask every connection of the pool.
+    let mut conns = Vec::new();
+    let (mut generic, mut custom) = (0i64, 0i64);
+    for _ in 0..store::postgres::COMMIT_CONNECTIONS {
+        let mut conn = commits.acquire().await.unwrap();
+        let (g, c): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT sum(generic_plans)::int8, sum(custom_plans)::int8 \
+             FROM pg_prepared_statements WHERE statement LIKE 'WITH hits AS%'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        generic += g.unwrap_or(0);
+        custom += c.unwrap_or(0);
+        conns.push(conn);
+    }
+    assert_eq!(custom, 0, "no commit was planned for its own parameters");
+    assert!(generic >= 12, "{generic} generic executions for 12 commits");
+}
