@@ -2,15 +2,15 @@
 //! will change, committed with its system message, and only then applied and pushed.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::ActorRef;
 
 use super::request::Reply;
 use super::state;
 use super::{
-    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, REQUEST_DEADLINE,
-    Work, everyone, shared, store_rejection, view,
+    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, Work, everyone,
+    shared, store_rejection, view,
 };
 use crate::clock::now_ms;
 use crate::ids::{Mid, SessionId, UserId};
@@ -86,7 +86,7 @@ impl ConversationActor {
         live: &mut Live,
         pending: PendingMember,
     ) {
-        if pending.queued_at.elapsed() > REQUEST_DEADLINE {
+        if pending.queued_at.elapsed() > self.deps.timing.request_deadline {
             pending.reply.fail(Rejection::unavailable());
             return;
         }

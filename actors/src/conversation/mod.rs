@@ -19,9 +19,11 @@ pub mod view;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::Delivery;
@@ -31,6 +33,7 @@ use crate::ids::{ConversationId, UserId};
 use crate::ports::{ConversationRecord, MembershipChange, Profiles, Store, StoreError, Writer};
 use crate::protocol::{Rejection, ServerFrame, SharedFrame};
 use crate::rules::Limits;
+pub use lifecycle::Timing;
 use members::{MemberOp, PendingMember};
 pub use request::{ConversationReply, ConversationRequest, Reply, ReplyPort, SendRequest};
 pub use send::Sent;
@@ -38,12 +41,6 @@ use send::{PendingSend, answer_send, mid_clash};
 pub use side::MemberFlag;
 use state::RecentMids;
 
-/// How often a live conversation looks at its clock (typing expiry, stale queue, idleness).
-const TICK: Duration = Duration::from_secs(1);
-/// A conversation with nothing to do for this long stops.
-const IDLE_AFTER: Duration = Duration::from_secs(120);
-/// A request waiting longer than this is answered `unavailable` (PROTOCOL §4: at most 5 s).
-const REQUEST_DEADLINE: Duration = Duration::from_millis(4500);
 /// Typing expires unless repeated.
 const TYPING_TTL: Duration = Duration::from_secs(5);
 /// A repeated typing `on` is passed on at most this often.
@@ -62,7 +59,7 @@ pub enum ConversationMessage {
     /// The store's answer for a read pointer or mute flag written for `user`: the state moves
     /// (and the caller hears `ok`) only now, after the commit.
     MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, Reply),
-    /// Sent to ourselves every [`TICK`].
+    /// Sent to ourselves when the clock falls due (`lifecycle::arm_clock`).
     Tick,
 }
 
@@ -79,6 +76,8 @@ pub struct ConversationDeps {
     pub profiles: Arc<dyn Profiles>,
     /// Size limits.
     pub limits: Limits,
+    /// The clock's durations.
+    pub timing: Timing,
     /// The node's map of conversation actors, left before stopping.
     pub directory: Arc<dyn Directory<ConversationId>>,
     /// Every task the actors hand slow work to: the node waits for them when it stops, so none
@@ -115,6 +114,9 @@ enum InFlight {
     Reloading,
 }
 
+/// The timer task that will send the next [`ConversationMessage::Tick`].
+type ClockTimer = JoinHandle<Result<(), MessagingErr<ConversationMessage>>>;
+
 /// A live conversation.
 pub struct Live {
     record: ConversationRecord,
@@ -123,6 +125,9 @@ pub struct Live {
     recent: RecentMids,
     typing: Vec<Typist>,
     last_used: Instant,
+    /// The one pending look at the clock: when, and its timer (aborted when an earlier look is
+    /// needed, and when the actor stops).
+    clock: Option<(Instant, ClockTimer)>,
 }
 
 /// A member typing now.
@@ -163,7 +168,6 @@ impl Actor for ConversationActor {
             let _ = myself.cast(ConversationMessage::Tick);
             return Ok(ConversationState::Missing(conv));
         };
-        myself.send_after(TICK, || ConversationMessage::Tick);
         if let Some(business) = record.business {
             // Its presence is its agents': learn who they are.
             let deps = self.deps.clone();
@@ -175,14 +179,17 @@ impl Actor for ConversationActor {
                 }
             });
         }
-        Ok(ConversationState::Live(Box::new(Live {
+        let mut live = Box::new(Live {
             record,
             queue: VecDeque::new(),
             inflight: InFlight::Idle,
             recent: RecentMids::default(),
             typing: Vec::new(),
             last_used: Instant::now(),
-        })))
+            clock: None,
+        });
+        self.arm_clock(&myself, &mut live);
+        Ok(ConversationState::Live(live))
     }
 
     async fn post_stop(
@@ -193,6 +200,9 @@ impl Actor for ConversationActor {
         let conv = match state {
             ConversationState::Missing(c) => *c,
             ConversationState::Live(l) => {
+                if let Some((_, timer)) = l.clock.take() {
+                    timer.abort();
+                }
                 // Whatever is still queued was never acknowledged; tell the callers.
                 for work in l.queue.drain(..) {
                     reject_work(work, Rejection::unavailable());
@@ -238,15 +248,22 @@ impl Actor for ConversationActor {
                 self.on_member_flag_saved(live, user, flag, outcome, reply)
             }
             ConversationMessage::Tick => {
+                if live
+                    .clock
+                    .as_ref()
+                    .is_some_and(|(at, _)| *at <= Instant::now())
+                {
+                    live.clock = None;
+                }
                 if self.on_tick(live) {
                     self.deps.directory.leave(&live.record.id, myself.get_id());
                     myself.stop(None);
                     return Ok(());
                 }
-                myself.send_after(TICK, || ConversationMessage::Tick);
             }
         }
         self.pump(&myself, live);
+        self.arm_clock(&myself, live);
         Ok(())
     }
 }

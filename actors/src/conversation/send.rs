@@ -4,7 +4,7 @@
 //! submitted, so a batch that fails can be renumbered without a gap: nothing uncommitted was ever
 //! acknowledged.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::request::{Reply, SendRequest};
 use super::state::{self, Committed, Retry};
 use super::{
-    ConversationActor, ConversationMessage, InFlight, Live, REQUEST_DEADLINE, Work, shared,
-    store_rejection,
+    ConversationActor, ConversationMessage, InFlight, Live, Work, shared, store_rejection,
 };
 use crate::clock::now_ms;
 use crate::delivery::wire::Target;
@@ -116,7 +115,7 @@ impl ConversationActor {
             let Some(Work::Send(mut p)) = live.queue.pop_front() else {
                 break;
             };
-            if p.queued_at.elapsed() > REQUEST_DEADLINE {
+            if p.queued_at.elapsed() > self.deps.timing.request_deadline {
                 answer_send(p, Err(Rejection::unavailable()));
                 continue;
             }

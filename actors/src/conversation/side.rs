@@ -2,7 +2,7 @@
 //! Their writes go to the store directly (not through the batching writer); what they change in
 //! the conversation moves only after the store answers.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::ActorRef;
 

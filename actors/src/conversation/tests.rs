@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
@@ -12,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ConversationActor, ConversationDeps, ConversationMessage, ConversationReply,
-    ConversationRequest, Reply, SendRequest, Sent,
+    ConversationRequest, Reply, SendRequest, Sent, Timing,
 };
 use crate::delivery::Delivery;
 use crate::directory::Directory;
@@ -246,6 +247,11 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(Timing::default()).await
+    }
+
+    /// With the clock's waits shortened.
+    async fn start_with(timing: Timing) -> Harness {
         let store = Arc::new(MemoryStore::default());
         let (conv, alice, bob) = (ConversationId::random(), UserId::random(), UserId::random());
         let member = |user, joined| MemberRecord {
@@ -278,6 +284,7 @@ impl Harness {
             delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
             profiles: Arc::new(NoProfiles),
             limits: Limits::default(),
+            timing,
             directory: Arc::new(NoDirectory),
             tasks: tokio_util::task::TaskTracker::new(),
         });
@@ -389,4 +396,47 @@ async fn a_seq_taken_by_another_owner_reloads_and_retries_instead_of_failing() {
     h.settle().await;
     assert_eq!(sent(mine).await.unwrap().seq, 2);
     assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
+}
+
+/// The clock's waits, shortened for the tests of the clock.
+fn quick(idle_after_ms: u64) -> Timing {
+    Timing {
+        least_look: Duration::from_millis(20),
+        idle_after: Duration::from_millis(idle_after_ms),
+        request_deadline: Duration::from_millis(300),
+    }
+}
+
+/// The clock looks only when something falls due: a conversation in use stays, and stops once
+/// it has been idle for `idle_after` after its last use (not its first).
+#[tokio::test]
+async fn a_conversation_stops_idle_after_its_last_use() {
+    use ractor::ActorStatus;
+    let h = Harness::start_with(quick(3000)).await;
+    let first = h.send(Mid::random());
+    h.settle().await;
+    sent(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = h.send(Mid::random());
+    h.settle().await;
+    sent(again).await.unwrap();
+    // Past `idle_after` since the first use, not since the last.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.actor.get_status(), ActorStatus::Running);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(h.actor.get_status(), ActorStatus::Stopped);
+}
+
+/// Work queued behind a commit that never comes back is answered `unavailable` by its deadline.
+#[tokio::test]
+async fn queued_sends_are_answered_by_their_deadline_while_the_store_hangs() {
+    let h = Harness::start_with(quick(3000)).await;
+    // The first send goes to the writer, which holds it for good; the second queues behind it.
+    let _held = h.send(Mid::random());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let queued = h.send(Mid::random());
+    let answer = tokio::time::timeout(Duration::from_secs(1), sent(queued))
+        .await
+        .expect("answered by the deadline");
+    assert_eq!(answer.unwrap_err().code, ErrorCode::Unavailable);
 }

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, Supervisi
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::conversation::{ConversationActor, ConversationDeps, ConversationMessage};
+use crate::conversation::{ConversationActor, ConversationDeps, ConversationMessage, Timing};
 use crate::delivery::Delivery;
 use crate::directory::Directory;
 use crate::ids::{ConversationId, UserId};
@@ -82,6 +82,7 @@ impl Node {
             delivery: Arc::new(Delivery::new(bus, config.node_id.clone())),
             profiles,
             limits: config.limits,
+            timing: Timing::default(),
             directory: conversations.clone(),
             tasks: TaskTracker::new(),
         });
