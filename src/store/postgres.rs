@@ -22,24 +22,21 @@ pub const COMMIT_CONNECTIONS: u32 = 2;
 /// columns bound as arrays; left to choose, PostgreSQL planned it afresh for every commit (its
 /// custom plans look cheaper, as they know the arrays' lengths), and `perf` showed the planner
 /// (copyObject, expression_tree_walker, the join paths over the partitions) as the better part
-/// of PostgreSQL's CPU at 1,000 msgs/s: ~170 µs a message with planning, ~95 without
+/// of PostgreSQL's CPU at 1,000 msgs/s: ~170 µs a message with planning, 92–120 without
 /// (docs/PERFORMANCE.md, "The commit's plan"). Other statements keep PostgreSQL's choice: a
 /// read's best plan may depend on its parameters.
 pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool), sqlx::Error> {
-    let options = PgConnectOptions::from_str(url)?;
-    let requests = pool(
-        options
-            .clone()
-            .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]),
-        max_connections.saturating_sub(COMMIT_CONNECTIONS).max(1),
-    );
+    let bounded = PgConnectOptions::from_str(url)?
+        .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]);
     let commits = pool(
-        options.options([
-            ("statement_timeout", "4000"),
-            ("lock_timeout", "3000"),
-            ("plan_cache_mode", "force_generic_plan"),
-        ]),
+        bounded
+            .clone()
+            .options([("plan_cache_mode", "force_generic_plan")]),
         COMMIT_CONNECTIONS,
+    );
+    let requests = pool(
+        bounded,
+        max_connections.saturating_sub(COMMIT_CONNECTIONS).max(1),
     );
     tokio::try_join!(requests, commits)
 }

@@ -239,7 +239,7 @@ impl SqlStore {
     /// connections at once; SQLite has one writer, and a second would only wait for its lock.
     pub fn write_concurrency(&self) -> usize {
         match self.pool {
-            Pool::Pg(_) => 2,
+            Pool::Pg(_) => super::postgres::COMMIT_CONNECTIONS as usize,
             Pool::Lite(_) => 1,
         }
     }

@@ -2,9 +2,9 @@
 //! will change, committed with its system message, and only then applied and pushed.
 
 use std::sync::Arc;
-use tokio::time::Instant;
 
 use ractor::ActorRef;
+use tokio::time::Instant;
 
 use super::request::Reply;
 use super::state;

@@ -4,10 +4,9 @@
 //! submitted, so a batch that fails can be renumbered without a gap: nothing uncommitted was ever
 //! acknowledged.
 
-use tokio::time::Instant;
-
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::request::{Reply, SendRequest};
 use super::state::{self, Committed, Retry};

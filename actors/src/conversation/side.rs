@@ -2,9 +2,8 @@
 //! Their writes go to the store directly (not through the batching writer); what they change in
 //! the conversation moves only after the store answers.
 
-use tokio::time::Instant;
-
 use ractor::ActorRef;
+use tokio::time::Instant;
 
 use super::request::{ConversationReply, Reply};
 use super::state;

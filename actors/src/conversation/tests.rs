@@ -399,10 +399,10 @@ async fn a_seq_taken_by_another_owner_reloads_and_retries_instead_of_failing() {
 }
 
 /// The clock's waits, shortened for the tests of the clock.
-fn quick(idle_after_ms: u64) -> Timing {
+fn quick() -> Timing {
     Timing {
         least_look: Duration::from_millis(20),
-        idle_after: Duration::from_millis(idle_after_ms),
+        idle_after: Duration::from_millis(3000),
         request_deadline: Duration::from_millis(300),
     }
 }
@@ -412,7 +412,7 @@ fn quick(idle_after_ms: u64) -> Timing {
 #[tokio::test]
 async fn a_conversation_stops_idle_after_its_last_use() {
     use ractor::ActorStatus;
-    let h = Harness::start_with(quick(3000)).await;
+    let h = Harness::start_with(quick()).await;
     let first = h.send(Mid::random());
     h.settle().await;
     sent(first).await.unwrap();
@@ -430,7 +430,7 @@ async fn a_conversation_stops_idle_after_its_last_use() {
 /// Work queued behind a commit that never comes back is answered `unavailable` by its deadline.
 #[tokio::test]
 async fn queued_sends_are_answered_by_their_deadline_while_the_store_hangs() {
-    let h = Harness::start_with(quick(3000)).await;
+    let h = Harness::start_with(quick()).await;
     // The first send goes to the writer, which holds it for good; the second queues behind it.
     let _held = h.send(Mid::random());
     tokio::time::sleep(Duration::from_millis(20)).await;
