@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, UserId};
-use chat_actors::ports::{
-    AppendBatch, HistoryRange, ListQuery, NewMessage, Purged, Store, StoreError,
-};
+use chat_actors::ports::{HistoryRange, ListQuery, NewMessage, Purged, Store, StoreError};
 use chat_backend::store::partitions::{self, MESSAGES, MIDS, Span};
 use chat_backend::store::{self, SqlStore};
 use serde_json::json;
@@ -16,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, TestDb, TestNode, assert_kept};
-use crate::store::{direct, msg};
+use crate::store::{append_one, direct_conv, msg};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -26,16 +24,6 @@ fn at(seq: i64, sender: UserId, at: i64) -> NewMessage {
         at,
         ..msg(seq, sender, true)
     }
-}
-
-async fn append_one(s: &SqlStore, conv: ConversationId, m: NewMessage) -> Result<(), StoreError> {
-    let mut r = s
-        .append(&[AppendBatch {
-            conv,
-            messages: vec![m],
-        }])
-        .await;
-    r.pop().unwrap()
 }
 
 /// The partition each of `conv`'s messages is in, by seq.
@@ -96,10 +84,7 @@ async fn the_coming_weeks_are_ready_and_an_expired_week_goes_whole() {
     .await
     .unwrap();
     let sender = UserId::random();
-    let (conv, _) = s
-        .create_conversation(direct(sender, UserId::random()))
-        .await
-        .unwrap();
+    let conv = direct_conv(&s, sender).await;
     let ats = [1000, old.start() + 5, now, now + 1];
     for (i, when) in ats.into_iter().enumerate() {
         append_one(&s, conv.id, at(i as i64 + 1, sender, when))
@@ -174,10 +159,7 @@ async fn two_owners_of_one_seq_store_it_once_even_across_weeks() {
     let first = store::connect(&db.url, 4).await.unwrap();
     let second = store::connect(&db.url, 4).await.unwrap();
     let sender = UserId::random();
-    let (conv, _) = first
-        .create_conversation(direct(sender, UserId::random()))
-        .await
-        .unwrap();
+    let conv = direct_conv(&first, sender).await;
     let now = now_ms();
     let next_week = MESSAGES.containing(now).next().start();
     for seq in 1..=20 {
@@ -217,10 +199,7 @@ async fn an_existing_database_is_partitioned_in_place() {
     store::postgres::migrator().run_to(1, &pool).await.unwrap();
     let before = SqlStore::postgres(pool.clone());
     let sender = UserId::random();
-    let (conv, _) = before
-        .create_conversation(direct(sender, UserId::random()))
-        .await
-        .unwrap();
+    let conv = direct_conv(&before, sender).await;
     let now = now_ms();
     let stored = at(2, sender, now);
     // Rows as the version before stored them (its commit statement is gone with it).

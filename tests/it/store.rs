@@ -16,8 +16,8 @@ async fn open(backend: Backend) -> (SqlStore, TestDb) {
     (s, db)
 }
 
-/// A member row (shared with the partition tests).
-pub(crate) fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
+/// A member row.
+fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
     MemberRecord {
         user,
         role,
@@ -27,8 +27,8 @@ pub(crate) fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
     }
 }
 
-/// A new direct conversation of `a` and `b` (shared with the partition tests).
-pub(crate) fn direct(a: UserId, b: UserId) -> NewConversation {
+/// A new direct conversation of `a` and `b`.
+fn direct(a: UserId, b: UserId) -> NewConversation {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     NewConversation {
         record: ConversationRecord {
@@ -45,17 +45,37 @@ pub(crate) fn direct(a: UserId, b: UserId) -> NewConversation {
     }
 }
 
+/// A new direct conversation of `sender` with a new user (shared with the partition tests).
+pub(crate) async fn direct_conv(store: &dyn Store, sender: UserId) -> ConversationRecord {
+    let (record, _) = store
+        .create_conversation(direct(sender, UserId::random()))
+        .await
+        .unwrap();
+    record
+}
+
 /// `n` direct conversations of `sender`, each with a new user.
 async fn direct_convs(store: &dyn Store, sender: UserId, n: usize) -> Vec<ConversationId> {
     let mut convs = Vec::with_capacity(n);
     for _ in 0..n {
-        let (record, _) = store
-            .create_conversation(direct(sender, UserId::random()))
-            .await
-            .unwrap();
-        convs.push(record.id);
+        convs.push(direct_conv(store, sender).await.id);
     }
     convs
+}
+
+/// Appends `m` alone to `conv` and answers its batch's outcome (shared with the partition tests).
+pub(crate) async fn append_one(
+    s: &dyn Store,
+    conv: ConversationId,
+    m: NewMessage,
+) -> Result<(), StoreError> {
+    let mut r = s
+        .append(&[AppendBatch {
+            conv,
+            messages: vec![m],
+        }])
+        .await;
+    r.pop().unwrap()
 }
 
 /// Message `seq` of `sender`, sent at 1000 + seq (shared with the partition tests).
@@ -458,10 +478,7 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
 async fn expiry_suite(backend: Backend) {
     let (s, db) = open(backend).await;
     let sender = UserId::random();
-    let (conv, _) = s
-        .create_conversation(direct(sender, UserId::random()))
-        .await
-        .unwrap();
+    let conv = direct_conv(&s, sender).await;
     // 2,500 old messages (at 1001..=3500), then 3 recent ones (at 10,001..).
     let old: Vec<NewMessage> = (1..=2500).map(|seq| msg(seq, sender, false)).collect();
     let recent: Vec<NewMessage> = (2501..=2503)
@@ -557,18 +574,11 @@ async fn commits_on_postgres_reuse_one_generic_plan() {
     store::connect(&db.url, 4).await.unwrap(); // migrated, partitions made
     let s = SqlStore::postgres(requests).with_commit_pool(commits.clone());
     let sender = UserId::random();
-    let (record, _) = s
-        .create_conversation(direct(sender, UserId::random()))
-        .await
-        .unwrap();
+    let conv = direct_conv(&s, sender).await;
     for seq in 1..=12 {
-        let mut r = s
-            .append(&[AppendBatch {
-                conv: record.id,
-                messages: vec![msg(seq, sender, true)],
-            }])
-            .await;
-        r.pop().unwrap().unwrap();
+        append_one(&s, conv.id, msg(seq, sender, true))
+            .await
+            .unwrap();
     }
     // Each connection knows its own prepared statements: ask every connection of the pool.
     let mut conns = Vec::new();
