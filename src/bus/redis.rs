@@ -1,16 +1,19 @@
 //! The bus of a cluster over Redis: a channel per node (`{prefix}:node:{id}`), one for all
-//! (`{prefix}:all`), and the live set of nodes as a sorted set of heartbeats (`{prefix}:nodes`).
+//! (`{prefix}:all`), the live set of nodes as a sorted set of heartbeats (`{prefix}:nodes`), and
+//! each node's incarnation (`{prefix}:incarnations`, a hash), so that a node restarted under its
+//! own name is told from one that went on.
 //!
 //! It only carries: sends are queued to one publishing task (never waiting in an actor), what
 //! arrives goes to the node, and the heartbeat tells the node which nodes are alive. Pub/sub is
 //! at most once; a connection lost and regained re-subscribes by itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_actors::node::Node;
+use chat_actors::node::{LiveNode, Node};
 use chat_actors::ports::Bus;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind};
@@ -49,6 +52,9 @@ impl Names {
     }
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
+    }
+    fn incarnations_key(&self) -> String {
+        format!("{}:incarnations", self.prefix)
     }
 }
 
@@ -90,6 +96,8 @@ pub struct RedisLink {
 /// The heartbeat: this node's entry in the live set, and the reading of it.
 struct Membership {
     names: Names,
+    /// This process's incarnation (from the node, at [`RedisLink::join`]).
+    incarnation: u64,
     commands: ConnectionManager,
 }
 
@@ -132,7 +140,11 @@ pub async fn connect(
         reachable: reachable.clone(),
     });
     let link = RedisLink {
-        membership: Membership { names, commands },
+        membership: Membership {
+            names,
+            incarnation: 0,
+            commands,
+        },
         reachable,
         subscriber,
         incoming,
@@ -142,31 +154,51 @@ pub async fn connect(
 }
 
 impl Membership {
-    /// Says this node is alive and reads who else is.
-    async fn heartbeat(&mut self) -> Result<Vec<String>, redis::RedisError> {
-        let key = self.names.nodes_key();
+    /// Says this node is alive (and which start of it) and reads who else is.
+    async fn heartbeat(&mut self) -> Result<Vec<LiveNode>, redis::RedisError> {
+        let (key, incarnations) = (self.names.nodes_key(), self.names.incarnations_key());
         let now = chat_actors::clock::now_ms() as f64;
         let dead_after = DEAD_AFTER.as_millis() as f64;
-        let (_, _, live): (i64, i64, Vec<String>) = redis::pipe()
-            .zadd(&key, &self.names.node_id, now)
-            .zrembyscore(&key, "-inf", now - 10.0 * dead_after)
-            .zrangebyscore(&key, now - dead_after, "+inf")
-            .query_async(&mut self.commands)
-            .await?;
-        Ok(live)
+        // One transaction: a node's entry in the set and its incarnation are never seen apart.
+        let (_, _, _, live, mut known): (i64, i64, i64, Vec<String>, HashMap<String, u64>) =
+            redis::pipe()
+                .atomic()
+                .zadd(&key, &self.names.node_id, now)
+                .hset(&incarnations, &self.names.node_id, self.incarnation)
+                .zrembyscore(&key, "-inf", now - 10.0 * dead_after)
+                .zrangebyscore(&key, now - dead_after, "+inf")
+                .hgetall(&incarnations)
+                .query_async(&mut self.commands)
+                .await?;
+        let stale: Vec<&String> = known.keys().filter(|id| !live.contains(id)).collect();
+        if !stale.is_empty() {
+            // Nodes out of the live set: a node that beats again writes its number again.
+            let _: i64 = self.commands.hdel(&incarnations, stale).await?;
+        }
+        Ok(live
+            .into_iter()
+            .map(|id| LiveNode {
+                incarnation: known.remove(&id).unwrap_or(0),
+                id,
+            })
+            .collect())
     }
 
     /// Takes this node out of the live set (a clean stop: the others move its conversations at
     /// once instead of after the heartbeat runs out).
     async fn leave(&mut self) {
-        let key = self.names.nodes_key();
-        let _: Result<i64, _> = self.commands.zrem(&key, &self.names.node_id).await;
+        let _: Result<(i64, i64), _> = redis::pipe()
+            .zrem(self.names.nodes_key(), &self.names.node_id)
+            .hdel(self.names.incarnations_key(), &self.names.node_id)
+            .query_async(&mut self.commands)
+            .await;
     }
 }
 
 impl RedisLink {
     /// Joins the cluster: the first heartbeat, so the node knows the live set before it serves.
     pub async fn join(&mut self, node: &Node) -> Result<(), BusError> {
+        self.membership.incarnation = node.incarnation();
         let live = self.membership.heartbeat().await?;
         node.set_live_nodes(live);
         Ok(())

@@ -368,6 +368,9 @@ pub struct Binary {
     _db: Option<TestDb>,
     /// The working directory (removed when dropped).
     dir: tempfile::TempDir,
+    /// The settings it was started with, for a restart.
+    env: Vec<(String, String)>,
+    shell: Option<String>,
 }
 
 impl Binary {
@@ -379,6 +382,7 @@ impl Binary {
 
     /// [`Binary::start`], through `sh -c '<shell>; exec chat-backend serve'` when `shell` is
     /// given: limits (`ulimit -n 64`) or signal dispositions (`trap '' XFSZ`) the process keeps.
+    /// A `CHAT_LISTEN` in `env` sets the port (a free one otherwise).
     pub async fn start_with(backend: Backend, env: &[(&str, &str)], shell: Option<&str>) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let given = env.iter().find(|(k, _)| *k == "CHAT_DATABASE_URL");
@@ -391,42 +395,51 @@ impl Binary {
             (None, Some(db)) => db.url.clone(),
             (None, None) => unreachable!("a database is made when none is given"),
         };
-        let port = free_port();
-        let bin = env!("CARGO_BIN_EXE_chat-backend");
-        let mut cmd = match shell {
-            None => std::process::Command::new(bin),
-            Some(first) => {
-                let mut sh = std::process::Command::new("sh");
-                sh.args(["-c", &format!("{first} && exec \"$0\" \"$@\""), bin]);
-                sh
-            }
+        let port = match env.iter().find(|(k, _)| *k == "CHAT_LISTEN") {
+            Some((_, listen)) => listen.rsplit(':').next().unwrap().parse().unwrap(),
+            None => free_port(),
         };
-        cmd.arg("serve")
-            .current_dir(dir.path())
-            .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CHAT_DATABASE_URL", &db_url)
-            .env("CHAT_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let shell = shell.map(str::to_owned);
         let b = Binary {
             port,
-            child,
+            child: spawn_serve(dir.path(), port, &db_url, &env, shell.as_deref()),
             db_url,
             _db: db,
             dir,
+            env,
+            shell,
         };
+        b.wait_ready().await;
+        b
+    }
+
+    async fn wait_ready(&self) {
         for _ in 0..200 {
-            if b.get("/readyz").await.0 == 200 {
-                return b;
+            if self.get("/readyz").await.0 == 200 {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the binary never became ready");
+    }
+
+    /// `kill -9`, then at once the same process again (same settings, port and node name), as
+    /// systemd or Kubernetes restarts one; returns when it is ready.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_serve(
+            self.dir.path(),
+            self.port,
+            &self.db_url,
+            &self.env,
+            self.shell.as_deref(),
+        );
+        self.wait_ready().await;
     }
 
     pub fn url(&self) -> String {
@@ -525,6 +538,42 @@ impl Drop for Binary {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `chat-backend serve` in `dir` on `port` and `db_url`, with `env` on top (through `sh -c
+/// '<shell> && exec chat-backend serve'` when `shell` is given); its log is appended to
+/// `dir/stderr.log`.
+fn spawn_serve(
+    dir: &std::path::Path,
+    port: u16,
+    db_url: &str,
+    env: &[(String, String)],
+    shell: Option<&str>,
+) -> std::process::Child {
+    let bin = env!("CARGO_BIN_EXE_chat-backend");
+    let mut cmd = match shell {
+        None => std::process::Command::new(bin),
+        Some(first) => {
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &format!("{first} && exec \"$0\" \"$@\""), bin]);
+            sh
+        }
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .unwrap();
+    cmd.arg("serve")
+        .current_dir(dir)
+        .env("CHAT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CHAT_DATABASE_URL", db_url)
+        .env("CHAT_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.spawn().unwrap()
 }
 
 /// A token for `user` that a binary started with [`SECRET`] accepts for an hour.

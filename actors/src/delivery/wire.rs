@@ -31,10 +31,14 @@ pub enum Wire<Q, R> {
         online: bool,
     },
     /// `node` has just joined: the others count it live at once, not at their next heartbeat,
-    /// so that every node names the same owners as soon as it serves.
+    /// so that every node names the same owners as soon as it serves; a node they knew under
+    /// another incarnation restarted, and hears their rosters.
     Hello {
         /// The node.
         node: String,
+        /// The number its process drew at start (0 from a node that predates incarnations).
+        #[serde(default)]
+        incarnation: u64,
     },
     /// Every user connected on `node` (replacing what the receiver knew of that node), for a
     /// node that just joined or after the bus lost messages.

@@ -5,9 +5,16 @@
 //! conversation owned elsewhere travels there with a correlation number, and the answer comes
 //! back on this node's channel. Two owners for a moment (live sets that disagree while a node
 //! joins or dies) are fenced by the database: the loser's commit fails `SeqTaken`, and it reloads.
+//!
+//! A node restarted under its own name inside the dead-node window never leaves the live set,
+//! so the set alone cannot tell the others that it forgot everything. Each start draws an
+//! incarnation number, carried in its hello and its heartbeat: a known name with a new number is
+//! a restart, and the others treat it as a node that just joined (it hears their rosters; what
+//! was asked of the old process is answered `unavailable`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -25,10 +32,24 @@ use crate::protocol::Rejection;
 /// What crosses the bus, with this crate's request and answer types.
 type NodeWire = Wire<ConversationRequest, Result<ConversationReply, Rejection>>;
 
+/// A node the bus says is alive, and which start of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    /// Its name (`CHAT_NODE_ID`).
+    pub id: String,
+    /// The number its process drew at start; 0 when not known (a node of an older version).
+    pub incarnation: u64,
+}
+
 /// The cluster as this node sees it.
 pub(super) struct Cluster {
+    /// The number this process drew at start (never 0).
+    incarnation: u64,
     /// The live nodes, sorted (this one included); replaced whole on every change.
     live: RwLock<Arc<Vec<String>>>,
+    /// The incarnation last heard of each other live node. Held only for the few lines that
+    /// read and replace it, never across an await.
+    incarnations: Mutex<HashMap<String, u64>>,
     /// Requests sent to owners elsewhere, waiting for their answers: the port, the owner, when.
     pending: DashMap<u64, (ReplyPort, String, Instant)>,
     next_corr: AtomicU64,
@@ -38,7 +59,9 @@ impl Cluster {
     /// A cluster of one: this node, until the bus says otherwise.
     pub(super) fn alone(node_id: &str) -> Cluster {
         Cluster {
+            incarnation: uuid::Uuid::new_v4().as_u64_pair().0.max(1),
             live: RwLock::new(Arc::new(vec![node_id.to_owned()])),
+            incarnations: Mutex::new(HashMap::new()),
             pending: DashMap::new(),
             next_corr: AtomicU64::new(1),
         }
@@ -50,6 +73,28 @@ impl Cluster {
             Ok(live) => live.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Records what `heard` says of each node's incarnation and returns the nodes that were
+    /// restarted since last heard (a known name with another number). With `complete`, `heard`
+    /// is the whole live set and nodes not in it are forgotten.
+    fn note_incarnations(&self, heard: &[LiveNode], complete: bool) -> Vec<String> {
+        // A poisoned lock only means a panic between two map operations: each is whole.
+        let mut known = match self.incarnations.lock() {
+            Ok(known) => known,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if complete {
+            known.retain(|id, _| heard.iter().any(|n| n.id == *id));
+        }
+        let mut restarted = Vec::new();
+        for node in heard.iter().filter(|n| n.incarnation != 0) {
+            match known.insert(node.id.clone(), node.incarnation) {
+                Some(before) if before != node.incarnation => restarted.push(node.id.clone()),
+                _ => {}
+            }
+        }
+        restarted
     }
 }
 
@@ -118,10 +163,15 @@ impl Node {
             Wire::Roster { node, users } if node != me => {
                 delivery.presence.set_roster(&node, &users)
             }
-            Wire::Hello { node } if node != me => {
+            Wire::Hello { node, incarnation } if node != me => {
+                let hello = LiveNode {
+                    id: node,
+                    incarnation,
+                };
+                let restarted = self.cluster.note_incarnations(std::slice::from_ref(&hello), false);
                 let mut live = (*self.cluster.live()).clone();
-                live.push(node);
-                self.set_live_nodes(live);
+                live.push(hello.id);
+                self.update_live(live, restarted);
             }
             Wire::ProfileChanged { id } => {
                 let profiles = self.deps.profiles.clone();
@@ -173,10 +223,21 @@ impl Node {
         });
     }
 
+    /// This process's incarnation, for the bus to carry in its heartbeat.
+    pub fn incarnation(&self) -> u64 {
+        self.cluster.incarnation
+    }
+
     /// The bus's membership says these nodes are alive now. Users of nodes that left go offline;
-    /// nodes that joined hear who is connected here; conversations no longer owned here stop
-    /// (their new owner loads them from the database).
-    pub fn set_live_nodes(&self, mut nodes: Vec<String>) {
+    /// nodes that joined or restarted hear who is connected here; conversations no longer owned
+    /// here stop (their new owner loads them from the database).
+    pub fn set_live_nodes(&self, nodes: Vec<LiveNode>) {
+        let restarted = self.cluster.note_incarnations(&nodes, true);
+        self.update_live(nodes.into_iter().map(|n| n.id).collect(), restarted);
+    }
+
+    /// [`Node::set_live_nodes`] on names, with the nodes among them known to have restarted.
+    fn update_live(&self, mut nodes: Vec<String>, restarted: Vec<String>) {
         nodes.sort();
         nodes.dedup();
         let delivery = &self.deps.delivery;
@@ -187,19 +248,27 @@ impl Node {
         }
         self.sweep_pending();
         let old = self.cluster.live();
-        if *old == nodes {
+        if *old == nodes && restarted.is_empty() {
             return;
         }
-        tracing::info!(nodes = ?nodes, "live nodes changed");
+        if *old != nodes {
+            tracing::info!(nodes = ?nodes, "live nodes changed");
+        }
         for gone in old.iter().filter(|n| !nodes.contains(n)) {
             delivery.presence.forget_node(gone);
             // Nobody will answer what was asked of it: the askers hear `unavailable` now and
             // retry with the new owner.
             self.fail_pending(|owner| owner == gone);
         }
+        for node in &restarted {
+            tracing::info!(node = %node, "a node restarted under its own name");
+            // The old process will not answer. Its users need no forgetting here: the new one
+            // sent its roster when it joined, replacing them.
+            self.fail_pending(|owner| owner == node);
+        }
         let joined: Vec<&String> = nodes
             .iter()
-            .filter(|n| !old.contains(n) && **n != me)
+            .filter(|n| (!old.contains(n) || restarted.contains(n)) && **n != me)
             .collect();
         if !joined.is_empty() {
             let roster: NodeWire = Wire::Roster {
@@ -251,6 +320,7 @@ impl Node {
         if delivery.bus().is_distributed() {
             let hello: NodeWire = Wire::Hello {
                 node: delivery.node_id().to_owned(),
+                incarnation: self.cluster.incarnation,
             };
             delivery.bus().broadcast(wire::encode(&hello));
         }

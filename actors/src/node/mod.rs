@@ -34,6 +34,7 @@ use crate::rules::Limits;
 use crate::user::{UserActor, UserMessage};
 use budget::{BudgetConfig, Budgets};
 use cluster::Cluster;
+pub use cluster::LiveNode;
 pub use handle::Caller;
 use registry::ActorMap;
 

@@ -205,3 +205,59 @@ async fn postgres_stopped_under_a_clusters_traffic_loses_nothing_and_heals() {
     }
     assert_kept(&mut ca, &conv, &acked).await;
 }
+
+#[tokio::test]
+async fn a_node_restarted_at_once_under_its_own_name_reaches_every_users_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut nodes = cluster(&db, 3).await;
+    // a on node 0 and b on node 2, in conversations node 1 owns.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[2].client(b).await;
+    let mut convs = Vec::new();
+    while convs.len() < 4 {
+        let conv = group(&mut ca, &[b]).await;
+        if owner(&conv, 3) == 1 {
+            convs.push(conv);
+        }
+    }
+    // Killed and started again at once (same name, same port), well inside the 3 s in which the
+    // others would have counted it dead: it never leaves their live set.
+    nodes[1].kill_and_restart().await;
+    let restarted = std::time::Instant::now();
+    for conv in &convs {
+        let body = format!("after the restart in {conv}");
+        loop {
+            let r = ca.call("send", json!({"conv": conv, "body": body})).await;
+            if r["t"] == "sent" {
+                break;
+            }
+            assert_eq!(r["code"], "unavailable", "{r}");
+            assert!(
+                restarted.elapsed() < std::time::Duration::from_secs(10),
+                "{r}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // The owner's push reaches b on node 2 (the restarted owner learnt where b is).
+        let pushed = loop {
+            let m = cb.push("message").await;
+            if m["conv"] == conv.as_str() {
+                break m;
+            }
+        };
+        assert_eq!(pushed["body"], body);
+    }
+    // The restarted node knows who is connected elsewhere.
+    let mut asker = nodes[1].client(Uuid::new_v4()).await;
+    let r = asker
+        .call("presence", json!({"users": [a.to_string(), b.to_string()]}))
+        .await;
+    let statuses: Vec<&str> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["online", "online"], "{r}");
+}

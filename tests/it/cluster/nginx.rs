@@ -1,7 +1,8 @@
 //! Nodes started by `scripts/cluster` behind nginx, as an operator runs them: clients that know
 //! only the balancer's address chat across nodes and ride out a dead node, a Redis restart and a
-//! database outage while traffic flows.
+//! database outage while traffic flows, and a rolling restart of every node.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -351,4 +352,117 @@ async fn under_traffic_three_nodes_behind_nginx_ride_out_a_killed_node_a_redis_r
         let mut reader = Client::connect(&url, &token(users[m[0]])).await;
         assert_kept(&mut reader, conv, &acked).await;
     }
+}
+
+/// A client that stays connected through the balancer: whenever its connection ends (a node says
+/// `bye` and closes) it connects again at once, retrying every 100 ms. Counts itself in
+/// `connected` while it holds a connection; returns the longest it was without one.
+async fn stay_connected(
+    url: String,
+    user: Uuid,
+    connected: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut lost_at: Option<Instant> = None;
+    while !stop.is_cancelled() {
+        let Some(mut c) = Client::try_connect(&url, &token(user)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if let Some(at) = lost_at.take() {
+            longest = longest.max(at.elapsed());
+        }
+        connected.fetch_add(1, Ordering::SeqCst);
+        // Holds the connection until the node closes it (or the test ends).
+        loop {
+            let frame = tokio::select! {
+                _ = stop.cancelled() => break,
+                frame = c.try_next_frame() => frame,
+            };
+            // None is a closed connection, or 10 s without a frame: a ping tells which.
+            if frame.is_none()
+                && (c.close_code.is_some() || c.try_call("ping", json!({})).await.is_none())
+            {
+                break;
+            }
+        }
+        connected.fetch_sub(1, Ordering::SeqCst);
+        lost_at = Some(Instant::now());
+    }
+    longest
+}
+
+#[tokio::test]
+async fn a_rolling_restart_behind_nginx_has_every_client_back_within_seconds() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let cluster = ScriptCluster::start(3, &db, &redis_url(), &[]);
+    let url = cluster.url();
+    let users: Vec<Uuid> = (0..36).map(|_| Uuid::new_v4()).collect();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let clients: Vec<_> = users
+        .iter()
+        .map(|u| {
+            tokio::spawn(stay_connected(
+                url.clone(),
+                *u,
+                connected.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let all_connected = async |what: &str| {
+        let since = Instant::now();
+        while connected.load(Ordering::SeqCst) < users.len() {
+            assert!(
+                since.elapsed() < Duration::from_secs(10),
+                "{what}: {} of {} clients connected after 10 s",
+                connected.load(Ordering::SeqCst),
+                users.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        since.elapsed()
+    };
+    all_connected("at the start").await;
+
+    // SIGTERM one node, start it again, wait until it is ready, the next one: what
+    // `scripts/cluster restart` does.
+    let dir = cluster.dir.path().to_owned();
+    let restarted = {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster");
+        // The nodes start again with the settings `start` kept in the directory.
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(script)
+                .arg("restart")
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await
+        .unwrap()
+    };
+    assert!(restarted, "scripts/cluster restart failed");
+    let back = all_connected("after the rolling restart").await;
+
+    stop.cancel();
+    let mut longest = Duration::ZERO;
+    for c in clients {
+        longest = longest.max(c.await.unwrap());
+    }
+    println!("every client back {back:?} after the rolling restart; the longest gap {longest:?}");
+    assert!(
+        longest < Duration::from_secs(5),
+        "a client was without a connection for {longest:?}"
+    );
+    // And they chat across the restarted nodes.
+    let mut ca = Client::connect(&url, &token(users[0])).await;
+    let mut cb = Client::connect(&url, &token(users[1])).await;
+    let conv = ca.direct_with(users[1]).await;
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "after"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "after");
 }
