@@ -37,14 +37,27 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let recorder = metrics::install();
     if auth::uses_dev_secret(&config) {
+        // The development secret is public: it may serve only what this machine alone reaches.
+        let addr = listener.local_addr().context("listener address")?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "CHAT_JWT_SECRET is not set and the node listens on {addr}, beyond this machine: \
+                 with the public development secret anyone could mint tokens. Set CHAT_JWT_SECRET \
+                 (at least 32 bytes) or CHAT_JWT_PUBLIC_KEY, or listen on 127.0.0.1 only"
+            );
+        }
         tracing::warn!(
             "CHAT_JWT_SECRET is not set: using the built-in DEVELOPMENT secret; anyone can mint tokens"
         );
     }
     let verifier = Verifier::new(&config).context("JWT configuration")?;
-    let sql = store::connect(&config.database_url, config.db_max_connections)
-        .await
-        .context("opening the database")?;
+    let sql = store::connect_with(
+        &config.database_url,
+        config.db_max_connections,
+        config.sqlite_durability(),
+    )
+    .await
+    .context("opening the database")?;
     tracing::info!(backend = sql.backend(), "database ready");
     let mut store: Arc<dyn Store> = GuardedStore::new(sql.clone());
     if let Some(keys) = Keyring::parse(&config.encryption_keys)? {

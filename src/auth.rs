@@ -11,6 +11,8 @@ use crate::config::Config;
 
 /// The development secret used when none is configured (and loudly warned about).
 const DEV_SECRET: &str = "chat-backend-development-secret-do-not-use-in-production";
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key as long as the hash (256 bits).
+const MIN_SECRET_BYTES: usize = 32;
 /// Leeway on `exp` at the upgrade and on `auth` (none at the expiry timer).
 const LEEWAY_SECS: u64 = 60;
 
@@ -37,23 +39,73 @@ pub enum AuthConfigError {
         "CHAT_JWT_PUBLIC_KEY is set: tokens are signed by your identity provider, not by chat-backend"
     )]
     PublicKeyOnly,
+    /// The configured secret is the development one, which anyone can read in this repository.
+    #[error(
+        "CHAT_JWT_SECRET is the public development secret: anyone could mint tokens; set a secret of your own"
+    )]
+    PublicSecret,
+    /// The configured secret is too short to resist guessing.
+    #[error(
+        "CHAT_JWT_SECRET is {0} bytes long: HS256 needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -base64 48`)"
+    )]
+    ShortSecret(usize),
     /// Signing failed.
     #[error("cannot sign the token: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
-/// Why a token was refused.
+/// Why a token was refused; the text says which check failed (never the token itself), for
+/// the client's error and the log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// Bad signature, wrong algorithm, expired, wrong issuer or audience, malformed.
-    #[error("invalid token: {0}")]
+    #[error("invalid token: {}", reason(.0))]
     Invalid(#[from] jsonwebtoken::errors::Error),
     /// `sub` is not a UUID, or is the nil UUID (nobody).
-    #[error("the token's sub is not a user's UUID")]
+    #[error("invalid token: the sub claim is not a user's UUID")]
     Subject,
     /// `iat` is later than now (beyond the leeway): the token is not issued yet.
-    #[error("the token is issued in the future")]
+    #[error("invalid token: it is issued in the future (iat)")]
     IssuedInFuture,
+    /// The header names extensions that must be understood (RFC 7515 §4.1.11); we know none.
+    #[error(
+        "invalid token: its header lists critical extensions (crit) this server does not understand"
+    )]
+    Critical,
+    /// Longer than any token we issue or accept.
+    #[error("invalid token: longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+}
+
+/// What a JWT check's failure means, in words a developer acts on.
+fn reason(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => "it has expired (exp)".to_owned(),
+        K::ImmatureSignature => "it is not valid yet (nbf)".to_owned(),
+        K::InvalidSignature => "bad signature".to_owned(),
+        K::InvalidAlgorithm
+        | K::MissingAlgorithm
+        | K::UnsupportedAlgorithm
+        | K::InvalidAlgorithmName => "wrong algorithm for this server".to_owned(),
+        K::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
+        K::InvalidClaimFormat(claim) => format!("the {claim} claim has the wrong type"),
+        K::InvalidIssuer => "wrong issuer (iss)".to_owned(),
+        K::InvalidAudience => "wrong audience (aud)".to_owned(),
+        K::InvalidSubject => "wrong subject (sub)".to_owned(),
+        K::Json(_) => "its header or claims are not the JSON a JWT holds".to_owned(),
+        _ => "not a signed JWT (three base64url parts)".to_owned(),
+    }
+}
+
+/// The longest token accepted, in bytes: ours are ~250; an identity provider's with many claims
+/// stay far below. Anything longer is refused before it is parsed.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The credential of an `Authorization: Bearer …` header value (the scheme in any case).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The claims `chat-backend token` signs.
@@ -124,7 +176,7 @@ impl Verifier {
     pub fn new(config: &Config) -> Result<Verifier, AuthConfigError> {
         let (key, algorithm) = if config.jwt_public_key.is_empty() {
             (
-                DecodingKey::from_secret(secret(config).as_bytes()),
+                DecodingKey::from_secret(secret(config)?.as_bytes()),
                 Algorithm::HS256,
             )
         } else {
@@ -173,7 +225,13 @@ impl Verifier {
 
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, &self.key, &self.validation)?;
+        if data.header.crit.is_some() {
+            return Err(AuthError::Critical);
+        }
         let claims = data.claims;
         let user = UserId::parse(&claims.sub)
             .filter(|u| !u.uuid().is_nil())
@@ -192,12 +250,14 @@ impl Verifier {
     }
 }
 
-/// The configured HS256 secret, or the development one.
-fn secret(config: &Config) -> &str {
-    if config.jwt_secret.is_empty() {
-        DEV_SECRET
-    } else {
-        &config.jwt_secret
+/// The configured HS256 secret, or the development one when none is; a configured secret that
+/// anyone could guess (the development one, or a short one) is refused.
+fn secret(config: &Config) -> Result<&str, AuthConfigError> {
+    match config.jwt_secret.as_str() {
+        "" => Ok(DEV_SECRET),
+        DEV_SECRET => Err(AuthConfigError::PublicSecret),
+        short if short.len() < MIN_SECRET_BYTES => Err(AuthConfigError::ShortSecret(short.len())),
+        configured => Ok(configured),
     }
 }
 
@@ -219,7 +279,7 @@ pub fn sign(config: &Config, user: UserId, ttl: Duration) -> Result<String, Auth
         iss: (!config.jwt_issuer.is_empty()).then(|| config.jwt_issuer.clone()),
         aud: (!config.jwt_audience.is_empty()).then(|| config.jwt_audience.clone()),
     };
-    let key = EncodingKey::from_secret(secret(config).as_bytes());
+    let key = EncodingKey::from_secret(secret(config)?.as_bytes());
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -233,7 +293,7 @@ mod tests {
 
     fn config() -> Config {
         Config {
-            jwt_secret: "s3cret".to_owned(),
+            jwt_secret: "s3cret-0123456789abcdef0123456789abcdef".to_owned(),
             jwt_issuer: "kaha".to_owned(),
             ..Config::default()
         }
@@ -254,7 +314,7 @@ mod tests {
         let c = config();
         let user = UserId::random();
         let other = Config {
-            jwt_secret: "other".to_owned(),
+            jwt_secret: "other-0123456789abcdef0123456789abcdef".to_owned(),
             ..config()
         };
         let token = sign(&other, user, Duration::from_secs(60)).unwrap();
@@ -383,6 +443,80 @@ MdYtJo57Uz+kLguo+UALrMsS8A8ze6djQmOjldWkPXfqRcRDwKQlt8vfHQ==
                 "{alg:?}: HS256 with the public key"
             );
         }
+    }
+
+    #[test]
+    fn a_refusal_says_why_and_critical_extensions_or_huge_tokens_are_refused() {
+        let c = config();
+        let v = Verifier::new(&c).unwrap();
+        let user = UserId::random();
+        let now = now_secs();
+        let claims = json_claims(user, now + 60);
+        let key = EncodingKey::from_secret(c.jwt_secret.as_bytes());
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".to_owned()]);
+        let critical = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert!(matches!(v.verify(&critical), Err(AuthError::Critical)));
+        let padded = Claims {
+            iss: Some("x".repeat(9000)),
+            ..claims
+        };
+        let huge = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &padded, &key).unwrap();
+        assert!(matches!(v.verify(&huge), Err(AuthError::TooLong)));
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json_claims(user, now - 3600),
+            &key,
+        )
+        .unwrap();
+        let e = v.verify(&expired).unwrap_err().to_string();
+        assert!(e.contains("expired"), "{e}");
+        let forged = format!("{}x", sign(&c, user, Duration::from_secs(60)).unwrap());
+        let e = v.verify(&forged).unwrap_err().to_string();
+        assert!(e.contains("bad signature"), "{e}");
+    }
+
+    /// The claims of a token for `user` that expires at `exp`, from the configured issuer.
+    fn json_claims(user: UserId, exp: u64) -> Claims {
+        Claims {
+            sub: user.to_string(),
+            exp,
+            iat: now_secs(),
+            iss: Some("kaha".to_owned()),
+            aud: None,
+        }
+    }
+
+    #[test]
+    fn bearer_credentials_are_read_in_any_case_of_the_scheme() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bEaReR  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
+    }
+
+    #[test]
+    fn a_configured_secret_anyone_could_guess_is_refused() {
+        for (weak, why) in [
+            (DEV_SECRET, "public"),
+            ("short-secret", "12 bytes"),
+            ("0123456789abcdef0123456789abcde", "31 bytes"),
+        ] {
+            let c = Config {
+                jwt_secret: weak.to_owned(),
+                ..Config::default()
+            };
+            let e = Verifier::new(&c).err().expect(weak);
+            assert!(e.to_string().contains(why), "{e}");
+            assert!(sign(&c, UserId::random(), Duration::from_secs(60)).is_err());
+        }
+        let long = Config {
+            jwt_secret: "0123456789abcdef0123456789abcdef".to_owned(),
+            ..Config::default()
+        };
+        assert!(Verifier::new(&long).is_ok());
+        // Unset: the development secret (the node then listens on loopback only).
+        assert!(Verifier::new(&Config::default()).is_ok());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::sqlite::Durability;
+
 /// Why the configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,9 +67,11 @@ macro_rules! settings {
         }
 
         impl SettingsArgs {
-            /// Overrides `config` with every setting given as a flag or variable.
+            /// Overrides `config` with every setting given as a flag or variable. An empty value
+            /// is no setting: `CHAT_JWT_SECRET=` leaves the file's secret in place rather than
+            /// putting the development one in its stead.
             pub fn apply(self, config: &mut Config) {
-                $( if let Some(v) = self.$field { config.$field = v; } )*
+                $( if let Some(v) = self.$field.filter(Given::given) { config.$field = v; } )*
             }
 
             /// These settings, with `serve`'s own flags winning where both give one.
@@ -95,6 +99,22 @@ macro_rules! settings {
         }
     };
 }
+
+/// Whether a value from a flag or variable says anything (an empty string does not).
+trait Given {
+    fn given(&self) -> bool;
+}
+
+impl Given for String {
+    fn given(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+macro_rules! always_given {
+    ($($ty:ty),*) => { $( impl Given for $ty { fn given(&self) -> bool { true } } )* };
+}
+always_given!(bool, u32, u64, usize);
 
 settings! {
     /// `host:port` for HTTP and WebSocket.
@@ -151,6 +171,10 @@ settings! {
     max_frame_bytes: usize = 65_536, "CHAT_MAX_FRAME_BYTES";
     /// Pushes queued per connection before a client that stopped reading is dropped.
     outbound_queue: usize = 1024, "CHAT_OUTBOUND_QUEUE";
+    /// When a SQLite commit is acknowledged: `full` (on disk: survives a power loss) or
+    /// `normal` (faster; survives a killed process, but a power loss or an OS crash may roll
+    /// back the last acknowledged messages). PostgreSQL is not affected.
+    sqlite_synchronous: String = "full".to_owned(), "CHAT_SQLITE_SYNCHRONOUS";
     /// PostgreSQL connections per node, the writer's two commit connections included.
     db_max_connections: u32 = 16, "CHAT_DB_MAX_CONNECTIONS";
     /// Least ms between the starts of two commits: messages gather meanwhile and commit
@@ -229,10 +253,22 @@ impl Config {
             ("outbound_queue", self.outbound_queue as u64),
             ("db_max_connections", u64::from(self.db_max_connections)),
         ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be above 0"))),
-            None => Ok(()),
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{name} must be above 0")));
         }
+        if Durability::parse(&self.sqlite_synchronous).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "sqlite_synchronous must be full or normal, not {:?}",
+                self.sqlite_synchronous
+            )));
+        }
+        Ok(())
+    }
+
+    /// How durable a SQLite commit is before it is acknowledged (`full` unless set otherwise;
+    /// [`Config::load`] refused anything else).
+    pub fn sqlite_durability(&self) -> Durability {
+        Durability::parse(&self.sqlite_synchronous).unwrap_or_default()
     }
 
     /// The allowed WebSocket origins; empty allows any.
@@ -266,6 +302,38 @@ mod tests {
         .apply(&mut config);
         assert_eq!(config.listen, "127.0.0.1:2");
         assert_eq!(config.rate_burst, 3);
+    }
+
+    #[test]
+    fn an_empty_variable_leaves_the_files_value_in_place() {
+        let mut config: Config =
+            toml::from_str("jwt_secret = \"from-the-file-0123456789abcdef0123456789\"").unwrap();
+        SettingsArgs {
+            jwt_secret: Some(String::new()),
+            redis_url: Some(String::new()),
+            ..Default::default()
+        }
+        .apply(&mut config);
+        assert_eq!(
+            config.jwt_secret,
+            "from-the-file-0123456789abcdef0123456789"
+        );
+        assert_eq!(config.redis_url, "");
+    }
+
+    #[test]
+    fn a_sqlite_synchronous_other_than_full_or_normal_is_refused() {
+        let config = Config {
+            sqlite_synchronous: "off".to_owned(),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+        let normal = Config {
+            sqlite_synchronous: "normal".to_owned(),
+            ..Config::default()
+        };
+        assert!(normal.validate().is_ok());
+        assert_eq!(Config::default().sqlite_durability(), Durability::Full);
     }
 
     #[test]

@@ -48,15 +48,20 @@ static UUID: LazyLock<Regex> = LazyLock::new(|| {
 
 /// A JWT (three base64url parts, the first a JSON header) or what follows `Bearer`.
 static SECRET: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(?i)(bearer\s+)[^\s,;]+")
+    Regex::new(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(?i)(bearer\s+)([^\s,;]+)")
         .unwrap_or_else(|e| unreachable!("a fixed pattern: {e}"))
 });
 
+/// Words that follow "bearer" in our own messages ("a bearer token is required"): prose, not a
+/// credential, so they stay.
+const BEARER_PROSE: [&str; 3] = ["token", "tokens", "credential"];
+
 /// `line` with every UUID masked and every token replaced.
 pub fn redact(line: &str) -> Cow<'_, str> {
-    let tokens = SECRET.replace_all(line, |c: &regex::Captures<'_>| match c.get(1) {
-        Some(bearer) => format!("{}[redacted]", bearer.as_str()),
-        None => "[token]".to_owned(),
+    let tokens = SECRET.replace_all(line, |c: &regex::Captures<'_>| match (c.get(1), c.get(2)) {
+        (Some(_), Some(word)) if BEARER_PROSE.contains(&word.as_str()) => c[0].to_owned(),
+        (Some(bearer), _) => format!("{}[redacted]", bearer.as_str()),
+        _ => "[token]".to_owned(),
     });
     if !UUID.is_match(&tokens) {
         return tokens;
@@ -112,6 +117,10 @@ mod tests {
         assert_eq!(
             redact("Authorization: Bearer s3cret-service-token, next"),
             "Authorization: Bearer [redacted], next"
+        );
+        assert_eq!(
+            redact("a bearer token is required"),
+            "a bearer token is required"
         );
     }
 

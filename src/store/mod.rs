@@ -50,10 +50,20 @@ impl From<sqlx::migrate::MigrateError> for ConnectError {
 }
 
 /// Opens the database named by `url` (`sqlite://PATH` or `postgres://...`), applies the
-/// migrations and, on PostgreSQL, makes the coming weeks' message partitions.
+/// migrations and, on PostgreSQL, makes the coming weeks' message partitions. SQLite commits are
+/// durable ([`sqlite::Durability::Full`]).
 pub async fn connect(url: &str, max_connections: u32) -> Result<SqlStore, ConnectError> {
+    connect_with(url, max_connections, sqlite::Durability::Full).await
+}
+
+/// [`connect`], with SQLite's commits as durable as `durability` says.
+pub async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    durability: sqlite::Durability,
+) -> Result<SqlStore, ConnectError> {
     let store = if url.starts_with("sqlite:") {
-        SqlStore::sqlite(sqlite::connect(url).await?)
+        SqlStore::sqlite(sqlite::connect(url, durability).await?)
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let (requests, commits) = postgres::connect(url, max_connections).await?;
         SqlStore::postgres(requests).with_commit_pool(commits)

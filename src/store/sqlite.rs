@@ -1,4 +1,5 @@
-//! SQLite specifics: the embedded default. WAL, one writer at a time (`BEGIN IMMEDIATE`), and the
+//! SQLite specifics: the embedded default. WAL, one writer at a time (`BEGIN IMMEDIATE`), each
+//! commit on disk before it is acknowledged (unless the operator chose otherwise), and the
 //! file's folder made on first start.
 
 use std::str::FromStr;
@@ -10,8 +11,33 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, SqlSafeStr};
 
+/// When a SQLite commit counts as done (`CHAT_SQLITE_SYNCHRONOUS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit, so a commit that was acknowledged
+    /// survives a power loss or an OS crash. The writer gathers many messages in one commit, so
+    /// this is one fsync per commit, not per message.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: the WAL is fsynced only at checkpoints. A killed process loses
+    /// nothing, but a power loss or an OS crash may roll back the last commits, messages that
+    /// were already acknowledged `sent` included.
+    Normal,
+}
+
+impl Durability {
+    /// Reads the setting's value: `full` or `normal`.
+    pub fn parse(value: &str) -> Option<Durability> {
+        match value.to_ascii_lowercase().as_str() {
+            "full" => Some(Durability::Full),
+            "normal" => Some(Durability::Normal),
+            _ => None,
+        }
+    }
+}
+
 /// Opens (creating when missing) the database file of a `sqlite://PATH` URL.
-pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
+pub async fn connect(url: &str, durability: Durability) -> Result<SqlitePool, super::ConnectError> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
@@ -24,8 +50,10 @@ pub async fn connect(url: &str) -> Result<SqlitePool, super::ConnectError> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // With WAL, NORMAL still survives a process kill: only an OS crash can lose the tail.
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(Duration::from_secs(3))
         .foreign_keys(true);
     Ok(SqlitePoolOptions::new()

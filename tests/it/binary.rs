@@ -212,3 +212,66 @@ async fn a_users_mistake_is_said_once_and_each_command_shows_its_own_options() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--listen"));
 }
+
+/// The public development secret serves nothing beyond this machine: an empty `CHAT_JWT_SECRET`
+/// leaves the file's secret in place, a configured secret that anyone could guess is refused at
+/// start, and so is the development secret on an address other machines reach.
+#[tokio::test]
+async fn the_development_secret_never_guards_a_node_others_can_reach() {
+    const DEV: &str = "chat-backend-development-secret-do-not-use-in-production";
+    let configured = "from-the-file-0123456789abcdef0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.toml");
+    std::fs::write(&file, format!("jwt_secret = \"{configured}\"\n")).unwrap();
+    let file = file.display().to_string();
+    let b = Binary::start(
+        Backend::Sqlite,
+        &[("CHAT_CONFIG", file.as_str()), ("CHAT_JWT_SECRET", "")],
+    )
+    .await;
+    let user = Uuid::new_v4();
+    let (status, _) = b.get(&format!("/demo/token?user={user}")).await;
+    assert_eq!(status, 404, "demo tokens with a configured secret");
+    let signed_with = |secret: &str| {
+        let config = chat_backend::config::Config {
+            jwt_secret: secret.to_owned(),
+            ..Default::default()
+        };
+        chat_backend::auth::sign(
+            &config,
+            chat_actors::ids::UserId(user),
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    };
+    let dev_token = signed_with("");
+    assert_eq!(get_as(&b, "/v1/conversations", &dev_token).await, 401);
+    assert_eq!(
+        get_as(&b, "/v1/conversations", &signed_with(configured)).await,
+        200
+    );
+
+    let refused = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+            .arg("serve")
+            .current_dir(dir.path())
+            .env(
+                "CHAT_DATABASE_URL",
+                format!("sqlite://{}/chat.db", dir.path().display()),
+            )
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{env:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let port = crate::helpers::free_port().to_string();
+    let everywhere = format!("0.0.0.0:{port}");
+    let err = refused(&[("CHAT_LISTEN", &everywhere), ("CHAT_JWT_SECRET", "")]);
+    assert!(err.contains("development secret"), "{err}");
+    let local = format!("127.0.0.1:{port}");
+    let err = refused(&[("CHAT_LISTEN", &local), ("CHAT_JWT_SECRET", DEV)]);
+    assert!(err.contains("public development secret"), "{err}");
+    let err = refused(&[("CHAT_LISTEN", &local), ("CHAT_JWT_SECRET", "hunter2")]);
+    assert!(err.contains("at least 32"), "{err}");
+}

@@ -599,3 +599,26 @@ async fn commits_on_postgres_reuse_one_generic_plan() {
     assert_eq!(custom, 0, "no commit was planned for its own parameters");
     assert!(generic >= 12, "{generic} generic executions for 12 commits");
 }
+
+#[tokio::test]
+async fn sqlite_acknowledges_only_what_is_on_disk_unless_the_operator_chose_normal() {
+    use chat_backend::store::sqlite::{Durability, connect};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("chat.db").display());
+    // PRAGMA synchronous: 1 is NORMAL, 2 is FULL (the WAL fsynced at every commit).
+    for (durability, expected) in [
+        (Durability::default(), 2),
+        (Durability::Full, 2),
+        (Durability::Normal, 1),
+    ] {
+        let pool = connect(&url, durability).await.unwrap();
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(level, expected, "{durability:?}");
+        pool.close().await;
+    }
+    assert_eq!(Durability::parse("FULL"), Some(Durability::Full));
+    assert_eq!(Durability::parse("off"), None);
+}

@@ -13,6 +13,8 @@ use hyper::header::{self, HeaderMap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth;
+
 use super::{Body, json};
 use crate::transport::error::http_error;
 use crate::transport::{BODY_READ_TIMEOUT, Transport};
@@ -34,14 +36,13 @@ pub fn caller(t: &Transport, headers: &HeaderMap) -> Result<Caller, Rejection> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
+        .and_then(auth::bearer)
         .ok_or_else(|| Rejection::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
+    // Why it was refused, never the token itself (the router logs it at warn).
     let identity = t
         .verifier
         .verify(token)
-        .map_err(|_| Rejection::new(ErrorCode::Unauthorized, "invalid token"))?;
+        .map_err(|e| Rejection::new(ErrorCode::Unauthorized, e.to_string()))?;
     Ok(Caller {
         user: identity.user,
         session: None,

@@ -1,5 +1,6 @@
 //! `POST /v1/internal/events`: the user service tells us a profile changed; the cached entry is
-//! dropped. Only with `Authorization: Bearer CHAT_SERVICE_TOKEN` (unset: refused).
+//! dropped. Only with `Authorization: Bearer CHAT_SERVICE_TOKEN` (unset: refused), compared in
+//! constant time so that the answer's timing tells nothing of the token.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use chat_actors::protocol::{ErrorCode, Rejection};
 use hyper::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use super::api::{self, Answer};
 use crate::transport::Transport;
@@ -25,8 +27,11 @@ pub async fn events(t: Arc<Transport>, req: Request<Incoming>) -> Answer {
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if t.service_token.is_empty() || presented != Some(t.service_token.as_str()) {
+        .and_then(crate::auth::bearer);
+    let expected = t.service_token.as_bytes();
+    // `ct_eq` of slices of different lengths is false at once: the length is not a secret.
+    let valid = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(expected)));
+    if expected.is_empty() || !valid {
         return Err(Rejection::new(
             ErrorCode::Unauthorized,
             "a valid service token is required",

@@ -35,7 +35,7 @@ pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> 
         Err(e) => {
             // Why, never the token itself.
             tracing::warn!(error = %e, "access denied: a WebSocket upgrade with an invalid token");
-            return refuse(401, "unauthorized", "invalid token");
+            return refuse(401, "unauthorized", &e.to_string());
         }
     };
     let slot = match Slot::take(&t, identity.user) {
@@ -127,10 +127,7 @@ fn origin_allowed(t: &Transport, h: &HeaderMap) -> bool {
 
 fn bearer(h: &HeaderMap) -> Option<String> {
     let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
+    crate::auth::bearer(v).map(str::to_owned)
 }
 
 fn query_token(query: Option<&str>) -> Option<String> {
