@@ -168,7 +168,9 @@ impl Node {
                     id: node,
                     incarnation,
                 };
-                let restarted = self.cluster.note_incarnations(std::slice::from_ref(&hello), false);
+                let restarted = self
+                    .cluster
+                    .note_incarnations(std::slice::from_ref(&hello), false);
                 let mut live = (*self.cluster.live()).clone();
                 live.push(hello.id);
                 self.update_live(live, restarted);
