@@ -28,6 +28,11 @@ pub enum StoreError {
     /// The row is not there.
     #[error("not found")]
     NotFound,
+    /// The change breaks one of the data's own rules (a constraint other than the ones above):
+    /// a request the rules should have refused. Retrying cannot help, so it is never
+    /// `unavailable`.
+    #[error("refused by the database: {0}")]
+    Refused(String),
     /// The database did not answer, or failed: answer `unavailable`, retry later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -179,8 +179,12 @@ fn classify(e: sqlx::Error) -> StoreError {
             } else if named(&["_mid"], "messages.mid") {
                 StoreError::MidTaken
             } else {
-                StoreError::Unavailable(Box::new(e))
+                StoreError::Refused(db.message().to_owned())
             }
+        }
+        // A rule of the data (foreign key, check, not null): retrying cannot help.
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() || db.is_check_violation() => {
+            StoreError::Refused(db.message().to_owned())
         }
         sqlx::Error::RowNotFound => StoreError::NotFound,
         _ => StoreError::Unavailable(Box::new(e)),

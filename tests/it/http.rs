@@ -118,6 +118,20 @@ async fn an_http_send_reaches_websocket_clients_and_errors_map_to_statuses() {
         .0,
         404
     );
+    // A malformed id is a malformed request, as over WebSocket.
+    for path in ["/v1/conversations/not-a-uuid", "/v1/messages/not-a-uuid"] {
+        let method = if path.starts_with("/v1/messages") {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let (status, err) = http(&node, method, path, Some(&ta), None).await;
+        assert_eq!(
+            (status, err["error"]["code"].clone()),
+            (400, json!("bad_request")),
+            "{path}"
+        );
+    }
     let (status, doc) = http(&node, "GET", "/v1/openapi.json", None, None).await;
     assert_eq!((status, doc["openapi"].clone()), (200, json!("3.0.3")));
     // A real path with the wrong method: 405, its own code, and what is allowed.
@@ -192,4 +206,58 @@ async fn http_paging_takes_the_same_ranges_as_websocket() {
     .await;
     assert_eq!(status, 400);
     node.shutdown().await;
+}
+
+/// A member added to a group hears of the conversation, then gets the `member_added` system
+/// message like every other member; no one deletes a system message, over WebSocket or HTTP.
+async fn an_added_member_gets_the_system_message_and_no_one_deletes_it(backend: Backend) {
+    let node = TestNode::spawn(backend, |_| {}).await;
+    let (admin, member, added) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = node.client(admin).await;
+    let mut cm = node.client(member).await;
+    let mut cn = node.client(added).await;
+    let g = ca
+        .call("create", json!({"kind": "group", "members": [member]}))
+        .await;
+    let conv = g["conversation"]["id"].as_str().unwrap().to_owned();
+    let r = ca
+        .call("add_member", json!({"conv": conv, "user": added}))
+        .await;
+    assert_eq!(r["t"], "ok", "{r}");
+    let first = loop {
+        let f = cn.next_frame().await.expect("closed");
+        if f["t"] == "conversation" || f["t"] == "message" {
+            break f;
+        }
+    };
+    assert_eq!(first["t"], "conversation", "{first}");
+    let event = json!({"event": "member_added", "user": added.to_string()});
+    for c in [&mut ca, &mut cm, &mut cn] {
+        let m = c.push("message").await;
+        assert_eq!(m["kind"], "system", "{m}");
+        let body: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body, event);
+    }
+    let h = ca.call("history", json!({"conv": conv})).await;
+    let system = h["messages"][0]["mid"].as_str().unwrap().to_owned();
+    let r = ca.call("delete", json!({"mid": system})).await;
+    assert_eq!(r["code"], "forbidden", "{r}");
+    let path = format!("/v1/messages/{system}");
+    let (status, err) = http(&node, "DELETE", &path, Some(&node.token(admin)), None).await;
+    assert_eq!(
+        (status, err["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    let h = cn.call("history", json!({"conv": conv})).await;
+    assert!(h["messages"][0]["deleted_at"].is_null(), "{h}");
+}
+
+#[tokio::test]
+async fn an_added_member_gets_the_system_message_and_no_one_deletes_it_on_sqlite() {
+    an_added_member_gets_the_system_message_and_no_one_deletes_it(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_added_member_gets_the_system_message_and_no_one_deletes_it_on_postgres() {
+    an_added_member_gets_the_system_message_and_no_one_deletes_it(Backend::Postgres).await;
 }

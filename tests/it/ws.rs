@@ -307,3 +307,26 @@ async fn page_limits_beyond_64_bits_are_clamped_and_cursors_take_the_whole_unsig
     assert_eq!(r["items"].as_array().unwrap().len(), 1, "{r}");
     node.shutdown().await;
 }
+
+/// A receiver ends a typing display when the sender's message arrives; the sender typing again
+/// right after is news, passed on at once (not held back as a repeat of the earlier `on`).
+#[tokio::test]
+async fn typing_again_after_a_message_reaches_the_receiver_at_once() {
+    let node = TestNode::spawn(Backend::Sqlite, |_| {}).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = node.client(a).await;
+    let mut cb = node.client(b).await;
+    let conv = direct(&mut ca, b).await;
+    cb.push("conversation").await;
+    ca.send_frame(json!({"t": "typing", "conv": conv, "on": true}))
+        .await;
+    assert_eq!(cb.push("typing").await["on"], true);
+    let r = ca.call("send", json!({"conv": conv, "body": "hi"})).await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "hi");
+    ca.send_frame(json!({"t": "typing", "conv": conv, "on": true}))
+        .await;
+    let again = cb.push("typing").await;
+    assert_eq!(again["on"], true, "{again}");
+    node.shutdown().await;
+}

@@ -85,11 +85,12 @@ impl ConversationActor {
             .collect();
         live.typing.retain(|t| t.until > now);
         for user in expired {
-            self.push_typing(&live.record, user, false);
+            self.push_typing(live, user, false);
         }
         self.expire_queue(live);
         matches!(live.inflight, InFlight::Idle)
             && live.queue.is_empty()
+            && live.pushes.settled()
             && live.typing.is_empty()
             && live.last_used.elapsed() >= self.deps.timing.idle_after
     }

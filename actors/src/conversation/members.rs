@@ -13,10 +13,11 @@ use super::{
     shared, store_rejection, view,
 };
 use crate::clock::now_ms;
+use crate::delivery::wire::Target;
 use crate::ids::{Mid, SessionId, UserId};
 use crate::ports::{ConversationRecord, MemberRecord, MembershipChange, NewMessage, StoreError};
 use crate::protocol::{Rejection, Role, ServerFrame, SharedFrame};
-use crate::rules::membership;
+use crate::rules::{limits, membership};
 
 /// A pending membership change.
 pub(super) struct PendingMember {
@@ -142,29 +143,24 @@ impl ConversationActor {
             self.reload(myself, live);
             return;
         }
-        let record = &mut live.record;
-        apply_change(record, &change);
+        apply_change(&mut live.record, &change);
         pending.reply.ok();
+        let conv = live.record.id;
         for removed in &change.remove {
-            let frame = shared(ServerFrame::Removed { conv: record.id });
-            self.deps.delivery.deliver(*removed, &frame, None);
+            let frame = shared(ServerFrame::Removed { conv });
+            let target = Target {
+                user: *removed,
+                except: None,
+            };
+            self.push(&mut live.pushes, [target], &frame);
         }
+        // First the conversation as it is now (a member who just joined learns of it), then
+        // the system message, to every member at the time, the one just added included.
+        self.push_conversation(myself, &mut live.pushes, live.record.clone(), None);
         if let Some(system) = &change.system {
-            // A member who just joined learns of it from the `conversation` push; the system
-            // message announces them to the others.
-            let frame = shared(ServerFrame::Message(system.object(record.id)));
-            let targets = everyone(record).filter(|t| !change.add.iter().any(|a| a.user == t.user));
-            self.deps.delivery.deliver_all(targets, &frame);
+            let frame = shared(ServerFrame::Message(system.object(conv)));
+            self.push(&mut live.pushes, everyone(&live.record), &frame);
         }
-        self.push_conversation(record.clone());
-    }
-
-    /// Pushes the conversation, as each member sees it, to every member.
-    pub(super) fn push_conversation(&self, record: ConversationRecord) {
-        let deps = self.deps.clone();
-        self.deps.tasks.spawn(async move {
-            deps.push_conversation(&record, None).await;
-        });
     }
 }
 
@@ -220,7 +216,7 @@ pub(super) fn plan_change(
         mid,
         client_mid: false,
         sender: actor,
-        kind: "system".to_owned(),
+        kind: limits::SYSTEM_KIND.to_owned(),
         body: serde_json::json!({"event": event, "user": subject}).to_string(),
         at: state::next_at(now, record.last_activity),
     });

@@ -9,6 +9,7 @@
 
 mod lifecycle;
 mod members;
+mod pushes;
 pub mod request;
 mod send;
 mod side;
@@ -29,12 +30,13 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::Delivery;
 use crate::delivery::wire::Target;
 use crate::directory::Directory;
-use crate::ids::{ConversationId, UserId};
+use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{ConversationRecord, MembershipChange, Profiles, Store, StoreError, Writer};
 use crate::protocol::{Rejection, ServerFrame, SharedFrame};
 use crate::rules::Limits;
 pub use lifecycle::Timing;
 use members::{MemberOp, PendingMember};
+use pushes::Pushes;
 pub use request::{ConversationReply, ConversationRequest, Reply, ReplyPort, SendRequest};
 pub use send::Sent;
 use send::{PendingSend, answer_send, mid_clash};
@@ -61,6 +63,10 @@ pub enum ConversationMessage {
     MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, Reply),
     /// Sent to ourselves when the clock falls due (`lifecycle::arm_clock`).
     Tick,
+    /// The `conversation` push being built is out: the pushes held behind it go.
+    ConversationPushed,
+    /// A delete of ours is committed (message `mid`, `seq`): its push goes out in order.
+    MessageDeleted(Mid, Seq),
 }
 
 /// What every conversation actor of a node shares, read-only. Only conversation actors (and the
@@ -128,6 +134,8 @@ pub struct Live {
     /// The one pending look at the clock: when, and its timer (aborted when an earlier look is
     /// needed, and when the actor stops).
     clock: Option<(Instant, ClockTimer)>,
+    /// Pushes held behind a `conversation` push being built.
+    pushes: Pushes,
 }
 
 /// A member typing now.
@@ -187,6 +195,7 @@ impl Actor for ConversationActor {
             typing: Vec::new(),
             last_used: Instant::now(),
             clock: None,
+            pushes: Pushes::default(),
         });
         self.arm_clock(&myself, &mut live);
         Ok(ConversationState::Live(live))
@@ -207,6 +216,7 @@ impl Actor for ConversationActor {
                 for work in l.queue.drain(..) {
                     reject_work(work, Rejection::unavailable());
                 }
+                self.release_held(&mut l.pushes);
                 l.record.id
             }
         };
@@ -247,6 +257,12 @@ impl Actor for ConversationActor {
             ConversationMessage::MemberFlagSaved(user, flag, outcome, reply) => {
                 self.on_member_flag_saved(live, user, flag, outcome, reply)
             }
+            ConversationMessage::ConversationPushed => {
+                self.on_conversation_pushed(&myself, &mut live.pushes)
+            }
+            ConversationMessage::MessageDeleted(mid, seq) => {
+                self.on_message_deleted(live, mid, seq)
+            }
             ConversationMessage::Tick => {
                 if live
                     .clock
@@ -282,7 +298,7 @@ impl ConversationActor {
             ConversationRequest::Read { user, seq } => self.on_read(myself, live, user, seq, reply),
             ConversationRequest::Typing { user, on } => self.on_typing(live, user, on, reply),
             ConversationRequest::Delete { user, message } => {
-                self.on_delete(live, user, *message, reply)
+                self.on_delete(myself, live, user, *message, reply)
             }
             ConversationRequest::Mute { user, on } => self.on_mute(myself, live, user, on, reply),
             ConversationRequest::AddMember { actor, user } => {
@@ -298,6 +314,11 @@ impl ConversationActor {
                 self.on_history(live, user, range, limit, reply)
             }
             ConversationRequest::Get { user } => self.on_get(live, user, reply),
+            ConversationRequest::Announce { except } => {
+                let record = live.record.clone();
+                self.push_conversation(myself, &mut live.pushes, record, except);
+                reply.ok();
+            }
         }
     }
 }
@@ -317,7 +338,9 @@ fn reject_message(message: ConversationMessage, rejection: Rejection) {
         ConversationMessage::Committed(_)
         | ConversationMessage::MembersChanged(_)
         | ConversationMessage::Reloaded(_)
-        | ConversationMessage::Tick => {}
+        | ConversationMessage::Tick
+        | ConversationMessage::ConversationPushed
+        | ConversationMessage::MessageDeleted(..) => {}
     }
 }
 
@@ -343,6 +366,11 @@ pub fn store_rejection(e: &StoreError) -> Rejection {
     match e {
         StoreError::NotFound => Rejection::not_found("not found"),
         StoreError::DuplicateMids(_) => mid_clash(),
+        StoreError::Refused(why) => {
+            // A rule the core should have checked first: worth an operator's look.
+            tracing::error!(reason = %why, "the database refused a change the rules let through");
+            Rejection::bad_request("the request breaks a rule of the conversation")
+        }
         StoreError::SeqTaken | StoreError::MidTaken | StoreError::Unavailable(_) => {
             Rejection::unavailable()
         }

@@ -81,6 +81,12 @@ pub enum ConversationRequest {
         /// Who asks.
         user: UserId,
     },
+    /// The conversation was just created: push it to its members, ahead of any push of its
+    /// messages (the owner makes both, so they leave in order).
+    Announce {
+        /// The creator's connection, which got the reply instead.
+        except: Option<SessionId>,
+    },
 }
 
 /// A send as the owner gets it.

@@ -16,7 +16,7 @@ use super::{
 use crate::clock::now_ms;
 use crate::delivery::wire::Target;
 use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
-use crate::ports::{AppendBatch, ConversationRecord, NewMessage, StoreError};
+use crate::ports::{AppendBatch, NewMessage, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
 
 /// The most messages of one conversation in one append.
@@ -187,9 +187,12 @@ impl ConversationActor {
                         deleted_at: None,
                     };
                     let (sender, session) = (p.req.sender, p.req.session);
+                    // The message ends the sender's typing for its receivers (PROTOCOL §4): a
+                    // next `on` of theirs is news, not a repeat to hold back.
+                    live.typing.retain(|t| t.user != sender);
                     let ack = sent(conv, p.req.mid, committed, true);
                     answer_send(p, Ok(ack));
-                    self.fan_out(&live.record, message, Some((sender, session)));
+                    self.fan_out(live, message, Some((sender, session)));
                 }
             }
             Err(StoreError::DuplicateMids(hits)) => {
@@ -238,19 +241,19 @@ impl ConversationActor {
     /// Delivers a committed message to every member's connections but the sender's own.
     pub(super) fn fan_out(
         &self,
-        record: &ConversationRecord,
+        live: &mut Live,
         message: MessageObject,
         origin: Option<(UserId, Option<SessionId>)>,
     ) {
         let frame = shared(ServerFrame::Message(message));
-        let targets = record.members.iter().map(|m| Target {
+        let targets = live.record.members.iter().map(|m| Target {
             user: m.user,
             except: match origin {
                 Some((sender, session)) if sender == m.user => session,
                 _ => None,
             },
         });
-        self.deps.delivery.deliver_all(targets, &frame);
+        self.push(&mut live.pushes, targets, &frame);
     }
 }
 

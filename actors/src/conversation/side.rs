@@ -12,10 +12,10 @@ use super::{
     others, shared, store_rejection, view,
 };
 use crate::clock::now_ms;
-use crate::delivery::wire::Target;
-use crate::ids::{ConversationId, Seq, UserId};
-use crate::ports::{ConversationRecord, HistoryRange, StoreError};
+use crate::ids::{ConversationId, Mid, Seq, UserId};
+use crate::ports::{HistoryRange, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
+use crate::rules::limits::SYSTEM_KIND;
 
 /// A per-member setting written outside the batching writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +126,7 @@ impl ConversationActor {
         reply.ok();
         if let Some(seq) = receipt {
             let frame = shared(ServerFrame::Receipt { conv, user, seq });
-            self.deps
-                .delivery
-                .deliver_all(others(&live.record, user), &frame);
+            self.push(&mut live.pushes, others(&live.record, user), &frame);
         }
     }
 
@@ -165,22 +163,23 @@ impl ConversationActor {
             (None, false) => false,
         };
         if tell {
-            self.push_typing(&live.record, user, on);
+            self.push_typing(live, user, on);
         }
         reply.ok();
     }
 
-    pub(super) fn push_typing(&self, record: &ConversationRecord, user: UserId, on: bool) {
+    pub(super) fn push_typing(&self, live: &mut Live, user: UserId, on: bool) {
         let frame = shared(ServerFrame::Typing {
-            conv: record.id,
+            conv: live.record.id,
             user,
             on,
         });
-        self.deps.delivery.deliver_all(others(record, user), &frame);
+        self.push(&mut live.pushes, others(&live.record, user), &frame);
     }
 
     pub(super) fn on_delete(
         &self,
+        myself: &ActorRef<ConversationMessage>,
         live: &mut Live,
         user: UserId,
         msg: MessageObject,
@@ -188,6 +187,11 @@ impl ConversationActor {
     ) {
         if let Err(r) = state::member(&live.record, user) {
             reply.fail(r);
+            return;
+        }
+        if msg.kind == SYSTEM_KIND {
+            // The conversation's record of who was in it.
+            reply.fail(Rejection::forbidden("no one deletes a system message"));
             return;
         }
         if msg.from != user {
@@ -199,24 +203,29 @@ impl ConversationActor {
             return;
         }
         let deps = self.deps.clone();
-        // Owned: the push goes out from the task, after the commit.
-        let members: Vec<Target> = everyone(&live.record).collect();
+        let me = myself.clone();
         self.deps.tasks.spawn(async move {
             match deps.store.mark_deleted(msg.mid, now_ms()).await {
                 Ok(()) => {
                     reply.ok();
-                    let frame = shared(ServerFrame::Deleted {
-                        conv: msg.conv,
-                        mid: msg.mid,
-                        seq: msg.seq,
-                    });
-                    deps.delivery.deliver_all(members, &frame);
+                    // The push goes out from the actor, in order with its others.
+                    let _ = me.cast(ConversationMessage::MessageDeleted(msg.mid, msg.seq));
                 }
                 Err(e) => {
                     reply.fail(store_rejection(&e));
                 }
             }
         });
+    }
+
+    /// A delete is committed: every member hears of it.
+    pub(super) fn on_message_deleted(&self, live: &mut Live, mid: Mid, seq: Seq) {
+        let frame = shared(ServerFrame::Deleted {
+            conv: live.record.id,
+            mid,
+            seq,
+        });
+        self.push(&mut live.pushes, everyone(&live.record), &frame);
     }
 
     pub(super) fn on_history(

@@ -338,11 +338,13 @@ impl Node {
         metrics::counter!("chat_conversations_created_total").increment(1);
         let profiles = view::profiles_for(self.deps.profiles.as_ref(), [&record]).await;
         let object = view::object(&record, None, 0, &profiles);
-        let deps = self.deps.clone();
+        // The owner pushes it to the members, ahead of the pushes of its messages; told before
+        // the creator hears `conversation`, so before any send of theirs reaches the owner.
         let except = caller.session;
-        self.deps
-            .tasks
-            .spawn(async move { deps.push_conversation(&record, except).await });
+        let announce = ConversationRequest::Announce { except };
+        if let Err(r) = self.tell(record.id, announce, Reply::nobody()) {
+            tracing::warn!(conv = %record.id.masked(), code = ?r.code, "a new conversation's push could not reach its owner");
+        }
         Ok((object, true))
     }
 
@@ -414,6 +416,11 @@ impl Node {
                     ));
                 };
                 let agents = self.agents_of(business).await?;
+                if caller.user == business || agents.contains(&caller.user) {
+                    return Err(Rejection::bad_request(
+                        "a business, or one of its own agents, cannot open a chat with it as a customer",
+                    ));
+                }
                 let loads = timed(self.deps.store.agent_loads(&agents))
                     .await?
                     .map_err(|e| store_rejection(&e))?;

@@ -30,6 +30,10 @@ pub const MAX_PRESENCE_USERS: usize = 100;
 /// At most this many users in one `watch` list.
 pub const MAX_WATCH_USERS: usize = 200;
 
+/// The kind of the messages the server writes when membership changes; no client sends or
+/// deletes one.
+pub const SYSTEM_KIND: &str = "system";
+
 /// The kind a message gets: `text` when absent; else 1 to 20 of `a-z 0-9 _ . -`, never `system`.
 pub fn message_kind(kind: Option<&str>) -> Result<String, Rejection> {
     let Some(kind) = kind else {
@@ -43,7 +47,7 @@ pub fn message_kind(kind: Option<&str>) -> Result<String, Rejection> {
             "kind must be 1 to 20 characters of a-z 0-9 _ . -",
         ));
     }
-    if kind == "system" {
+    if kind == SYSTEM_KIND {
         return Err(Rejection::bad_request(
             "kind system is reserved for the server",
         ));

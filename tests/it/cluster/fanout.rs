@@ -64,3 +64,35 @@ async fn a_push_crosses_once_per_node_and_local_traffic_stays_off_redis() {
     }
     assert_eq!(pushes_published(&nodes[0]).await, before);
 }
+
+/// A conversation's pushes reach each connection in the order its owner made them, whatever
+/// node the recipient is on: the `conversation` push that introduces a new conversation comes
+/// before the `message` push of its first message, every time.
+#[tokio::test]
+async fn a_new_conversation_is_pushed_before_its_first_message_on_any_node() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = cluster(&db, 2).await;
+    for (tries, across) in [(10, true), (10, false)] {
+        for _ in 0..tries {
+            let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+            let mut ca = nodes[0].client(a).await;
+            let mut cb = nodes[usize::from(across)].client(b).await;
+            let conv = ca.direct_with(b).await;
+            let r = ca
+                .call("send", json!({"conv": conv, "body": "at once"}))
+                .await;
+            assert_eq!(r["t"], "sent", "{r}");
+            let first = loop {
+                let f = cb.next_frame().await.expect("b's connection closed");
+                if f["t"] == "conversation" || f["t"] == "message" {
+                    break f;
+                }
+            };
+            assert_eq!(
+                first["t"], "conversation",
+                "the message came first (b on another node: {across}): {first}"
+            );
+            assert_eq!(cb.push("message").await["body"], "at once");
+        }
+    }
+}

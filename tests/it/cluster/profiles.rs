@@ -128,8 +128,9 @@ async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
         .await
         .unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The scheme in any case, as for the user API.
     let req = format!(
-        "POST /v1/internal/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer service-token\r\n\
+        "POST /v1/internal/events HTTP/1.1\r\nHost: x\r\nAuthorization: bearer service-token\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{event}",
         event.len()
     );
@@ -246,6 +247,41 @@ async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
         }
     };
     assert_eq!(gone["status"], "offline");
+    let _ = service.kill();
+    let _ = service.wait();
+}
+
+/// One of a business's own agents (or the business itself) cannot be its customer: a
+/// `bad_request` the client does not retry, on both backends' constraint paths, and the
+/// agent's other chats go on.
+#[tokio::test]
+async fn an_agent_opening_a_chat_with_its_own_business_is_a_bad_request() {
+    let (business, agent, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let directory = json!({
+        "users": {agent.to_string(): {"name": "Agent"}, customer.to_string(): {"name": "Customer"}},
+        "businesses": {business.to_string(): {"name": "Shop", "agents": [agent.to_string()]}},
+    });
+    let mut service = user_service_with(port, &directory, dir.path());
+    let url = format!("http://127.0.0.1:{port}");
+    let node = Binary::start(
+        Backend::Sqlite,
+        &[
+            ("CHAT_PROFILES_URL", url.as_str()),
+            ("CHAT_PROFILES_TOKEN", "profiles-token"),
+        ],
+    )
+    .await;
+    let create = json!({"kind": "business", "business": business.to_string()});
+    for who in [agent, business] {
+        let mut c = node.client(who).await;
+        let r = c.call("create", create.clone()).await;
+        assert_eq!(r["code"], "bad_request", "{r}");
+    }
+    let mut cc = node.client(customer).await;
+    let r = cc.call("create", create).await;
+    assert_eq!(r["t"], "conversation", "{r}");
     let _ = service.kill();
     let _ = service.wait();
 }
