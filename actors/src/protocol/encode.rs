@@ -304,13 +304,16 @@ impl SharedFrame {
         .clone()
     }
 
-    /// The JSON of a frame that came as MessagePack.
+    /// The JSON of a frame that came as MessagePack, its keys in the order they were written
+    /// (`t` first, as in a frame made on this node).
     fn transcoded(&self) -> Bytes {
         let packed = self.msgpack.get().cloned().unwrap_or_default();
-        let value: Result<serde_json::Value, _> = rmp_serde::from_slice(&packed);
-        match value.map(|v| serde_json::to_vec(&v)) {
-            Ok(Ok(json)) => Bytes::from(json),
-            _ => {
+        let mut json = Vec::with_capacity(ENCODE_CAPACITY);
+        let mut from = rmp_serde::Deserializer::from_read_ref(&packed[..]);
+        let mut to = serde_json::Serializer::new(&mut json);
+        match serde_transcode::transcode(&mut from, &mut to) {
+            Ok(()) => Bytes::from(json),
+            Err(_) => {
                 tracing::error!("a frame from another node failed to transcode");
                 Bytes::from_static(br#"{"t":"error","code":"internal","message":"encode"}"#)
             }
@@ -322,6 +325,19 @@ impl SharedFrame {
 mod tests {
     use super::*;
     use crate::ids::ConversationId;
+
+    #[test]
+    fn a_frame_from_another_node_reaches_json_clients_as_a_local_one_would() {
+        let frame = ServerFrame::Typing {
+            conv: ConversationId::random(),
+            user: crate::ids::UserId::random(),
+            on: true,
+        };
+        let relayed = SharedFrame::from_msgpack(encode_frame(Format::MsgPack, &frame));
+        let json = relayed.bytes(Format::Json);
+        assert_eq!(json, encode_frame(Format::Json, &frame));
+        assert!(json.starts_with(br#"{"t":"typing""#), "{json:?}");
+    }
 
     #[test]
     fn a_msgpack_send_decodes_with_string_uuids() {

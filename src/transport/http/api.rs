@@ -135,11 +135,12 @@ pub fn page_limit(q: &HashMap<String, String>) -> Result<Option<i64>, Rejection>
     })))
 }
 
-/// A path segment that must be a UUID; otherwise `not_found` (no such resource).
+/// A path segment that must be a UUID; otherwise `bad_request`, as the WebSocket answers the
+/// same id in a frame (a malformed request comes first in PROTOCOL §6's order of checks).
 pub fn id<T: From<uuid::Uuid>>(segment: &str) -> Result<T, Rejection> {
     uuid::Uuid::parse_str(segment)
         .map(T::from)
-        .map_err(|_| Rejection::not_found("no such resource"))
+        .map_err(|_| Rejection::bad_request(format!("invalid UUID {segment:?} in the path")))
 }
 
 /// `status` with `value` as JSON.
