@@ -15,11 +15,28 @@ use regex::Regex;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// The filter for `RUST_LOG`'s value (`info` when empty or unset). The WebSocket library logs
+/// whole frames, message bodies included, at debug and trace: its lines stay at info and above
+/// unless `RUST_LOG` names it (an operator chasing a protocol problem on a test node).
+fn filter_directives(rust_log: &str) -> String {
+    let base = if rust_log.trim().is_empty() {
+        "info,sqlx::postgres::notice=warn"
+    } else {
+        rust_log
+    };
+    if base.contains("tungstenite") {
+        base.to_owned()
+    } else {
+        format!("{base},tungstenite=info,tokio_tungstenite=info")
+    }
+}
+
 /// Installs the global subscriber once.
 pub fn init() {
     // PostgreSQL's notices ("already exists, skipping" on every migrate) are not news.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    let wanted = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = EnvFilter::try_new(filter_directives(&wanted))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives("")));
     let format = std::env::var("CHAT_LOG_FORMAT").unwrap_or_default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -108,6 +125,19 @@ mod tests {
             redact(line),
             "conv=1F0C2D3E… path=/v1/conversations/0b7e4c1a…/read"
         );
+    }
+
+    #[test]
+    fn the_websocket_librarys_frame_dumps_stay_out_unless_asked_for() {
+        assert_eq!(
+            filter_directives(""),
+            "info,sqlx::postgres::notice=warn,tungstenite=info,tokio_tungstenite=info"
+        );
+        assert_eq!(
+            filter_directives("trace"),
+            "trace,tungstenite=info,tokio_tungstenite=info"
+        );
+        assert_eq!(filter_directives("tungstenite=trace"), "tungstenite=trace");
     }
 
     #[test]

@@ -37,6 +37,16 @@ async fn every_metric_the_dashboard_queries_is_served() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
+    // The events an operator must see, though a healthy node shows them at 0.
+    let charted = queries(&dashboard).join(" ");
+    for event in [
+        "chat_bus_disconnections_total",
+        "chat_actor_failures_total",
+        "chat_slow_consumers_total",
+        "chat_connections_refused_total",
+    ] {
+        assert!(charted.contains(event), "the dashboard leaves out {event}");
+    }
     for expr in queries(&dashboard) {
         for m in name.find_iter(&expr) {
             assert!(

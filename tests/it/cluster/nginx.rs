@@ -24,6 +24,16 @@ struct ScriptCluster {
 
 impl ScriptCluster {
     fn start(n: usize, db: &TestDb, redis: &str, extra: &[(&str, &str)]) -> ScriptCluster {
+        let cluster = ScriptCluster::new(n, db, redis, extra);
+        assert!(
+            cluster.script(&["start", &n.to_string()]),
+            "scripts/cluster start failed"
+        );
+        cluster
+    }
+
+    /// The settings and ports of a cluster of `n`, not started.
+    fn new(n: usize, db: &TestDb, redis: &str, extra: &[(&str, &str)]) -> ScriptCluster {
         let mut env = vec![
             ("CHAT_DATABASE_URL".to_owned(), db.url.clone()),
             ("CHAT_REDIS_URL".to_owned(), redis.to_owned()),
@@ -37,21 +47,21 @@ impl ScriptCluster {
             ),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let cluster = ScriptCluster {
+        ScriptCluster {
             dir: tempfile::tempdir().unwrap(),
             lb: free_port(),
             node_ports: (0..n).map(|_| free_port()).collect(),
             env,
-        };
-        assert!(
-            cluster.script(&["start", &n.to_string()]),
-            "scripts/cluster start failed"
-        );
-        cluster
+        }
     }
 
     /// Runs `scripts/cluster ARGS DIR` with the test's settings; true when it succeeded.
     fn script(&self, args: &[&str]) -> bool {
+        self.script_output(args).status.success()
+    }
+
+    /// [`ScriptCluster::script`], with what it said.
+    fn script_output(&self, args: &[&str]) -> std::process::Output {
         let ports: Vec<String> = self.node_ports.iter().map(u16::to_string).collect();
         std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
             .args(args)
@@ -59,8 +69,9 @@ impl ScriptCluster {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("CLUSTER_PORT", self.lb.to_string())
             .env("CLUSTER_NODE_PORTS", ports.join(" "))
-            .status()
-            .is_ok_and(|s| s.success())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
     }
 
     /// The balancer's WebSocket URL.
@@ -113,6 +124,21 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
     assert_eq!(cb.push("message").await["body"], "through nginx");
     // least_conn spread the two connections over both nodes.
     assert_ne!(nodes_seen[0], nodes_seen[1], "both clients on one node");
+    // The operators' endpoints answer on a node's own address only, not through the balancer.
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("POST", "/v1/internal/events"),
+        (
+            "GET",
+            "/demo/token?user=6f1c7a52-0b7e-4c55-9d8e-2f4a1b3c5d6e",
+        ),
+    ] {
+        assert_eq!(status_of(cluster.lb, method, path).await, 403, "{path}");
+    }
+    assert_eq!(
+        status_of(cluster.node_ports[0], "GET", "/metrics").await,
+        200
+    );
 
     // Kill b's node; b reconnects through nginx (to the survivor) and both go on.
     let killed = cb.hello["node"].as_str().unwrap().to_owned();
@@ -144,6 +170,24 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
         .map(|m| m["body"].as_str().unwrap())
         .collect();
     assert_eq!(bodies, ["through nginx", "after"]);
+}
+
+/// The status of a bodiless `method path` on `port`.
+async fn status_of(port: u16, method: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A send answered `sent`: the conversation, its mid, and when the answer came.
@@ -465,4 +509,51 @@ async fn a_rolling_restart_behind_nginx_has_every_client_back_within_seconds() {
         .await;
     assert_eq!(r["t"], "sent", "{r}");
     assert_eq!(cb.push("message").await["body"], "after");
+}
+
+/// A start that fails stops what it started and says why: nginx's port taken, or a node that
+/// exits at once (its database does not exist), said within seconds with the end of its log.
+#[tokio::test]
+async fn a_failed_cluster_start_leaves_nothing_running_and_says_why() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let cluster = ScriptCluster::new(2, &db, &redis_url(), &[]);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", cluster.lb)).unwrap();
+    let out = cluster.script_output(&["start", "2"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("taken"), "{said}");
+    drop(squatter);
+    // The balancer's port was checked before anything started: no node listens.
+    for port in &cluster.node_ports {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", *port)).is_err());
+    }
+
+    let missing = format!("{}_missing", db.url);
+    let mut doomed = ScriptCluster::new(2, &db, &redis_url(), &[]);
+    doomed.env.retain(|(k, _)| k != "CHAT_DATABASE_URL");
+    doomed.env.push(("CHAT_DATABASE_URL".to_owned(), missing));
+    let started = Instant::now();
+    let out = doomed.script_output(&["start", "2"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("node-1 exited at start") && said.contains("does not exist"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    for entry in std::fs::read_dir(doomed.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(
+            path.extension().is_none_or(|e| e != "pid"),
+            "a pid file stayed: {}",
+            path.display()
+        );
+    }
+    for port in doomed.node_ports.iter().chain([&doomed.lb]) {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", *port)).is_err());
+    }
 }
