@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Two users talk through a running chat-backend, over WebSocket with the JSON subprotocol.
 
-    pip install websockets
-    python3 scripts/demo.py [ws://127.0.0.1:8080/v1/ws]
+    python3 -m venv .venv && .venv/bin/pip install 'websockets>=13'
+    .venv/bin/python scripts/demo.py [ws://127.0.0.1:8080/v1/ws]
 
 Tokens come from `chat-backend token` (target/release/chat-backend, or CHAT_BIN), so run it
 where the node's configuration (secret) is the same.
@@ -14,7 +14,12 @@ import subprocess
 import sys
 import uuid
 
-from websockets.asyncio.client import connect
+try:
+    from websockets.asyncio.client import connect
+except ImportError:  # absent, or older than 13 (Debian's package is)
+    sys.exit("scripts/demo.py needs the websockets package, version 13 or newer:\n"
+             "  python3 -m venv .venv && .venv/bin/pip install 'websockets>=13'\n"
+             "  .venv/bin/python scripts/demo.py")
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "ws://127.0.0.1:8080/v1/ws"
 BIN = os.environ.get("CHAT_BIN", "target/release/chat-backend")

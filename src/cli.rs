@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{ServeFlags, SettingsArgs};
 
@@ -15,7 +16,7 @@ use crate::config::{ServeFlags, SettingsArgs};
 #[command(name = "chat-backend", version, about)]
 pub struct Cli {
     /// The configuration file (default: ./cluster.toml when present).
-    #[arg(long, env = "CHAT_CONFIG", global = true)]
+    #[arg(long, env = "CHAT_CONFIG", global = true, hide_env_values = true)]
     pub config: Option<PathBuf>,
     /// Settings, each also read from its CHAT_* variable.
     #[command(
@@ -65,4 +66,41 @@ pub enum Command {
         #[arg(long = "at", default_value = "127.0.0.1:8090")]
         at: String,
     },
+}
+
+/// A plainer word for two command-line mistakes clap words poorly: a node setting given after a
+/// subcommand that takes none (`token --jwt-secret …`: where it goes instead), and a bad value
+/// that came from a `CHAT_*` variable rather than a flag (which variable).
+pub fn explain(e: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg
+        .split([' ', '='])
+        .next()
+        .and_then(|a| a.strip_prefix("--"))?;
+    let command = Cli::command();
+    let setting = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let variable = setting.get_env()?.to_string_lossy().into_owned();
+    match e.kind() {
+        ErrorKind::UnknownArgument => Some(format!(
+            "--{long} is a node setting: give it before the subcommand \
+             (chat-backend --{long} VALUE <subcommand> ...), or set {variable}"
+        )),
+        ErrorKind::InvalidValue if std::env::var_os(&variable).is_some() => {
+            let given = std::env::var(&variable).unwrap_or_default();
+            let accepted = match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(values)) => {
+                    format!(" (accepted: {})", values.join(", "))
+                }
+                _ => String::new(),
+            };
+            Some(format!(
+                "{variable}={given:?} is not a valid value{accepted}"
+            ))
+        }
+        _ => None,
+    }
 }

@@ -56,14 +56,14 @@ macro_rules! settings {
         #[derive(clap::Args, Debug, Default, Clone)]
         pub struct SettingsArgs {
             // `hide_env_values`: `--help` would print each variable's value, secrets included.
-            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true)] pub $field: Option<$ty>, )*
+            $( #[arg(long, env = $env, hide_env_values = true, help = with_default(concat!($($doc,)*), stringify!($field)))] pub $field: Option<$ty>, )*
         }
 
         /// The settings as flags of `serve` (`chat-backend serve --listen …`); the variables
         /// are read once, by [`SettingsArgs`], so a flag before `serve` still beats them.
         #[derive(clap::Args, Debug, Default, Clone)]
         pub struct ServeFlags {
-            $( #[arg(long, help = concat!($($doc,)* " [variable: ", $env, "]"))] pub $field: Option<$ty>, )*
+            $( #[arg(long, help = with_default(concat!($($doc,)* " [variable: ", $env, "]"), stringify!($field)))] pub $field: Option<$ty>, )*
         }
 
         impl SettingsArgs {
@@ -188,6 +188,19 @@ settings! {
     demo: bool = true, "CHAT_DEMO";
 }
 
+/// A setting's help line with its default (from [`Config::default`], so it cannot drift).
+fn with_default(doc: &str, field: &str) -> String {
+    let default = toml::Value::try_from(Config::default())
+        .ok()
+        .and_then(|table| table.get(field).cloned());
+    match default {
+        Some(toml::Value::String(s)) if s.is_empty() => format!("{} [default: none]", doc.trim()),
+        Some(toml::Value::String(s)) => format!("{} [default: {s}]", doc.trim()),
+        Some(value) => format!("{} [default: {value}]", doc.trim()),
+        None => doc.trim().to_owned(),
+    }
+}
+
 /// `url` with its password (if any) replaced, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -196,11 +209,20 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(_) => url.to_owned(),
-        // Not a URL we can take apart: show only its scheme.
-        Err(_) => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://<redacted>"),
-            None => "<redacted>".to_owned(),
-        },
+        // Not a URL the parser takes (a bare path, a typo): only a password-shaped part of what
+        // would be its authority (`user:password@`) is masked, so the reader sees what was given.
+        Err(_) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+            match authority.rfind('@').map(|at| (&rest[..at], &rest[at..])) {
+                Some((userinfo, host)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    let sep = if scheme.is_empty() { "" } else { "://" };
+                    format!("{scheme}{sep}{user}:redacted{host}")
+                }
+                _ => url.to_owned(),
+            }
+        }
     }
 }
 
@@ -351,5 +373,11 @@ mod tests {
         }
         assert!(shown.contains("postgres://chat:redacted@db:5432/chat"));
         assert_eq!(redact_url("sqlite://data/chat.db"), "sqlite://data/chat.db");
+        // What the parser refuses is shown as given, but for a password.
+        assert_eq!(redact_url("data/chat.db"), "data/chat.db");
+        assert_eq!(
+            redact_url("postgres://chat:pa55word@db host/chat"),
+            "postgres://chat:redacted@db host/chat"
+        );
     }
 }

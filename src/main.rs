@@ -10,17 +10,44 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match chat_backend::cli::explain(&e) {
+            Some(plainer) => {
+                eprintln!("error: {plainer}");
+                return std::process::ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     telemetry::init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Once, with its causes, and no backtrace: a wrong setting or an unreachable
             // database is the operator's to fix, not a crash to debug.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: drivers often repeat their cause in their own text
+/// ("Connection refused (os error 111)" three times over, from Redis), so a cause whose words
+/// are already there is left out.
+fn report(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || said.contains(&text) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&text);
+    }
+    said
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -11,6 +11,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, SqlSafeStr};
 
+/// The folder of the default database (`sqlite://data/chat.db`), made on first start.
+const DEFAULT_FOLDER: &str = "data";
+
 /// When a SQLite commit counts as done (`CHAT_SQLITE_SYNCHRONOUS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -44,7 +47,13 @@ pub async fn connect(url: &str, durability: Durability) -> Result<SqlitePool, su
     let path = path.split('?').next().unwrap_or(path);
     if let Some(dir) = std::path::Path::new(path).parent()
         && !dir.as_os_str().is_empty()
+        && !dir.exists()
     {
+        // Only the default's folder is made: a typo in a configured path must not quietly give
+        // a fresh, empty database.
+        if dir != std::path::Path::new(DEFAULT_FOLDER) {
+            return Err(super::ConnectError::NoFolder(dir.display().to_string()));
+        }
         std::fs::create_dir_all(dir)?;
     }
     let options = SqliteConnectOptions::from_str(url)?

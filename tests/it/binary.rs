@@ -275,3 +275,64 @@ async fn the_development_secret_never_guards_a_node_others_can_reach() {
     let err = refused(&[("CHAT_LISTEN", &local), ("CHAT_JWT_SECRET", "hunter2")]);
     assert!(err.contains("at least 32"), "{err}");
 }
+
+/// Each mistake an operator makes at start is named plainly, with its cause said once and no
+/// secret: a missing SQLite folder (not quietly made), an unreachable PostgreSQL (host and port),
+/// a database URL of no known form (shown as given), a setting after a subcommand, a bad value
+/// from a variable, an unreachable Redis.
+#[test]
+fn each_mistake_at_start_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("CHAT_DATABASE_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("no-such-folder");
+    let url = format!("sqlite://{}/chat.db", missing.display());
+    let err = run(&["--database-url", &url, "migrate"], &[]);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!missing.exists(), "a mistyped folder was made");
+
+    let port = crate::helpers::free_port();
+    let url = format!("postgres://chat:pa55word@127.0.0.1:{port}/chat");
+    let err = run(&["--database-url", &url, "migrate"], &[]);
+    assert!(
+        err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}"))
+            && err.contains("refused"),
+        "{err}"
+    );
+    assert!(!err.contains("pa55word"), "{err}");
+
+    let err = run(&["--database-url", "data/chat.db", "migrate"], &[]);
+    assert!(
+        err.contains("\"data/chat.db\"") && err.contains("sqlite://PATH"),
+        "{err}"
+    );
+
+    let user = Uuid::new_v4().to_string();
+    let err = run(&["token", "--jwt-secret", "s", "--user", &user], &[]);
+    assert!(err.contains("before the subcommand"), "{err}");
+
+    let err = run(&["migrate"], &[("CHAT_DEMO", "yes")]);
+    assert!(err.contains("CHAT_DEMO"), "{err}");
+
+    let url = format!("sqlite://{}/chat.db", dir.path().display());
+    let redis = format!("redis://127.0.0.1:{}", crate::helpers::free_port());
+    let listen = format!("127.0.0.1:{}", crate::helpers::free_port());
+    let err = run(
+        &["serve"],
+        &[
+            ("CHAT_DATABASE_URL", &url),
+            ("CHAT_REDIS_URL", &redis),
+            ("CHAT_LISTEN", &listen),
+        ],
+    );
+    assert_eq!(err.matches("refused").count(), 1, "{err}");
+}
