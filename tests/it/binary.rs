@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, SECRET};
+use crate::helpers::{Backend, Binary, Client, SECRET, http_status};
 
 #[tokio::test]
 async fn sigterm_says_bye_closes_1001_and_exits_0() {
@@ -89,20 +89,7 @@ fn help_never_prints_secrets_from_the_environment() {
 
 /// `GET path` with a bearer token on the binary's port: the status.
 async fn get_as(b: &Binary, path: &str, token: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", b.port))
-        .await
-        .unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.unwrap();
-    String::from_utf8_lossy(&answer)
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    http_status(b.port, "GET", path, Some(token)).await
 }
 
 /// A scenario through the real binary, logging at debug: the whole log holds no raw UUID and

@@ -341,6 +341,16 @@ impl Client {
             .to_owned()
     }
 
+    /// The next frame whose type is one of `kinds`; frames of other types are dropped.
+    pub async fn next_of(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            let f = self.next_frame().await.expect("closed while waiting");
+            if kinds.iter().any(|k| f["t"] == *k) {
+                return f;
+            }
+        }
+    }
+
     /// The next push of type `t` (pushes of other types are kept).
     pub async fn push(&mut self, t: &str) -> Value {
         if let Some(i) = self.pushes.iter().position(|f| f["t"] == t) {
@@ -574,6 +584,25 @@ fn spawn_serve(
         .stderr(log)
         .envs(env.iter().map(|(k, v)| (k, v)));
     cmd.spawn().unwrap()
+}
+
+/// The status of a bodiless `method path` to 127.0.0.1:`port`, with a bearer `token` if given.
+pub async fn http_status(port: u16, method: &str, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A token for `user` that a binary started with [`SECRET`] accepts for an hour.

@@ -224,12 +224,7 @@ async fn an_added_member_gets_the_system_message_and_no_one_deletes_it(backend: 
         .call("add_member", json!({"conv": conv, "user": added}))
         .await;
     assert_eq!(r["t"], "ok", "{r}");
-    let first = loop {
-        let f = cn.next_frame().await.expect("closed");
-        if f["t"] == "conversation" || f["t"] == "message" {
-            break f;
-        }
-    };
+    let first = cn.next_of(&["conversation", "message"]).await;
     assert_eq!(first["t"], "conversation", "{first}");
     let event = json!({"event": "member_added", "user": added.to_string()});
     for c in [&mut ca, &mut cm, &mut cn] {

@@ -82,12 +82,7 @@ async fn a_new_conversation_is_pushed_before_its_first_message_on_any_node() {
                 .call("send", json!({"conv": conv, "body": "at once"}))
                 .await;
             assert_eq!(r["t"], "sent", "{r}");
-            let first = loop {
-                let f = cb.next_frame().await.expect("b's connection closed");
-                if f["t"] == "conversation" || f["t"] == "message" {
-                    break f;
-                }
-            };
+            let first = cb.next_of(&["conversation", "message"]).await;
             assert_eq!(
                 first["t"], "conversation",
                 "the message came first (b on another node: {across}): {first}"

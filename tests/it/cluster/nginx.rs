@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{PrivateRedis, owner_among, redis_url};
-use crate::helpers::{Backend, Client, TestDb, assert_kept, free_port, outage, token};
+use crate::helpers::{Backend, Client, TestDb, assert_kept, free_port, http_status, outage, token};
 
 /// N nodes and nginx started by `scripts/cluster` in a directory of the test's own, on ports of
 /// their own; stopped by the same script when dropped, so a failed test leaves nothing running.
@@ -133,10 +133,14 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
             "/demo/token?user=6f1c7a52-0b7e-4c55-9d8e-2f4a1b3c5d6e",
         ),
     ] {
-        assert_eq!(status_of(cluster.lb, method, path).await, 403, "{path}");
+        assert_eq!(
+            http_status(cluster.lb, method, path, None).await,
+            403,
+            "{path}"
+        );
     }
     assert_eq!(
-        status_of(cluster.node_ports[0], "GET", "/metrics").await,
+        http_status(cluster.node_ports[0], "GET", "/metrics", None).await,
         200
     );
 
@@ -170,24 +174,6 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
         .map(|m| m["body"].as_str().unwrap())
         .collect();
     assert_eq!(bodies, ["through nginx", "after"]);
-}
-
-/// The status of a bodiless `method path` on `port`.
-async fn status_of(port: u16, method: &str, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.unwrap();
-    String::from_utf8_lossy(&answer)
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A send answered `sent`: the conversation, its mid, and when the answer came.

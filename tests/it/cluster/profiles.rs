@@ -185,21 +185,10 @@ async fn a_profile_one_node_fetched_is_served_by_another_from_redis() {
 /// a node that never made or transferred a chat with it (so never asked for its agents).
 #[tokio::test]
 async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
-    let (business, agent, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let directory = json!({
-        "users": {agent.to_string(): {"name": "Agent"}, customer.to_string(): {"name": "Customer"}},
-        "businesses": {business.to_string(): {"name": "Shop", "agents": [agent.to_string()]}},
-    });
-    let mut service = user_service_with(port, &directory, dir.path());
+    let shop = Shop::open();
+    let (business, agent, customer) = (shop.business, shop.agent, shop.customer);
     let db = TestDb::new(Backend::Postgres).await;
-    let url = format!("http://127.0.0.1:{port}");
-    let extra = [
-        ("CHAT_PROFILES_URL", url.as_str()),
-        ("CHAT_PROFILES_TOKEN", "profiles-token"),
-    ];
-    let nodes = cluster_on(&db, 2, &redis_url(), &extra).await;
+    let nodes = cluster_on(&db, 2, &redis_url(), &shop.settings()).await;
     // The agent and the chat on node 0.
     let ca = nodes[0].client(agent).await;
     let mut on_first = nodes[0].client(customer).await;
@@ -247,41 +236,68 @@ async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
         }
     };
     assert_eq!(gone["status"], "offline");
-    let _ = service.kill();
-    let _ = service.wait();
 }
 
 /// One of a business's own agents (or the business itself) cannot be its customer: a
-/// `bad_request` the client does not retry, on both backends' constraint paths, and the
-/// agent's other chats go on.
+/// `bad_request`, which a client does not retry, while a customer's chat is made.
 #[tokio::test]
 async fn an_agent_opening_a_chat_with_its_own_business_is_a_bad_request() {
-    let (business, agent, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let directory = json!({
-        "users": {agent.to_string(): {"name": "Agent"}, customer.to_string(): {"name": "Customer"}},
-        "businesses": {business.to_string(): {"name": "Shop", "agents": [agent.to_string()]}},
-    });
-    let mut service = user_service_with(port, &directory, dir.path());
-    let url = format!("http://127.0.0.1:{port}");
-    let node = Binary::start(
-        Backend::Sqlite,
-        &[
-            ("CHAT_PROFILES_URL", url.as_str()),
-            ("CHAT_PROFILES_TOKEN", "profiles-token"),
-        ],
-    )
-    .await;
-    let create = json!({"kind": "business", "business": business.to_string()});
-    for who in [agent, business] {
+    let shop = Shop::open();
+    let node = Binary::start(Backend::Sqlite, &shop.settings()).await;
+    let create = json!({"kind": "business", "business": shop.business.to_string()});
+    for who in [shop.agent, shop.business] {
         let mut c = node.client(who).await;
         let r = c.call("create", create.clone()).await;
         assert_eq!(r["code"], "bad_request", "{r}");
     }
-    let mut cc = node.client(customer).await;
+    let mut cc = node.client(shop.customer).await;
     let r = cc.call("create", create).await;
     assert_eq!(r["t"], "conversation", "{r}");
-    let _ = service.kill();
-    let _ = service.wait();
+}
+
+/// A business with one agent, and a customer, on a stand-in user service of their own (stopped
+/// when dropped).
+struct Shop {
+    business: Uuid,
+    agent: Uuid,
+    customer: Uuid,
+    url: String,
+    service: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Shop {
+    fn open() -> Shop {
+        let (business, agent, customer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let directory = json!({
+            "users": {agent.to_string(): {"name": "Agent"}, customer.to_string(): {"name": "Customer"}},
+            "businesses": {business.to_string(): {"name": "Shop", "agents": [agent.to_string()]}},
+        });
+        let service = user_service_with(port, &directory, dir.path());
+        Shop {
+            business,
+            agent,
+            customer,
+            url: format!("http://127.0.0.1:{port}"),
+            service,
+            _dir: dir,
+        }
+    }
+
+    /// The node settings that point at its user service.
+    fn settings(&self) -> [(&str, &str); 2] {
+        [
+            ("CHAT_PROFILES_URL", self.url.as_str()),
+            ("CHAT_PROFILES_TOKEN", "profiles-token"),
+        ]
+    }
+}
+
+impl Drop for Shop {
+    fn drop(&mut self) {
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
 }
