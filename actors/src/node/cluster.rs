@@ -88,6 +88,8 @@ impl Cluster {
             known.retain(|id, _| heard.iter().any(|n| n.id == *id));
         }
         let mut restarted = Vec::new();
+        // This node's own entry is in `heard` too: its number never changes, so it is never
+        // taken for a restart.
         for node in heard.iter().filter(|n| n.incarnation != 0) {
             match known.insert(node.id.clone(), node.incarnation) {
                 Some(before) if before != node.incarnation => restarted.push(node.id.clone()),
