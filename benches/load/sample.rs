@@ -1,0 +1,92 @@
+//! The server's side of a run, read from `/proc`: the nodes' resident memory and the CPU of the
+//! nodes, PostgreSQL and Redis.
+
+use serde::Serialize;
+
+#[derive(Serialize, Default, Clone, Copy)]
+pub(crate) struct ServerStats {
+    /// Nodes measured (their RSS is summed).
+    pub(crate) nodes: usize,
+    /// Before the first connection.
+    pub(crate) rss_kib_idle: u64,
+    /// The highest seen, connecting and closing included.
+    pub(crate) rss_kib_peak: u64,
+    /// With every connection open, just before the end of the run (steady state).
+    pub(crate) rss_kib_held: u64,
+    /// CPU seconds over the sending window.
+    pub(crate) cpu: Cpu,
+}
+
+/// CPU seconds by who spent them: the nodes, PostgreSQL (every `postgres` process: its
+/// backends work for the nodes) and Redis (every `redis-server`).
+#[derive(Serialize, Default, Clone, Copy)]
+pub(crate) struct Cpu {
+    pub(crate) nodes_s: f64,
+    pub(crate) postgres_s: f64,
+    pub(crate) redis_s: f64,
+}
+
+impl Cpu {
+    pub(crate) fn total(&self) -> f64 {
+        self.nodes_s + self.postgres_s + self.redis_s
+    }
+
+    pub(crate) fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            nodes_s: self.nodes_s - before.nodes_s,
+            postgres_s: self.postgres_s - before.postgres_s,
+            redis_s: self.redis_s - before.redis_s,
+        }
+    }
+}
+
+pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// CPU seconds (user + system) of one process.
+pub(crate) fn process_cpu_s(pid: &str) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU so far of the node processes `pids`, and of every PostgreSQL and Redis process this
+/// user can see.
+pub(crate) fn cpu(pids: &[u32]) -> Cpu {
+    let mut c = Cpu {
+        nodes_s: pids.iter().map(|p| process_cpu_s(&p.to_string())).sum(),
+        ..Cpu::default()
+    };
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            match std::fs::read_to_string(format!("/proc/{name}/comm")).as_deref() {
+                Ok("postgres\n") => c.postgres_s += process_cpu_s(&name),
+                Ok("redis-server\n") => c.redis_s += process_cpu_s(&name),
+                _ => {}
+            }
+        }
+    }
+    c
+}
