@@ -69,8 +69,10 @@ pub enum ConversationMessage {
     MessageDeleted(Mid, Seq),
 }
 
-/// What every conversation actor of a node shares, read-only. Only conversation actors (and the
-/// node's `create`, which makes conversations) reach the store and the writer.
+/// What every conversation actor of a node shares, read-only. Only conversation actors write
+/// through the store and the writer, but for the node's `create`, which makes conversations; the
+/// node's own reads (the conversation list, agents' loads, which ids are businesses) reach the
+/// store through it too.
 pub struct ConversationDeps {
     /// Storage.
     pub store: Arc<dyn Store>,

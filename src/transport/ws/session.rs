@@ -513,7 +513,7 @@ impl Session {
         }
     }
 
-    /// A fresh token for the same user moves the expiry; any other is refused.
+    /// What the log says was asked, by whom, when a request of `kind` is refused.
     fn asked(&self, kind: &'static str) -> Asked {
         Asked {
             user: self.user,
@@ -522,6 +522,7 @@ impl Session {
         }
     }
 
+    /// A fresh token for the same user moves the expiry; any other is refused.
     fn reauthenticate(&mut self, id: Option<u64>, token: &str) -> ServerFrame {
         match self.t.verifier.verify(token) {
             Ok(identity) if identity.user == self.user => {
