@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consecutive failures that open the breaker.
 const TRIP_AFTER: u32 = 3;
-/// How long an open breaker refuses calls before letting one through.
+/// How long an open breaker refuses calls before letting one through (by default).
 const OPEN_FOR: Duration = Duration::from_secs(10);
 
 /// Why a call failed.
@@ -70,6 +70,8 @@ pub struct UserServiceClient {
     base: String,
     token: String,
     breaker: Mutex<Breaker>,
+    /// How long the breaker stays open once tripped.
+    open_for: Duration,
 }
 
 impl UserServiceClient {
@@ -88,7 +90,13 @@ impl UserServiceClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             breaker: Mutex::new(Breaker::default()),
+            open_for: OPEN_FOR,
         })
+    }
+
+    /// The same client, its breaker open for `open_for` once tripped (tests shorten it).
+    pub fn with_breaker_open_for(self, open_for: Duration) -> Self {
+        UserServiceClient { open_for, ..self }
     }
 
     /// Profiles of `users` and `businesses`; ids the service does not know are simply absent.
@@ -143,7 +151,7 @@ impl UserServiceClient {
             Some(until) if Instant::now() < until => Err(ClientError::Open),
             Some(_) => {
                 // half-open: this call probes; further ones wait for its outcome's verdict
-                b.open_until = Some(Instant::now() + OPEN_FOR);
+                b.open_until = Some(Instant::now() + self.open_for);
                 Ok(())
             }
             None => Ok(()),
@@ -160,7 +168,7 @@ impl UserServiceClient {
                     if b.open_until.is_none() {
                         tracing::warn!(error = %e, "user service failing: circuit open");
                     }
-                    b.open_until = Some(Instant::now() + OPEN_FOR);
+                    b.open_until = Some(Instant::now() + self.open_for);
                 }
             }
         }

@@ -188,23 +188,82 @@ async fn http_paging_takes_the_same_ranges_as_websocket() {
     let ta = node.token(a);
     let (_, conv) = create_direct(&node, &ta, b).await;
     let id = conv["id"].as_str().unwrap();
-    let max = u64::MAX;
-    for path in [
-        format!("/v1/conversations/{id}/messages?limit=99999999999999999999999&before={max}"),
-        format!("/v1/conversations?limit=99999999999999999999999&before={max}"),
-    ] {
-        let (status, body) = http(&node, "GET", &path, Some(&ta), None).await;
-        assert_eq!(status, 200, "{path}: {body}");
+    let messages = format!("/v1/conversations/{id}/messages");
+    for body in ["one", "two", "three"] {
+        let body = json!({ "body": body }).to_string();
+        let (status, _) = http(&node, "POST", &messages, Some(&ta), Some(&body)).await;
+        assert_eq!(status, 201);
     }
+    let mut ca = node.client(a).await;
+    let seqs = |page: &Value| -> Vec<u64> {
+        page["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no messages in {page}"))
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let max = u64::MAX;
+    // Out-of-range numbers are clamped alike: a limit past 64 bits is 200, a cursor past the
+    // end reads from the newest.
+    let (status, page) = http(
+        &node,
+        "GET",
+        &format!("{messages}?limit=99999999999999999999999&before={max}"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let ws = ca
+        .call("history", json!({"conv": id, "limit": max, "before": max}))
+        .await;
+    assert_eq!(seqs(&page), vec![1, 2, 3]);
+    assert_eq!(seqs(&page), seqs(&ws));
+    assert_eq!(page["more"], ws["more"]);
+    let (status, page) = http(
+        &node,
+        "GET",
+        &format!("{messages}?after=1&limit=1"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let ws = ca
+        .call("history", json!({"conv": id, "after": 1, "limit": 1}))
+        .await;
+    assert_eq!((seqs(&page), page["more"].clone()), (vec![2], json!(true)));
+    assert_eq!(seqs(&page), seqs(&ws));
+    let (status, list) = http(
+        &node,
+        "GET",
+        &format!("/v1/conversations?limit=99999999999999999999999&before={max}"),
+        Some(&ta),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let ws = ca
+        .call("conversations", json!({"limit": max, "before": max}))
+        .await;
+    assert_eq!(list["items"][0]["id"], json!(id));
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        ws["items"].as_array().unwrap().len()
+    );
+    // A limit below 1 is refused alike.
     let (status, _) = http(
         &node,
         "GET",
-        &format!("/v1/conversations/{id}/messages?limit=-1"),
+        &format!("{messages}?limit=-1"),
         Some(&ta),
         None,
     )
     .await;
     assert_eq!(status, 400);
+    let ws = ca.call("history", json!({"conv": id, "limit": -1})).await;
+    assert_eq!(ws["code"], "bad_request", "{ws}");
     node.shutdown().await;
 }
 

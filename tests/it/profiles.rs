@@ -169,7 +169,11 @@ async fn the_cache_serves_stale_profiles_while_the_service_fails_and_forgets_on_
         refresh_after: Duration::from_millis(250),
         unknown_for: Duration::from_millis(300),
     };
-    let cache = CachedProfiles::start_with(UserServiceClient::new(&fake.url, "t").unwrap(), policy);
+    let breaker_open_for = Duration::from_millis(500);
+    let client = UserServiceClient::new(&fake.url, "t")
+        .unwrap()
+        .with_breaker_open_for(breaker_open_for);
+    let cache = CachedProfiles::start_with(client, policy);
     let got = cache.profiles(&[u, stranger], &[]).await;
     assert_eq!(got[&u].name, "Old Name");
     assert!(!got[&u].stale && !got[&u].placeholder);
@@ -192,7 +196,7 @@ async fn the_cache_serves_stale_profiles_while_the_service_fails_and_forgets_on_
     // the service is back with a new name; an invalidation makes it visible at once
     fake.set(Mode::Json(profiles_json(&[(u, "New Name")])))
         .await;
-    tokio::time::sleep(Duration::from_secs(11)).await; // the breaker half-opens
+    tokio::time::sleep(breaker_open_for + Duration::from_millis(100)).await; // it half-opens
     cache.invalidate(u).await;
     let got = cache.profiles(&[u], &[]).await;
     assert_eq!(got[&u].name, "New Name");

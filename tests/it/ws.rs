@@ -99,10 +99,18 @@ async fn a_removed_member_gets_nothing_more_and_cannot_read() {
         cm.push("removed").await["conv"],
         Value::String(conv.clone())
     );
-    ca.call("send", json!({"conv": conv, "body": "after"}))
+    // The admin's message is stored (so a push to the removed member would have gone out by
+    // now), and the removed member may neither read nor send.
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "after"}))
         .await;
+    assert_eq!(r["t"], "sent", "{r}");
     let r = cm.call("history", json!({"conv": conv})).await;
     assert_eq!(r["code"], "forbidden");
+    let r = cm
+        .call("send", json!({"conv": conv, "body": "let me back"}))
+        .await;
+    assert_eq!(r["code"], "forbidden", "{r}");
     let r = cm.call("ping", json!({})).await;
     assert_eq!(r["t"], "pong");
     assert!(

@@ -455,10 +455,18 @@ mod tests {
         let packed = encode_frame(Format::MsgPack, &f);
         let v: serde_json::Value = rmp_serde::from_slice(&packed).unwrap();
         assert_eq!(v, serde_json::json!({"t": "ok", "id": 3}));
-        let shared = SharedFrame::new(ServerFrame::Removed {
+        // A shared frame is encoded once per format, and as `encode_frame` would.
+        let removed = ServerFrame::Removed {
             conv: ConversationId::random(),
-        });
-        assert_eq!(shared.bytes(Format::Json), shared.bytes(Format::Json));
+        };
+        let shared = SharedFrame::new(removed.clone());
+        let first = shared.bytes(Format::Json);
+        assert_eq!(first, encode_frame(Format::Json, &removed));
+        assert_eq!(
+            first.as_ptr(),
+            shared.bytes(Format::Json).as_ptr(),
+            "encoded twice"
+        );
     }
 }
 
@@ -537,9 +545,12 @@ mod fuzz {
         #[test]
         fn fuzz_any_shaped_frame_decodes_or_is_refused(v in value()) {
             let packed = rmp_serde::to_vec_named(&v).unwrap_or_default();
-            let _ = decode_request(Format::MsgPack, &packed);
             let json = serde_json::to_vec(&v).unwrap_or_default();
-            let _ = decode_request(Format::Json, &json);
+            for (format, bytes) in [(Format::MsgPack, &packed), (Format::Json, &json)] {
+                if let Err(e) = decode_request(format, bytes) {
+                    prop_assert_eq!(e.rejection.code, crate::protocol::ErrorCode::BadRequest);
+                }
+            }
         }
 
         #[test]
