@@ -91,3 +91,46 @@ async fn a_new_conversation_is_pushed_before_its_first_message_on_any_node() {
         }
     }
 }
+
+/// A JSON (`chat.v1+json`) connection gets the pushes another node relayed as MessagePack, as
+/// text frames with the same maps a frame made on its own node has (`t` first).
+#[tokio::test]
+async fn a_json_client_gets_pushes_from_another_node_as_json_text() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let nodes = cluster(&db, 2).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut req = nodes[1].url().into_client_request().unwrap();
+    let headers = req.headers_mut();
+    let bearer = format!("Bearer {}", nodes[1].token(b));
+    headers.insert("authorization", bearer.parse().unwrap());
+    headers.insert("sec-websocket-protocol", "chat.v1+json".parse().unwrap());
+    let (mut json_b, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // Owned by node 0, so the push reaches node 1 over the bus, as MessagePack.
+    let mut conv = group(&mut ca, &[b]).await;
+    while owner(&conv, 2) != 0 {
+        conv = group(&mut ca, &[b]).await;
+    }
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "über JSON"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    let text = loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), json_b.next());
+        match next.await.expect("no push in 10 s") {
+            Some(Ok(Message::Text(t))) if t.contains(r#""t":"message""#) => break t,
+            Some(Ok(Message::Text(_))) | Some(Ok(Message::Ping(_))) => continue,
+            other => panic!("not a text frame: {other:?}"),
+        }
+    };
+    assert!(text.starts_with(r#"{"t":"message""#), "{text}");
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (m["conv"].as_str(), m["body"].as_str()),
+        (Some(conv.as_str()), Some("über JSON"))
+    );
+}
