@@ -89,7 +89,11 @@ pub fn explain(e: &clap::Error) -> Option<String> {
             "--{long} is a node setting: give it before the subcommand \
              (chat-backend --{long} VALUE <subcommand> ...), or set {variable}"
         )),
-        ErrorKind::InvalidValue if std::env::var_os(&variable).is_some() => {
+        // Only when the refused value is the variable's: a flag's own mistake is clap's to say.
+        ErrorKind::InvalidValue
+            if matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v))
+                if std::env::var(&variable).is_ok_and(|given| given == *v)) =>
+        {
             let given = std::env::var(&variable).unwrap_or_default();
             let accepted = match e.get(ContextKind::ValidValue) {
                 Some(ContextValue::Strings(values)) => {
