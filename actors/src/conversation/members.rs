@@ -37,7 +37,11 @@ pub(super) enum MemberOp {
 impl ConversationDeps {
     /// Pushes `record`, as each member sees it (their own unread count), to every member; `except`
     /// is the connection whose request caused it (it gets the reply instead).
-    pub async fn push_conversation(&self, record: &ConversationRecord, except: Option<SessionId>) {
+    pub(super) async fn push_conversation(
+        &self,
+        record: &ConversationRecord,
+        except: Option<SessionId>,
+    ) {
         let profiles = view::profiles_for(self.profiles.as_ref(), [record]).await;
         for m in &record.members {
             let (last, unread) = match self
