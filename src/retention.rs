@@ -1,5 +1,5 @@
 //! The expiry job: erases deleted bodies after the audit period and removes messages past the
-//! retention period (on PostgreSQL a week's partition at a time, src/store/partitions.rs). On
+//! retention period (on PostgreSQL a week's partition at a time, src/store/postgres/partitions.rs). On
 //! PostgreSQL an advisory lock makes it run on one node at a time.
 
 use std::sync::Arc;

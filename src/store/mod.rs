@@ -1,13 +1,14 @@
 //! Storage: the `Store` port on PostgreSQL or embedded SQLite, chosen once from the URL scheme,
 //! and the per-node batching writer in front of it.
 //!
-//! Both backends share the SQL in [`sql`] (sqlx binds `$N` placeholders on both); what differs —
-//! connection options, migrations, a few statements — lives in [`postgres`] and [`sqlite`].
+//! Both backends share the SQL in [`sql`] (sqlx binds `$N` placeholders on both) and the row
+//! mapping in [`rows`]; what differs (connection options, migrations, the writer's commit,
+//! expiry, PostgreSQL's partitions) lives in [`postgres`] and [`sqlite`].
 
 pub mod guard;
 pub mod keyring;
-pub mod partitions;
 pub mod postgres;
+mod rows;
 pub mod sealed;
 mod sql;
 pub mod sqlite;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, UserId};
 use chat_actors::ports::{HistoryRange, ListQuery, NewMessage, Purged, Store, StoreError};
-use chat_backend::store::partitions::{self, MESSAGES, MIDS, Span};
+use chat_backend::store::postgres::partitions::{self, MESSAGES, MIDS, Span};
 use chat_backend::store::{self, SqlStore};
 use serde_json::json;
 use sqlx::PgPool;

@@ -23,9 +23,11 @@
 
 use std::time::Duration;
 
+use chat_actors::ids::Mid;
 use chat_actors::ports::Purged;
-use sqlx::{AssertSqlSafe, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgPool, QueryBuilder, Row};
 use time::{Date, Month, OffsetDateTime};
+use uuid::Uuid;
 
 const DAY_MS: i64 = 86_400_000;
 const WEEK_MS: i64 = 7 * DAY_MS;
@@ -45,6 +47,21 @@ const MAINTENANCE_LOCK: i64 = 7322;
 const DETACH_LOCK_TIMEOUT: &str = "100ms";
 /// Detach attempts in one run before the span is left to the next run.
 const DETACH_ATTEMPTS: u32 = 20;
+
+/// Narrows a `WHERE … mid = …` on `messages` to where that message is, found in
+/// the registry of mids (or among the rows kept from before partitioning): weeks have no mid
+/// index of their own, and the `at` found names the one week to look in (an init-plan, so
+/// PostgreSQL prunes the others when it runs the statement).
+pub fn push_located<DB: sqlx::Database>(q: &mut QueryBuilder<DB>, mid: Mid)
+where
+    for<'t> Uuid: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    q.push(" AND (conv_id, seq, at) = (SELECT conv_id, seq, at FROM message_mids WHERE mid = ")
+        .push_bind(mid.0)
+        .push(" UNION ALL SELECT conv_id, seq, at FROM messages_default WHERE mid = ")
+        .push_bind(mid.0)
+        .push(" LIMIT 1)");
+}
 
 /// A partitioned table: how wide its spans are and the indexes each span gets.
 #[derive(Debug, PartialEq, Eq)]

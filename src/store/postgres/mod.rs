@@ -1,5 +1,8 @@
 //! PostgreSQL specifics: connection options and the embedded migrations.
 
+pub mod commit;
+pub mod partitions;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -114,14 +117,14 @@ pub fn migrator() -> Migrator {
             1,
             "init".into(),
             MigrationType::Simple,
-            include_str!("../../migrations/postgres/0001_init.sql").into_sql_str(),
+            include_str!("../../../migrations/postgres/0001_init.sql").into_sql_str(),
             false,
         ),
         Migration::new(
             2,
             "partition messages".into(),
             MigrationType::Simple,
-            include_str!("../../migrations/postgres/0002_partition_messages.sql").into_sql_str(),
+            include_str!("../../../migrations/postgres/0002_partition_messages.sql").into_sql_str(),
             false,
         ),
     ])

@@ -2,6 +2,9 @@
 //! commit on disk before it is acknowledged (unless the operator chose otherwise), and the
 //! file's folder made on first start.
 
+pub mod commit;
+pub mod expiry;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -87,7 +90,7 @@ pub fn migrator() -> Migrator {
         1,
         "init".into(),
         MigrationType::Simple,
-        include_str!("../../migrations/sqlite/0001_init.sql").into_sql_str(),
+        include_str!("../../../migrations/sqlite/0001_init.sql").into_sql_str(),
         false,
     )])
 }
