@@ -131,7 +131,7 @@ pub async fn serve(
         Some(mut link) => {
             link.join(&node).await.context("joining the cluster")?;
             let probe = link.probe();
-            link.run(node.clone(), bus_stop.clone(), &bus_tasks);
+            link.run(Arc::new(node.clone()), bus_stop.clone(), &bus_tasks);
             node.say_hello();
             Some(probe)
         }

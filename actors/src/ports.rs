@@ -1,4 +1,5 @@
-//! The traits the core needs from the outside: storage, the bus, the user service.
+//! The traits the core needs from the outside (storage, the bus, the user service), and the one
+//! it offers the bus: [`BusInbox`], where what arrives from other nodes comes in.
 //!
 //! `src/` implements them (SQLite/PostgreSQL, in-process/Redis, HTTP); the actors see only these.
 //! Errors are named for what the caller does next.
@@ -66,6 +67,19 @@ pub struct MemberRecord {
     pub muted: bool,
     /// Standing: smaller joined earlier (admin succession picks the smallest).
     pub joined: i64,
+}
+
+impl MemberRecord {
+    /// A member who has read nothing and muted nothing.
+    pub fn new(user: UserId, role: Role, joined: i64) -> MemberRecord {
+        MemberRecord {
+            user,
+            role,
+            last_read: 0,
+            muted: false,
+            joined,
+        }
+    }
 }
 
 /// A conversation row with its members.
@@ -313,4 +327,29 @@ pub trait Bus: Send + Sync + 'static {
     fn is_reachable(&self) -> bool {
         true
     }
+}
+
+/// A node the bus says is alive, and which start of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNode {
+    /// Its name (`CHAT_NODE_ID`).
+    pub id: String,
+    /// The number its process drew at start; 0 when not known (a node of an older version).
+    pub incarnation: u64,
+}
+
+/// What the bus hands the core: every message that arrives from another node, and what it
+/// learns of the cluster (who is alive, whether it still carries). A bus adapter holds only this.
+pub trait BusInbox: Send + Sync + 'static {
+    /// The number this process drew at start, for the bus to carry in its heartbeat.
+    fn incarnation(&self) -> u64;
+    /// One message from another node, as it was sent.
+    fn received(&self, message: &[u8]);
+    /// The bus's membership says these nodes are alive now (this one among them).
+    fn live_nodes(&self, nodes: Vec<LiveNode>);
+    /// The bus lost its connection: messages to and from this node may be lost until
+    /// [`BusInbox::regained`].
+    fn lost(&self);
+    /// The bus carries again after [`BusInbox::lost`].
+    fn regained(&self);
 }

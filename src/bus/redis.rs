@@ -4,7 +4,7 @@
 //! own name is told from one that went on.
 //!
 //! It only carries: sends are queued to one publishing task (never waiting in an actor), what
-//! arrives goes to the node, and the heartbeat tells the node which nodes are alive. Pub/sub is
+//! arrives goes to the core's [`BusInbox`], and the heartbeat tells it which nodes are alive. Pub/sub is
 //! at most once; a connection lost and regained re-subscribes by itself.
 
 use std::collections::HashMap;
@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_actors::node::{LiveNode, Node};
-use chat_actors::ports::Bus;
+use chat_actors::ports::{Bus, BusInbox, LiveNode};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind};
 use tokio::sync::mpsc;
@@ -197,10 +196,10 @@ impl Membership {
 
 impl RedisLink {
     /// Joins the cluster: the first heartbeat, so the node knows the live set before it serves.
-    pub async fn join(&mut self, node: &Node) -> Result<(), BusError> {
-        self.membership.incarnation = node.incarnation();
+    pub async fn join(&mut self, inbox: &dyn BusInbox) -> Result<(), BusError> {
+        self.membership.incarnation = inbox.incarnation();
         let live = self.membership.heartbeat().await?;
-        node.set_live_nodes(live);
+        inbox.live_nodes(live);
         Ok(())
     }
 
@@ -209,9 +208,9 @@ impl RedisLink {
         self.membership.commands.clone()
     }
 
-    /// Runs the bus for `node` until `stop`: delivers what arrives, publishes what is sent,
+    /// Runs the bus for `inbox` until `stop`: delivers what arrives, publishes what is sent,
     /// beats the heart; on `stop` the node leaves the live set at once.
-    pub fn run(self, node: Node, stop: CancellationToken, tasks: &TaskTracker) {
+    pub fn run(self, inbox: Arc<dyn BusInbox>, stop: CancellationToken, tasks: &TaskTracker) {
         let RedisLink {
             mut membership,
             reachable,
@@ -219,7 +218,7 @@ impl RedisLink {
             mut incoming,
             mut outgoing,
         } = self;
-        let receiving = node.clone();
+        let receiving = inbox.clone();
         let receiving_stop = stop.clone();
         let lost = reachable.clone();
         tasks.spawn(async move {
@@ -238,12 +237,12 @@ impl RedisLink {
                         if let Some(Ok(payload)) =
                             push.data.get(1).map(redis::from_redis_value_ref::<Vec<u8>>)
                         {
-                            receiving.on_bus_message(&payload);
+                            receiving.received(&payload);
                         }
                     }
                     PushKind::Disconnection => {
                         lost.store(false, Ordering::Relaxed);
-                        receiving.bus_lost();
+                        receiving.lost();
                         tracing::warn!("the bus lost its Redis connection; reconnecting");
                         metrics::counter!("chat_bus_disconnections_total").increment(1);
                     }
@@ -253,7 +252,7 @@ impl RedisLink {
         });
         let mut publisher = membership.commands.clone();
         let failed = reachable.clone();
-        let publishing = node.clone();
+        let publishing = inbox.clone();
         tasks.spawn(async move {
             while let Some(first) = outgoing.recv().await {
                 let mut pipe = redis::pipe();
@@ -270,7 +269,7 @@ impl RedisLink {
                 }
                 if let Err(e) = pipe.query_async::<()>(&mut publisher).await {
                     failed.store(false, Ordering::Relaxed);
-                    publishing.bus_lost();
+                    publishing.lost();
                     tracing::warn!(error = %e, lost = n, "bus messages lost: Redis failed");
                     metrics::counter!("chat_bus_lost_total").increment(n as u64);
                 }
@@ -284,14 +283,14 @@ impl RedisLink {
                     _ = every.tick() => match membership.heartbeat().await {
                         Ok(live) => {
                             if reachable.swap(true, Ordering::Relaxed) {
-                                node.set_live_nodes(live);
+                                inbox.live_nodes(live);
                             } else {
                                 // Back after an outage. Messages may have been lost meanwhile:
                                 // tell everyone again who is connected here. The live set is
                                 // read from the next beat on: the others' last beats are as old
                                 // as the outage, and would read as dead.
                                 tracing::info!("the bus reaches Redis again; resyncing presence");
-                                node.resync();
+                                inbox.regained();
                             }
                         }
                         Err(e) => {

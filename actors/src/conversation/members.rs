@@ -184,12 +184,11 @@ pub(super) fn plan_change(
         MemberOp::Remove(user) => membership::check_remove(kind, members, actor, user),
         MemberOp::Transfer(agent) => membership::check_transfer(kind, members, actor, agent),
     }?;
+    let joined = members.iter().map(|m| m.joined).max().unwrap_or(0) + 1;
+    // A newcomer has read what came before they joined.
     let newcomer = |user, role| MemberRecord {
-        user,
-        role,
         last_read: record.last_seq,
-        muted: false,
-        joined: members.iter().map(|m| m.joined).max().unwrap_or(0) + 1,
+        ..MemberRecord::new(user, role, joined)
     };
     let mut change = MembershipChange::default();
     let (event, subject) = match op {
@@ -248,15 +247,6 @@ mod tests {
     use crate::ids::ConversationId;
     use crate::protocol::ConversationKind;
 
-    fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
-        MemberRecord {
-            user,
-            role,
-            last_read: 0,
-            muted: false,
-            joined,
-        }
-    }
 
     fn conversation(kind: ConversationKind, members: Vec<MemberRecord>) -> ConversationRecord {
         ConversationRecord {
@@ -284,14 +274,14 @@ mod tests {
         let (admin, bob, carol) = (UserId::random(), UserId::random(), UserId::random());
         let mut record = conversation(
             ConversationKind::Group,
-            vec![member(admin, Role::Admin, 0), member(bob, Role::Member, 4)],
+            vec![MemberRecord::new(admin, Role::Admin, 0), MemberRecord::new(bob, Role::Member, 4)],
         );
         let change = plan(&record, admin, MemberOp::Add(carol)).unwrap();
         assert_eq!(
             change.add,
             vec![MemberRecord {
                 last_read: 7,
-                ..member(carol, Role::Member, 5)
+                ..MemberRecord::new(carol, Role::Member, 5)
             }]
         );
         let system = change.system.clone().unwrap();
@@ -313,9 +303,9 @@ mod tests {
         let mut record = conversation(
             ConversationKind::Group,
             vec![
-                member(admin, Role::Admin, 0),
-                member(carol, Role::Member, 2),
-                member(bob, Role::Member, 1),
+                MemberRecord::new(admin, Role::Admin, 0),
+                MemberRecord::new(carol, Role::Member, 2),
+                MemberRecord::new(bob, Role::Member, 1),
             ],
         );
         let change = plan(&record, admin, MemberOp::Remove(admin)).unwrap();
@@ -338,9 +328,9 @@ mod tests {
         let full = conversation(
             ConversationKind::Group,
             vec![
-                member(admin, Role::Admin, 0),
-                member(bob, Role::Member, 1),
-                member(carol, Role::Member, 2),
+                MemberRecord::new(admin, Role::Admin, 0),
+                MemberRecord::new(bob, Role::Member, 1),
+                MemberRecord::new(carol, Role::Member, 2),
             ],
         );
         assert_eq!(
@@ -364,9 +354,9 @@ mod tests {
         let mut record = conversation(
             ConversationKind::Business,
             vec![
-                member(customer, Role::Customer, 0),
-                member(business, Role::Business, 1),
-                member(agent, Role::Agent, 2),
+                MemberRecord::new(customer, Role::Customer, 0),
+                MemberRecord::new(business, Role::Business, 1),
+                MemberRecord::new(agent, Role::Agent, 2),
             ],
         );
         let change = plan(&record, agent, MemberOp::Transfer(next)).unwrap();

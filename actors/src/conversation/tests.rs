@@ -254,13 +254,7 @@ impl Harness {
     async fn start_with(timing: Timing) -> Harness {
         let store = Arc::new(MemoryStore::default());
         let (conv, alice, bob) = (ConversationId::random(), UserId::random(), UserId::random());
-        let member = |user, joined| MemberRecord {
-            user,
-            role: Role::Member,
-            last_read: 0,
-            muted: false,
-            joined,
-        };
+        let member = |user, joined| MemberRecord::new(user, Role::Member, joined);
         store.tables.lock().unwrap().conversations.insert(
             conv,
             ConversationRecord {

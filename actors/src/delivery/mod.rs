@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dashmap::DashMap;
 use ractor::ActorId;
+use serde::Serialize;
 
 use crate::ids::{SessionId, UserId};
 use crate::ports::Bus;
@@ -148,14 +149,23 @@ impl Delivery {
     }
 
     fn announce(&self, user: UserId, online: bool) {
+        if !self.bus.is_distributed() {
+            return; // nobody to tell: not even the message is built
+        }
+        let news: Plain = Wire::Presence {
+            node: self.node_id.clone(),
+            user,
+            online,
+        };
+        self.broadcast(&news, "presence");
+    }
+
+    /// Tells every other node `message` (nothing when this node is alone), counted in
+    /// `chat_bus_publishes_total` as `kind`.
+    pub fn broadcast<Q: Serialize, R: Serialize>(&self, message: &Wire<Q, R>, kind: &'static str) {
         if self.bus.is_distributed() {
-            let news: Plain = Wire::Presence {
-                node: self.node_id.clone(),
-                user,
-                online,
-            };
-            self.bus.broadcast(wire::encode(&news));
-            metrics::counter!("chat_bus_publishes_total", "kind" => "presence").increment(1);
+            self.bus.broadcast(wire::encode(message));
+            metrics::counter!("chat_bus_publishes_total", "kind" => kind).increment(1);
         }
     }
 }

@@ -1,43 +1,24 @@
 //! The typed operations that transports call: one implementation of every rule, two transports.
 //!
 //! A transport decodes a request, calls one of these, and encodes the answer; it never builds an
-//! actor message. Each operation answers within [`REQUEST_TIMEOUT`] (`unavailable` otherwise).
+//! actor message. Each operation answers within [`super::REQUEST_TIMEOUT`] (`unavailable`
+//! otherwise). Which node's actor answers is [`super::route`]'s business; connections, presence
+//! and watch lists are [`super::sessions`]'.
 
-use std::future::Future;
-use std::time::Duration;
-
-use ractor::{ActorRef, MessagingErr, RpcReplyPort};
+use ractor::RpcReplyPort;
 use tokio::sync::oneshot;
 
-use super::Node;
 use super::budget::{Admitted, Cost};
+use super::deadline::{Answer, answer, timed};
+use super::state::{Caller, Node};
 use crate::clock::now_ms;
 use crate::conversation::{
-    ConversationMessage, ConversationReply, ConversationRequest, Reply, SendRequest, Sent,
-    store_rejection, view,
+    ConversationReply, ConversationRequest, Reply, SendRequest, Sent, store_rejection, view,
 };
-use crate::delivery::Outbound;
-use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
-use crate::ports::{
-    ConversationRecord, HistoryRange, ListQuery, MemberRecord, NewConversation, ProfilesError,
-};
-use crate::protocol::{
-    ConversationKind, ConversationObject, CreateKind, MessageObject, PresenceItem, Rejection, Role,
-};
-use crate::rules::{assignment, limits};
-use crate::user::UserMessage;
-
-/// No request waits longer than this (PROTOCOL §4 allows 5 s).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(4800);
-
-/// Who is asking: the token's user and, over WebSocket, the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    /// The authenticated user.
-    pub user: UserId,
-    /// The connection, when the request came over WebSocket.
-    pub session: Option<SessionId>,
-}
+use crate::ids::{ConversationId, Mid, Seq, UserId};
+use crate::ports::{HistoryRange, ListQuery, NewConversation, ProfilesError};
+use crate::protocol::{ConversationObject, CreateKind, MessageObject, Rejection};
+use crate::rules::{assignment, create, limits};
 
 /// A `create` request.
 #[derive(Debug, Clone)]
@@ -51,9 +32,6 @@ pub struct CreateRequest {
     /// A business conversation's business.
     pub business: Option<UserId>,
 }
-
-/// The longest group name.
-const MAX_NAME_CHARS: usize = 100;
 
 impl Node {
     /// Sends a message. The actor is asked before this returns, so two sends from one connection
@@ -275,7 +253,7 @@ impl Node {
     }
 
     /// The agents of `business` (and its presence learns them); none is `not_found`.
-    async fn agents_of(&self, business: UserId) -> Result<Vec<UserId>, Rejection> {
+    pub(super) async fn agents_of(&self, business: UserId) -> Result<Vec<UserId>, Rejection> {
         match self.deps.profiles.business_agents(business).await {
             Ok(agents) if !agents.is_empty() => {
                 self.deps
@@ -348,79 +326,25 @@ impl Node {
         Ok((object, true))
     }
 
+    /// What `req` creates, checked by [`create`]'s rules: a business's agent is chosen here,
+    /// from its agents' presence and loads.
     async fn plan_conversation(
         &self,
         caller: Caller,
         req: CreateRequest,
     ) -> Result<NewConversation, Rejection> {
-        let now = now_ms();
-        let member = |user, role, joined| MemberRecord {
-            user,
-            role,
-            last_read: 0,
-            muted: false,
-            joined,
-        };
-        let (kind, members, unique_key, name, business) = match req.kind {
-            CreateKind::Direct => {
-                let [other] = req.members[..] else {
-                    return Err(Rejection::bad_request(
-                        "a direct conversation has exactly one other member",
-                    ));
-                };
-                if other == caller.user {
-                    return Err(Rejection::bad_request(
-                        "a direct conversation needs another user",
-                    ));
-                }
-                let (lo, hi) = if caller.user < other {
-                    (caller.user, other)
-                } else {
-                    (other, caller.user)
-                };
-                let members = vec![member(lo, Role::Member, 0), member(hi, Role::Member, 1)];
-                (
-                    ConversationKind::Direct,
-                    members,
-                    Some(format!("direct:{lo}:{hi}")),
-                    None,
-                    None,
-                )
-            }
-            CreateKind::Group => {
-                if let Some(name) = &req.name
-                    && name.chars().count() > MAX_NAME_CHARS
-                {
-                    return Err(Rejection::bad_request(
-                        "a group name has at most 100 characters",
-                    ));
-                }
-                let mut members = vec![member(caller.user, Role::Admin, 0)];
-                for u in req.members {
-                    if !members.iter().any(|m| m.user == u) {
-                        members.push(member(u, Role::Member, members.len() as i64));
-                    }
-                }
-                if members.len() > self.deps.limits.max_group_size {
-                    return Err(Rejection::conflict(format!(
-                        "a group holds at most {} members",
-                        self.deps.limits.max_group_size
-                    )));
-                }
-                (ConversationKind::Group, members, None, req.name, None)
-            }
+        let plan = match req.kind {
+            CreateKind::Direct => create::direct(caller.user, &req.members)?,
+            CreateKind::Group => create::group(
+                caller.user,
+                &req.members,
+                req.name,
+                self.deps.limits.max_group_size,
+            )?,
             CreateKind::Business => {
-                let Some(business) = req.business else {
-                    return Err(Rejection::bad_request(
-                        "a business conversation names its business",
-                    ));
-                };
+                let business = create::named_business(req.business)?;
                 let agents = self.agents_of(business).await?;
-                if caller.user == business || agents.contains(&caller.user) {
-                    return Err(Rejection::bad_request(
-                        "a business, or one of its own agents, cannot open a chat with it as a customer",
-                    ));
-                }
+                create::check_customer(caller.user, business, &agents)?;
                 let loads = timed(self.deps.store.agent_loads(&agents))
                     .await?
                     .map_err(|e| store_rejection(&e))?;
@@ -431,34 +355,10 @@ impl Node {
                     |a| loads.get(&a).copied().unwrap_or(0),
                 )
                 .ok_or_else(|| Rejection::not_found("the business has no agents"))?;
-                let members = vec![
-                    member(caller.user, Role::Customer, 0),
-                    member(business, Role::Business, 1),
-                    member(agent, Role::Agent, 2),
-                ];
-                let key = format!("business:{business}:{}", caller.user);
-                (
-                    ConversationKind::Business,
-                    members,
-                    Some(key),
-                    None,
-                    Some(business),
-                )
+                create::business(caller.user, business, agent)
             }
         };
-        Ok(NewConversation {
-            record: ConversationRecord {
-                id: ConversationId(uuid::Uuid::now_v7()),
-                kind,
-                name,
-                business,
-                created_at: now,
-                last_seq: 0,
-                last_activity: now,
-                members,
-            },
-            unique_key,
-        })
+        Ok(plan.into_new(ConversationId(uuid::Uuid::now_v7()), now_ms()))
     }
 
     /// A page of the caller's conversations by activity.
@@ -489,168 +389,6 @@ impl Node {
             .collect();
         Ok((items, more))
     }
-
-    /// The presence of each of `users` (at most 100).
-    pub fn presence(
-        &self,
-        caller: Caller,
-        users: &[UserId],
-    ) -> Result<Vec<PresenceItem>, Rejection> {
-        self.budgets.admit_now(caller.user)?;
-        if users.len() > limits::MAX_PRESENCE_USERS {
-            return Err(Rejection::bad_request(
-                "at most 100 users per presence request",
-            ));
-        }
-        self.learn_businesses(users);
-        Ok(users
-            .iter()
-            .map(|u| self.deps.delivery.presence.status(*u))
-            .collect())
-    }
-
-    /// Learns in the background which of `ids` are businesses whose agents this node does not
-    /// know, and their agents. A business's presence is its agents': a node learns them when
-    /// a chat with the business is created or transferred there, so without this a node that
-    /// did neither (another node did, or this one restarted) would show the business offline
-    /// to its watchers. The watchers hear the change once the agents are known.
-    fn learn_businesses(&self, ids: &[UserId]) {
-        let presence = &self.deps.delivery.presence;
-        let unknown: Vec<UserId> = ids
-            .iter()
-            .copied()
-            .filter(|id| presence.business_unknown(*id))
-            .collect();
-        if unknown.is_empty() {
-            return;
-        }
-        let node = self.clone();
-        self.deps.tasks.spawn(async move {
-            let Ok(Ok(businesses)) = timed(node.deps.store.businesses_among(&unknown)).await else {
-                return; // the database is away: the next watch asks again
-            };
-            let others = unknown.iter().filter(|id| !businesses.contains(id));
-            node.deps.delivery.presence.not_businesses(others.copied());
-            for business in businesses {
-                let _ = node.agents_of(business).await;
-            }
-        });
-    }
-
-    /// Replaces a connection's watch list (at most 200 users).
-    pub fn watch(
-        &self,
-        watcher: &Outbound,
-        old: &[UserId],
-        new: &[UserId],
-    ) -> Result<(), Rejection> {
-        self.budgets.admit_now(watcher.user)?;
-        if new.len() > limits::MAX_WATCH_USERS {
-            return Err(Rejection::bad_request("at most 200 users in a watch list"));
-        }
-        self.deps.delivery.presence.watch(watcher, old, new);
-        self.learn_businesses(new);
-        Ok(())
-    }
-
-    /// Forgets a closed connection's watch list.
-    pub fn unwatch(&self, session: SessionId, users: &[UserId]) {
-        self.deps.delivery.presence.unwatch(session, users);
-    }
-
-    /// Attaches a new connection to its user's actor here (the user is online from now on).
-    pub async fn connect(&self, outbound: Outbound) -> Result<(), Rejection> {
-        let user = outbound.user;
-        let mut outbound = Box::new(outbound);
-        for _ in 0..3 {
-            let actor = self.user(user).map_err(|_| Rejection::unavailable())?;
-            let (tx, rx) = oneshot::channel();
-            match actor.cast(UserMessage::Attach(outbound, RpcReplyPort::from(tx))) {
-                Ok(()) => {
-                    if rx.await.is_ok() {
-                        return Ok(());
-                    }
-                    // The actor stopped with our attach queued; a new one takes it. We lost the
-                    // queue's sender with it, so the connection must be opened anew.
-                    return Err(Rejection::unavailable());
-                }
-                Err(MessagingErr::SendErr(UserMessage::Attach(back, _))) => {
-                    self.users.forget_actor(actor.get_id());
-                    outbound = back;
-                }
-                Err(_) => return Err(Rejection::unavailable()),
-            }
-        }
-        Err(Rejection::unavailable())
-    }
-
-    /// Detaches a closed connection.
-    pub fn disconnect(&self, user: UserId, session: SessionId) {
-        if let Some(actor) = self.users.get(&user) {
-            let _ = actor.cast(UserMessage::Detach(session));
-        }
-    }
-
-    /// The one way to a conversation's owner: hands `request` to its actor (spawned when
-    /// needed; a dead one is replaced once), the answer going to `reply`. In a cluster this is
-    /// where a request for a conversation owned elsewhere leaves for its owner node.
-    fn tell(
-        &self,
-        conv: ConversationId,
-        request: ConversationRequest,
-        reply: Reply,
-    ) -> Result<(), Rejection> {
-        match self.owner_elsewhere(conv) {
-            Some(owner) => self.forward(&owner, conv, request, reply),
-            None => self.tell_local(conv, request, reply),
-        }
-    }
-
-    /// Hands `request` to this node's actor for `conv`.
-    pub(super) fn tell_local(
-        &self,
-        conv: ConversationId,
-        request: ConversationRequest,
-        reply: Reply,
-    ) -> Result<(), Rejection> {
-        let mut msg = ConversationMessage::Request(Box::new(request), reply);
-        for _ in 0..2 {
-            let actor: ActorRef<ConversationMessage> = self
-                .conversation(conv)
-                .map_err(|_| Rejection::unavailable())?;
-            match actor.cast(msg) {
-                Ok(()) => return Ok(()),
-                Err(MessagingErr::SendErr(back)) => {
-                    self.conversations.forget_actor(actor.get_id());
-                    msg = back;
-                }
-                Err(_) => return Err(Rejection::unavailable()),
-            }
-        }
-        Err(Rejection::unavailable())
-    }
-
-    /// [`Node::tell`], then waits for the owner's answer.
-    async fn ask(
-        &self,
-        conv: ConversationId,
-        request: ConversationRequest,
-    ) -> Result<ConversationReply, Rejection> {
-        let (tx, rx) = oneshot::channel();
-        self.tell(conv, request, Reply::to(RpcReplyPort::from(tx)))?;
-        answer(rx).await
-    }
-}
-
-/// An owner's answer, as it comes back.
-type Answer = Result<ConversationReply, Rejection>;
-
-/// Waits for an actor's answer; a dropped reply (the actor stopped) or a late one is `unavailable`.
-async fn answer(rx: oneshot::Receiver<Answer>) -> Answer {
-    match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(_)) | Err(_) => Err(Rejection::unavailable()),
-    }
 }
 
 /// The answer to a request answered `ok`.
@@ -676,13 +414,6 @@ fn mismatched(reply: ConversationReply) -> Rejection {
         "a conversation answered a request with the wrong kind of reply"
     );
     Rejection::internal()
-}
-
-/// Bounds a store call by [`REQUEST_TIMEOUT`].
-async fn timed<T>(f: impl Future<Output = T>) -> Result<T, Rejection> {
-    tokio::time::timeout(REQUEST_TIMEOUT, f)
-        .await
-        .map_err(|_| Rejection::unavailable())
 }
 
 fn seq(v: u64) -> Seq {

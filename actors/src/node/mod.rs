@@ -1,7 +1,8 @@
 //! The node: its supervisor, its live actors, and the typed operations transports call.
 //!
 //! ```text
-//! Node                              what transports hold: handle.rs's operations, budgets
+//! Node                              what transports hold (state.rs): handle.rs's operations,
+//!                                   sessions.rs's connections, budgets; route.rs finds owners
 //! └── NodeSupervisor                (one per node; never stops because a child did)
 //!     ├── ConversationActor(c)      one per active conversation owned here; stops when idle
 //!     │     └─ persists through the Writer port, pushes through Delivery
@@ -15,8 +16,13 @@
 
 pub mod budget;
 mod cluster;
+mod deadline;
 pub mod handle;
+mod inbox;
 mod registry;
+mod route;
+mod sessions;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +40,10 @@ use crate::rules::Limits;
 use crate::user::{UserActor, UserMessage};
 use budget::{BudgetConfig, Budgets};
 use cluster::Cluster;
-pub use cluster::LiveNode;
-pub use handle::Caller;
+pub use deadline::REQUEST_TIMEOUT;
 use registry::ActorMap;
+use route::Router;
+pub use state::{Caller, Node};
 
 /// What a node is configured with.
 #[derive(Debug, Clone)]
@@ -47,23 +54,6 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Per-user rates and in-flight budget.
     pub budgets: BudgetConfig,
-}
-
-/// A running node: what transports hold to serve clients.
-#[derive(Clone)]
-pub struct Node {
-    /// What conversation actors share (the store and profiles are reached through it too).
-    deps: Arc<ConversationDeps>,
-    /// Live user actors.
-    users: Arc<ActorMap<UserId, UserMessage>>,
-    /// Live conversation actors.
-    conversations: Arc<ActorMap<ConversationId, ConversationMessage>>,
-    supervisor: ActorRef<()>,
-    budgets: Arc<Budgets>,
-    /// Cancelled by [`Node::stop`]: ends the node's own background loops.
-    stopping: CancellationToken,
-    /// The live nodes and requests waiting for owners elsewhere.
-    cluster: Arc<Cluster>,
 }
 
 impl Node {
@@ -113,7 +103,8 @@ impl Node {
             supervisor,
             budgets,
             stopping,
-            cluster: Arc::new(Cluster::alone(&config.node_id)),
+            router: Arc::new(Router::alone(&config.node_id)),
+            cluster: Arc::new(Cluster::new()),
         })
     }
 

@@ -29,6 +29,8 @@ pub const MAX_PAGE: usize = 200;
 pub const MAX_PRESENCE_USERS: usize = 100;
 /// At most this many users in one `watch` list.
 pub const MAX_WATCH_USERS: usize = 200;
+/// The longest group name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
 
 /// The kind of the messages the server writes when membership changes; no client sends or
 /// deletes one.

@@ -101,13 +101,7 @@ mod tests {
     use super::*;
 
     fn member(role: Role, joined: i64) -> MemberRecord {
-        MemberRecord {
-            user: UserId::random(),
-            role,
-            last_read: 0,
-            muted: false,
-            joined,
-        }
+        MemberRecord::new(UserId::random(), role, joined)
     }
 
     #[test]
