@@ -22,7 +22,8 @@ use crate::store::keyring::Keyring;
 use crate::store::sealed::SealedStore;
 use crate::store::{self, GuardedStore, writer::BatchingWriter};
 use crate::transport::http::demo::Demo;
-use crate::transport::{self, Probe, Transport, WsSettings};
+use crate::transport::state::{Probe, Transport, WsSettings};
+use crate::transport::{self};
 use crate::{metrics, retention};
 
 /// How often the retention job runs.

@@ -21,7 +21,7 @@ use chat_actors::ports::{
 use chat_actors::protocol::MessageObject;
 use tokio::sync::Semaphore;
 
-use super::SqlStore;
+use super::sql::SqlStore;
 
 /// How often a tripped breaker asks the database whether it is back.
 const PROBE_EVERY: Duration = Duration::from_millis(250);

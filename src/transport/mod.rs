@@ -1,4 +1,5 @@
-//! HTTP and WebSocket on one hyper server: the accept loop and the state every handler shares.
+//! HTTP and WebSocket on one hyper server: the accept loop. What every handler shares is in
+//! [`state`].
 //!
 //! A transport decodes, asks the node, encodes. It decides nothing about order or membership and
 //! never touches the store or the bus (readiness comes in as a probe from `app`).
@@ -7,90 +8,25 @@ pub mod codec;
 pub mod error;
 pub mod http;
 pub mod router;
+pub mod state;
 pub mod ws;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use chat_actors::ids::UserId;
-use chat_actors::node::Node;
-use dashmap::DashMap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
-
-/// Answers whether the node's dependencies answer (for `/readyz`).
-pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
-
-/// WebSocket settings.
-#[derive(Debug, Clone)]
-pub struct WsSettings {
-    /// Ping interval; silence for twice this closes the connection.
-    pub heartbeat: Duration,
-    /// The largest frame accepted.
-    pub max_frame_bytes: usize,
-    /// Pushes queued per connection.
-    pub outbound_queue: usize,
-    /// Allowed `Origin`s; empty allows any.
-    pub allowed_origins: Vec<String>,
-    /// Connections per user on this node.
-    pub max_connections_per_user: usize,
-    /// WebSocket connections on this node.
-    pub max_connections: usize,
-    /// This node's name, for `hello`.
-    pub node_id: String,
-}
-
-/// What every handler shares.
-pub struct Transport {
-    /// The node's operations.
-    pub node: Node,
-    /// Token checks.
-    pub verifier: Verifier,
-    /// The metrics recorder, rendered at `/metrics`.
-    pub metrics: PrometheusHandle,
-    /// Readiness of the database (and Redis in a cluster).
-    pub ready: Probe,
-    /// The bearer token the user service presents to `/v1/internal/events` (empty: refuse all).
-    pub service_token: String,
-    /// WebSocket settings.
-    pub ws: WsSettings,
-    /// Open connections per user here, for the per-user cap.
-    pub per_user: DashMap<UserId, usize>,
-    /// Open WebSocket connections here.
-    pub open: AtomicUsize,
-    /// Cancelled on SIGTERM: stop accepting, say `bye`, close.
-    pub shutdown: CancellationToken,
-    /// Every WebSocket task, so shutdown can wait for them (hyper's graceful shutdown does not
-    /// see upgraded sockets).
-    pub sessions: TaskTracker,
-    /// The browser demo, when `CHAT_DEMO` is on.
-    pub demo: Option<http::demo::Demo>,
-}
-
-impl Transport {
-    /// Open WebSocket connections.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-}
+use state::Transport;
 
 /// TCP connections beyond the WebSocket cap kept for plain HTTP (probes, metrics, the API).
 const HTTP_HEADROOM: usize = 1024;
 /// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long a client may take to send a request body before the connection is dropped.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown`; then waits (bounded) for every WebSocket to say `bye`.
 pub async fn serve(listener: TcpListener, transport: Arc<Transport>) {

@@ -7,8 +7,9 @@ use chat_actors::protocol::{ErrorCode, Rejection};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::Transport;
-use super::http::{Body, api, conversations, demo, internal, json, messages, openapi, probes};
+use super::http::response::{Body, json};
+use super::http::{api, conversations, demo, internal, messages, openapi, probes};
+use super::state::Transport;
 use super::ws;
 
 /// Routes one request.

@@ -12,31 +12,12 @@ use std::time::Duration;
 use ractor::{ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
-use super::{ConversationActor, ConversationMessage, InFlight, Live, Work, reject_work};
+use super::live::{
+    ConversationActor, ConversationMessage, InFlight, Live, Timing, Work, reject_work,
+};
 use crate::ids::UserId;
 use crate::ports::{ConversationRecord, StoreError};
 use crate::protocol::Rejection;
-
-/// How long the clock's waits are; tests shorten them.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// The least time between two looks at the clock.
-    pub least_look: Duration,
-    /// A conversation with nothing to do for this long stops.
-    pub idle_after: Duration,
-    /// A request waiting longer than this is answered `unavailable` (PROTOCOL §4: at most 5 s).
-    pub request_deadline: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            least_look: Duration::from_secs(1),
-            idle_after: Duration::from_secs(120),
-            request_deadline: Duration::from_millis(4500),
-        }
-    }
-}
 
 impl ConversationActor {
     pub(super) fn reload(&self, myself: &ActorRef<ConversationMessage>, live: &mut Live) {

@@ -6,33 +6,20 @@ use std::sync::Arc;
 use ractor::ActorRef;
 use tokio::time::Instant;
 
-use super::request::Reply;
-use super::state;
-use super::{
-    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, Work, everyone,
-    shared, store_rejection, view,
+use super::live::{
+    ConversationActor, ConversationDeps, ConversationMessage, InFlight, Live, MemberOp,
+    PendingMember, Work, everyone, shared,
 };
+use super::request::Reply;
+use super::request::store_rejection;
+use super::state;
+use super::view;
 use crate::clock::now_ms;
 use crate::delivery::wire::Target;
 use crate::ids::{Mid, SessionId, UserId};
 use crate::ports::{ConversationRecord, MemberRecord, MembershipChange, NewMessage, StoreError};
 use crate::protocol::{Rejection, Role, ServerFrame, SharedFrame};
 use crate::rules::{limits, membership};
-
-/// A pending membership change.
-pub(super) struct PendingMember {
-    pub(super) actor: UserId,
-    pub(super) op: MemberOp,
-    pub(super) reply: Reply,
-    pub(super) queued_at: Instant,
-}
-
-#[derive(Clone, Copy)]
-pub(super) enum MemberOp {
-    Add(UserId),
-    Remove(UserId),
-    Transfer(UserId),
-}
 
 impl ConversationDeps {
     /// Pushes `record`, as each member sees it (their own unread count), to every member; `except`
@@ -247,7 +234,6 @@ mod tests {
     use crate::ids::ConversationId;
     use crate::protocol::ConversationKind;
 
-
     fn conversation(kind: ConversationKind, members: Vec<MemberRecord>) -> ConversationRecord {
         ConversationRecord {
             id: ConversationId::random(),
@@ -274,7 +260,10 @@ mod tests {
         let (admin, bob, carol) = (UserId::random(), UserId::random(), UserId::random());
         let mut record = conversation(
             ConversationKind::Group,
-            vec![MemberRecord::new(admin, Role::Admin, 0), MemberRecord::new(bob, Role::Member, 4)],
+            vec![
+                MemberRecord::new(admin, Role::Admin, 0),
+                MemberRecord::new(bob, Role::Member, 4),
+            ],
         );
         let change = plan(&record, admin, MemberOp::Add(carol)).unwrap();
         assert_eq!(

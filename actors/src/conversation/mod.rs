@@ -8,6 +8,7 @@
 //! from the database on the next use.
 
 mod lifecycle;
+mod live;
 mod members;
 mod pushes;
 pub mod request;
@@ -19,137 +20,20 @@ mod tests;
 pub mod view;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 
-use crate::delivery::Delivery;
-use crate::delivery::wire::Target;
-use crate::directory::Directory;
-use crate::ids::{ConversationId, Mid, Seq, UserId};
-use crate::ports::{ConversationRecord, MembershipChange, Profiles, Store, StoreError, Writer};
-use crate::protocol::{Rejection, ServerFrame, SharedFrame};
-use crate::rules::Limits;
-pub use lifecycle::Timing;
-use members::{MemberOp, PendingMember};
-use pushes::Pushes;
-pub use request::{ConversationReply, ConversationRequest, Reply, ReplyPort, SendRequest};
-pub use send::Sent;
-use send::{PendingSend, answer_send, mid_clash};
-pub use side::MemberFlag;
+use crate::ids::ConversationId;
+use crate::protocol::Rejection;
+
+pub use live::{ConversationActor, ConversationDeps, ConversationMessage, ConversationState};
+use live::{InFlight, Live, MemberOp, Pushes, reject_work};
+pub use live::{MemberFlag, Timing};
+pub use request::{
+    ConversationReply, ConversationRequest, Reply, ReplyPort, SendRequest, Sent, store_rejection,
+};
 use state::RecentMids;
-
-/// Typing expires unless repeated.
-const TYPING_TTL: Duration = Duration::from_secs(5);
-/// A repeated typing `on` is passed on at most this often.
-const TYPING_REFRESH: Duration = Duration::from_secs(2);
-
-/// What a conversation actor is asked.
-pub enum ConversationMessage {
-    /// A client's request, from this node or (in a cluster) another; the answer goes to `Reply`.
-    Request(Box<ConversationRequest>, Reply),
-    /// The writer's answer for the batch at the store (never awaited inside `handle`).
-    Committed(Result<(), StoreError>),
-    /// The store's answer for the membership change at the store.
-    MembersChanged(Result<(), StoreError>),
-    /// A fresh copy of the record after a failed write.
-    Reloaded(Result<Option<ConversationRecord>, StoreError>),
-    /// The store's answer for a read pointer or mute flag written for `user`: the state moves
-    /// (and the caller hears `ok`) only now, after the commit.
-    MemberFlagSaved(UserId, MemberFlag, Result<(), StoreError>, Reply),
-    /// Sent to ourselves when the clock falls due (`lifecycle::arm_clock`).
-    Tick,
-    /// The `conversation` push being built is out: the pushes held behind it go.
-    ConversationPushed,
-    /// A delete of ours is committed (message `mid`, `seq`): its push goes out in order.
-    MessageDeleted(Mid, Seq),
-}
-
-/// What every conversation actor of a node shares, read-only. Only conversation actors write
-/// through the store and the writer, but for the node's `create`, which makes conversations; the
-/// node's own reads (the conversation list, agents' loads, which ids are businesses) reach the
-/// store through it too.
-pub struct ConversationDeps {
-    /// Storage.
-    pub store: Arc<dyn Store>,
-    /// The batching writer.
-    pub writer: Arc<dyn Writer>,
-    /// Pushes to members, here and on other nodes.
-    pub delivery: Arc<Delivery>,
-    /// Names and avatars.
-    pub profiles: Arc<dyn Profiles>,
-    /// Size limits.
-    pub limits: Limits,
-    /// The clock's durations.
-    pub timing: Timing,
-    /// The node's map of conversation actors, left before stopping.
-    pub directory: Arc<dyn Directory<ConversationId>>,
-    /// Every task the actors hand slow work to: the node waits for them when it stops, so none
-    /// outlives the store's pool.
-    pub tasks: TaskTracker,
-}
-
-/// The conversation actor; `deps` is read-only.
-pub struct ConversationActor {
-    /// The node's shared parts.
-    pub deps: Arc<ConversationDeps>,
-}
-
-/// Whether the conversation could be loaded.
-pub enum ConversationState {
-    /// It does not exist: every request is `not_found`.
-    Missing(ConversationId),
-    /// Loaded and serving.
-    Live(Box<Live>),
-}
-
-/// What waits for the store, in order.
-enum Work {
-    Send(PendingSend),
-    Member(PendingMember),
-}
-
-/// What is at the store now.
-enum InFlight {
-    Idle,
-    Messages(Vec<PendingSend>),
-    Member(Box<(PendingMember, MembershipChange)>),
-    /// Reloading the record after a failed write; nothing is submitted until it is back.
-    Reloading,
-}
-
-/// The timer task that will send the next [`ConversationMessage::Tick`].
-type ClockTimer = JoinHandle<Result<(), MessagingErr<ConversationMessage>>>;
-
-/// A live conversation.
-pub struct Live {
-    record: ConversationRecord,
-    queue: VecDeque<Work>,
-    inflight: InFlight,
-    recent: RecentMids,
-    typing: Vec<Typist>,
-    last_used: Instant,
-    /// The one pending look at the clock: when, and its timer (aborted when an earlier look is
-    /// needed, and when the actor stops).
-    clock: Option<(Instant, ClockTimer)>,
-    /// Pushes held behind a `conversation` push being built.
-    pushes: Pushes,
-}
-
-/// A member typing now.
-struct Typist {
-    user: UserId,
-    /// When it expires unless repeated.
-    until: Instant,
-    /// When the others were last told: a repeated `on` is passed on at most every
-    /// [`TYPING_REFRESH`], so receivers that expire typing by themselves see it go on, and a
-    /// sender repeating it faster costs them nothing.
-    told: Instant,
-}
 
 impl Actor for ConversationActor {
     type Msg = ConversationMessage;
@@ -325,13 +209,6 @@ impl ConversationActor {
     }
 }
 
-fn reject_work(work: Work, rejection: Rejection) {
-    match work {
-        Work::Send(p) => answer_send(p, Err(rejection)),
-        Work::Member(p) => p.reply.fail(rejection),
-    }
-}
-
 /// Answers a request addressed to a conversation that cannot serve it.
 fn reject_message(message: ConversationMessage, rejection: Rejection) {
     match message {
@@ -343,38 +220,5 @@ fn reject_message(message: ConversationMessage, rejection: Rejection) {
         | ConversationMessage::Tick
         | ConversationMessage::ConversationPushed
         | ConversationMessage::MessageDeleted(..) => {}
-    }
-}
-
-fn shared(frame: ServerFrame) -> Arc<SharedFrame> {
-    Arc::new(SharedFrame::new(frame))
-}
-
-/// Every member but `user`, as push targets.
-fn others(record: &ConversationRecord, user: UserId) -> impl Iterator<Item = Target> + '_ {
-    everyone(record).filter(move |t| t.user != user)
-}
-
-/// Every member, as push targets.
-fn everyone(record: &ConversationRecord) -> impl Iterator<Item = Target> + '_ {
-    record.members.iter().map(|m| Target {
-        user: m.user,
-        except: None,
-    })
-}
-
-/// The client's view of a storage failure.
-pub fn store_rejection(e: &StoreError) -> Rejection {
-    match e {
-        StoreError::NotFound => Rejection::not_found("not found"),
-        StoreError::DuplicateMids(_) => mid_clash(),
-        StoreError::Refused(why) => {
-            // A rule the core should have checked first: worth an operator's look.
-            tracing::error!(reason = %why, "the database refused a change the rules let through");
-            Rejection::bad_request("the request breaks a rule of the conversation")
-        }
-        StoreError::SeqTaken | StoreError::MidTaken | StoreError::Unavailable(_) => {
-            Rejection::unavailable()
-        }
     }
 }

@@ -7,37 +7,15 @@
 //! (nor a typing, a receipt) before the `conversation` push that told it of the conversation.
 //! Only this module hands the conversation's frames to delivery.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ractor::ActorRef;
 
-use super::{ConversationActor, ConversationMessage};
+use super::live::{ConversationActor, ConversationMessage, Held, Pushes};
 use crate::delivery::wire::Target;
 use crate::ids::SessionId;
 use crate::ports::ConversationRecord;
 use crate::protocol::SharedFrame;
-
-/// The pushes that wait for a `conversation` push being built.
-#[derive(Default)]
-pub(super) struct Pushes {
-    /// A `conversation` push is being built: what comes meanwhile is held, in order.
-    building: bool,
-    held: VecDeque<Held>,
-}
-
-/// A push made while a `conversation` push was being built.
-enum Held {
-    Frame(Vec<Target>, Arc<SharedFrame>),
-    Conversation(Box<ConversationRecord>, Option<SessionId>),
-}
-
-impl Pushes {
-    /// Nothing is being built or waits: the actor may stop without losing a push.
-    pub(super) fn settled(&self) -> bool {
-        !self.building && self.held.is_empty()
-    }
-}
 
 impl ConversationActor {
     /// Pushes `frame` to `targets`: now, or after the `conversation` push being built.

@@ -7,11 +7,9 @@
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Mid, Seq, SessionId, UserId};
-use crate::ports::HistoryRange;
+use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
+use crate::ports::{HistoryRange, StoreError};
 use crate::protocol::{ConversationObject, MessageObject, Rejection};
-
-use super::Sent;
 
 /// A client's request for one conversation, already checked for shape, size and budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +165,42 @@ impl Reply {
     pub fn sent(self, answer: Result<Sent, Rejection>) {
         self.send(answer.map(ConversationReply::Sent));
     }
+}
+
+/// The acknowledgement of a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The message id.
+    pub mid: Mid,
+    /// Its seq.
+    pub seq: Seq,
+    /// Its time.
+    pub at: i64,
+    /// False when the `mid` was stored already and this is the first result again.
+    pub created: bool,
+}
+
+/// The client's view of a storage failure.
+pub fn store_rejection(e: &StoreError) -> Rejection {
+    match e {
+        StoreError::NotFound => Rejection::not_found("not found"),
+        StoreError::DuplicateMids(_) => mid_clash(),
+        StoreError::Refused(why) => {
+            // A rule the core should have checked first: worth an operator's look.
+            tracing::error!(reason = %why, "the database refused a change the rules let through");
+            Rejection::bad_request("the request breaks a rule of the conversation")
+        }
+        StoreError::SeqTaken | StoreError::MidTaken | StoreError::Unavailable(_) => {
+            Rejection::unavailable()
+        }
+    }
+}
+
+/// A `mid` that names another message.
+pub(super) fn mid_clash() -> Rejection {
+    Rejection::conflict("this mid belongs to another message")
 }
 
 #[cfg(test)]

@@ -5,48 +5,22 @@
 //! acknowledged.
 
 use ractor::ActorRef;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::request::{Reply, SendRequest};
-use super::state::{self, Committed, Retry};
-use super::{
-    ConversationActor, ConversationMessage, InFlight, Live, Work, shared, store_rejection,
+use super::live::{
+    ConversationActor, ConversationMessage, InFlight, Live, PendingSend, Work, answer_send, shared,
 };
+use super::request::{Reply, SendRequest};
+use super::request::{Sent, mid_clash, store_rejection};
+use super::state::{self, Committed, Retry};
 use crate::clock::now_ms;
 use crate::delivery::wire::Target;
-use crate::ids::{ConversationId, Mid, Seq, SessionId, UserId};
+use crate::ids::{ConversationId, Mid, SessionId, UserId};
 use crate::ports::{AppendBatch, NewMessage, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
 
 /// The most messages of one conversation in one append.
 pub(super) const MAX_BATCH: usize = 512;
-
-/// The acknowledgement of a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sent {
-    /// The conversation.
-    pub conv: ConversationId,
-    /// The message id.
-    pub mid: Mid,
-    /// Its seq.
-    pub seq: Seq,
-    /// Its time.
-    pub at: i64,
-    /// False when the `mid` was stored already and this is the first result again.
-    pub created: bool,
-}
-
-/// A pending send, waiting for its batch's commit.
-pub(super) struct PendingSend {
-    pub(super) req: SendRequest,
-    pub(super) reply: Reply,
-    /// Further replies for retries of the same `mid` that arrived while it was pending.
-    pub(super) waiters: Vec<Reply>,
-    pub(super) queued_at: Instant,
-    pub(super) seq: Seq,
-    pub(super) at: i64,
-}
 
 impl ConversationActor {
     pub(super) fn on_send(&self, live: &mut Live, req: SendRequest, reply: Reply) {
@@ -269,17 +243,6 @@ pub(super) fn find_pending(live: &mut Live, mid: Mid) -> Option<&mut PendingSend
     })
 }
 
-pub(super) fn answer_send(p: PendingSend, answer: Result<Sent, Rejection>) {
-    for w in p.waiters {
-        let again = answer.clone().map(|s| Sent {
-            created: false,
-            ..s
-        });
-        w.sent(again);
-    }
-    p.reply.sent(answer);
-}
-
 pub(super) fn sent(conv: ConversationId, mid: Mid, c: Committed, created: bool) -> Sent {
     Sent {
         conv,
@@ -288,8 +251,4 @@ pub(super) fn sent(conv: ConversationId, mid: Mid, c: Committed, created: bool) 
         at: c.at,
         created,
     }
-}
-
-pub(super) fn mid_clash() -> Rejection {
-    Rejection::conflict("this mid belongs to another message")
 }

@@ -5,26 +5,19 @@
 use ractor::ActorRef;
 use tokio::time::Instant;
 
+use super::live::{
+    ConversationActor, ConversationMessage, Live, MemberFlag, TYPING_REFRESH, TYPING_TTL, Typist,
+    everyone, others, shared,
+};
+use super::request::store_rejection;
 use super::request::{ConversationReply, Reply};
 use super::state;
-use super::{
-    ConversationActor, ConversationMessage, Live, TYPING_REFRESH, TYPING_TTL, Typist, everyone,
-    others, shared, store_rejection, view,
-};
+use super::view;
 use crate::clock::now_ms;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{HistoryRange, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
 use crate::rules::limits::SYSTEM_KIND;
-
-/// A per-member setting written outside the batching writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberFlag {
-    /// The read pointer, moved forward to this seq.
-    Read(Seq),
-    /// The mute flag.
-    Muted(bool),
-}
 
 impl ConversationActor {
     pub(super) fn on_read(

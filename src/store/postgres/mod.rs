@@ -10,6 +10,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, SqlSafeStr};
 
+use crate::store::error::ConnectError;
+
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
@@ -28,17 +30,14 @@ pub const COMMIT_CONNECTIONS: u32 = 2;
 /// of PostgreSQL's CPU at 1,000 msgs/s: ~170 µs a message with planning, 92–120 without
 /// (docs/PERFORMANCE.md, "The commit's plan"). Other statements keep PostgreSQL's choice: a
 /// read's best plan may depend on its parameters.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-) -> Result<(PgPool, PgPool), super::ConnectError> {
+pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool), ConnectError> {
     let bounded = PgConnectOptions::from_str(url)?
         .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]);
     let pools = open_pools(&bounded, max_connections).await;
     match pools {
         // The pool says only that it waited: one connection of our own says why.
         Err(sqlx::Error::PoolTimedOut) => Err(unreachable(&bounded).await),
-        Err(sqlx::Error::Io(e)) => Err(super::ConnectError::Unreachable {
+        Err(sqlx::Error::Io(e)) => Err(ConnectError::Unreachable {
             host: bounded.get_host().to_owned(),
             port: bounded.get_port(),
             why: e.to_string(),
@@ -49,7 +48,7 @@ pub async fn connect(
 
 /// Why PostgreSQL at `options` cannot be reached, from one connection attempt: refused, host
 /// not found, timed out (the host and port, never the credentials).
-async fn unreachable(options: &PgConnectOptions) -> super::ConnectError {
+async fn unreachable(options: &PgConnectOptions) -> ConnectError {
     let attempt = tokio::time::timeout(
         Duration::from_secs(3),
         sqlx::PgConnection::connect_with(options),
@@ -62,7 +61,7 @@ async fn unreachable(options: &PgConnectOptions) -> super::ConnectError {
         Ok(Err(e)) => e.to_string(),
         Ok(Ok(_)) => "it answers now, but gave no connection within 3 s before".to_owned(),
     };
-    super::ConnectError::Unreachable {
+    ConnectError::Unreachable {
         host: options.get_host().to_owned(),
         port: options.get_port(),
         why,

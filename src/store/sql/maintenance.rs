@@ -7,7 +7,7 @@ use chat_actors::ids::{ConversationId, Mid, Seq};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Pool, SqlStore};
+use super::pool::{Pool, SqlStore, begin_write, on_pool};
 use crate::store::postgres::partitions;
 
 /// A stored body, for re-encryption.

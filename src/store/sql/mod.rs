@@ -28,62 +28,14 @@ use super::sqlite;
 /// that a backlog clears quickly.
 const PURGE_BATCH: u64 = 1000;
 
-/// Which SQL a statement is written in, where the two differ.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    Pg,
-    Lite,
-}
-
-/// The pool the store reads and writes on.
-#[derive(Clone)]
-enum Pool {
-    Pg(PgPool),
-    Lite(SqlitePool),
-}
-
-/// The SQL store over one of the two pools.
-#[derive(Clone)]
-pub struct SqlStore {
-    pool: Pool,
-    /// PostgreSQL: where the writer's commits go, when not on `pool` (see `postgres::connect`).
-    commits: Option<PgPool>,
-}
-
-/// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.
-macro_rules! on_pool {
-    ($store:expr, |$p:ident, $d:ident| $body:expr) => {
-        match &$store.pool {
-            $crate::store::sql::Pool::Pg($p) => {
-                #[allow(unused_variables)]
-                let $d = $crate::store::sql::Dialect::Pg;
-                $body
-            }
-            $crate::store::sql::Pool::Lite($p) => {
-                #[allow(unused_variables)]
-                let $d = $crate::store::sql::Dialect::Lite;
-                $body
-            }
-        }
-    };
-}
-
-/// Begins a write transaction: on SQLite `BEGIN IMMEDIATE` takes the write lock up front, so two
-/// writers queue on the busy timeout instead of failing at commit.
-macro_rules! begin_write {
-    ($p:expr, $d:expr) => {
-        match $d {
-            $crate::store::sql::Dialect::Lite => $p.begin_with("BEGIN IMMEDIATE").await,
-            $crate::store::sql::Dialect::Pg => $p.begin().await,
-        }
-    };
-}
-
 mod maintenance;
+mod pool;
 mod reads;
 mod writes;
 
 pub use maintenance::StoredBody;
+pub use pool::SqlStore;
+use pool::{Pool, on_pool};
 
 impl SqlStore {
     /// A store on PostgreSQL.

@@ -13,7 +13,7 @@ use chat_actors::protocol::MessageObject;
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Dialect, SqlStore};
+use super::pool::{Dialect, SqlStore, on_pool};
 use crate::store::postgres::partitions;
 use crate::store::rows::{MESSAGE_COLUMNS, classify, conversation, member, message};
 

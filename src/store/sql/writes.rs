@@ -11,7 +11,7 @@ use chat_actors::ports::{
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
-use super::{Dialect, Pool, SqlStore};
+use super::pool::{Dialect, Pool, SqlStore, begin_write, on_pool};
 use crate::store::postgres::{self, partitions};
 use crate::store::rows::classify;
 use crate::store::sqlite;

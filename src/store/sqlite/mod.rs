@@ -14,6 +14,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, SqlSafeStr};
 
+use crate::store::error::ConnectError;
+
 /// The folder of the default database (`sqlite://data/chat.db`), made on first start.
 const DEFAULT_FOLDER: &str = "data";
 
@@ -43,7 +45,7 @@ impl Durability {
 }
 
 /// Opens (creating when missing) the database file of a `sqlite://PATH` URL.
-pub async fn connect(url: &str, durability: Durability) -> Result<SqlitePool, super::ConnectError> {
+pub async fn connect(url: &str, durability: Durability) -> Result<SqlitePool, ConnectError> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
@@ -55,7 +57,7 @@ pub async fn connect(url: &str, durability: Durability) -> Result<SqlitePool, su
         // Only the default's folder is made: a typo in a configured path must not quietly give
         // a fresh, empty database.
         if dir != std::path::Path::new(DEFAULT_FOLDER) {
-            return Err(super::ConnectError::NoFolder(dir.display().to_string()));
+            return Err(ConnectError::NoFolder(dir.display().to_string()));
         }
         std::fs::create_dir_all(dir)?;
     }

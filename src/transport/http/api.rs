@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use chat_actors::node::Caller;
 use chat_actors::protocol::{ErrorCode, Rejection};
@@ -15,9 +17,12 @@ use serde::de::DeserializeOwned;
 
 use crate::auth;
 
-use super::{Body, json};
+use super::response::{Body, json, respond};
 use crate::transport::error::http_error;
-use crate::transport::{BODY_READ_TIMEOUT, Transport};
+use crate::transport::state::Transport;
+
+/// How long a client may take to send a request body before the connection is dropped.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -151,5 +156,5 @@ pub fn ok_json(status: u16, value: &impl Serialize) -> Answer {
 
 /// 204.
 pub fn no_content() -> Answer {
-    Ok(super::respond(204, "application/json", Bytes::new()))
+    Ok(respond(204, "application/json", Bytes::new()))
 }

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::api::{self, Answer};
-use crate::transport::Transport;
+use crate::transport::state::Transport;
 
 #[derive(Deserialize)]
 struct CreateBody {

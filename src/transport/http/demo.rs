@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, Uri};
 
 use super::api::{Answer, ok_json, query};
-use super::{Body, respond};
+use super::response::{Body, respond};
 use crate::auth;
 use crate::config::Config;
 

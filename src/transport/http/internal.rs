@@ -12,7 +12,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::api::{self, Answer};
-use crate::transport::Transport;
+use crate::transport::state::Transport;
 
 #[derive(Deserialize)]
 struct Event {

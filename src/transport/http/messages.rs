@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::api::{self, Answer};
-use crate::transport::Transport;
+use crate::transport::state::Transport;
 
 /// `GET /v1/conversations/{id}/messages?after&before&limit`.
 pub async fn history(t: Arc<Transport>, req: Request<Incoming>, conv: &str) -> Answer {

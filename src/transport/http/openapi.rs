@@ -3,7 +3,7 @@
 
 use hyper::Response;
 
-use super::{Body, respond};
+use super::response::{Body, respond};
 
 const DOCUMENT: &str = include_str!("../../../docs/openapi.json");
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use hyper::Response;
 
-use super::{Body, respond};
-use crate::transport::Transport;
+use super::response::{Body, respond};
+use crate::transport::state::Transport;
 
 /// 200 while the process runs.
 pub fn health() -> Response<Body> {

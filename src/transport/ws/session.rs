@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::slot::Slot;
 use crate::auth::Identity;
-use crate::transport::Transport;
 use crate::transport::codec::to_message;
 use crate::transport::error::error_frame;
+use crate::transport::state::Transport;
 
 /// Requests of one connection in flight at once; past this the connection is not read.
 const MAX_IN_FLIGHT: usize = 256;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use chat_actors::ids::UserId;
 
-use crate::transport::Transport;
+use crate::transport::state::Transport;
 
 /// One of a user's connection slots on this node; given back when dropped.
 pub struct Slot {

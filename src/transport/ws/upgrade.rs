@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::session;
 use super::slot::{Full, Slot};
-use crate::transport::Transport;
 use crate::transport::codec::JSON_SUBPROTOCOL;
-use crate::transport::http::{Body, json};
+use crate::transport::http::response::{Body, json};
+use crate::transport::state::Transport;
 
 /// Checks the request and, when it passes, answers 101 and starts the session.
 pub fn upgrade(t: Arc<Transport>, mut req: Request<Incoming>) -> Response<Body> {
