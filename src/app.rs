@@ -1,6 +1,7 @@
 //! The composition root: the one place that names the concrete adapters and wires them to the
 //! core. It decides nothing of its own.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,17 +11,20 @@ use chat_actors::node::{Node, NodeConfig};
 use chat_actors::ports::{Bus, Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
+use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Verifier};
 use crate::bus::LocalBus;
+use crate::bus::redis::RedisLink;
 use crate::config::Config;
 use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserServiceClient};
 use crate::store::keyring::Keyring;
 use crate::store::sealed::SealedStore;
-use crate::store::{self, GuardedStore, writer::BatchingWriter};
+use crate::store::{self, GuardedStore, SqlStore, writer::BatchingWriter};
 use crate::transport::http::demo::Demo;
 use crate::transport::state::{Probe, Transport, WsSettings};
 use crate::transport::{self};
@@ -28,6 +32,8 @@ use crate::{metrics, retention};
 
 /// How often the retention job runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How long a readiness check waits for the database or Redis.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a node on `listener` until `shutdown` is cancelled, then drains: sessions say `bye`,
 /// actors stop, the writer commits what it holds, the pool closes.
@@ -36,22 +42,167 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let recorder = metrics::install();
-    if auth::uses_dev_secret(&config) {
-        // The development secret is public: it may serve only what this machine alone reaches.
-        let addr = listener.local_addr().context("listener address")?;
-        if !addr.ip().is_loopback() {
-            anyhow::bail!(
-                "CHAT_JWT_SECRET is not set and the node listens on {addr}, beyond this machine: \
-                 with the public development secret anyone could mint tokens. Set CHAT_JWT_SECRET \
-                 (at least 32 bytes) or CHAT_JWT_PUBLIC_KEY, or listen on 127.0.0.1 only"
-            );
+    let addr = listener.local_addr().context("listener address")?;
+    App::build(config, addr, shutdown)
+        .await?
+        .run(listener)
+        .await
+}
+
+/// A node built from its configuration: the adapters connected, the core started, the cluster
+/// joined (it knows the live set); not yet serving, nor yet heard by the other nodes.
+pub struct App {
+    node: Node,
+    transport: Arc<Transport>,
+    store: Arc<dyn Store>,
+    sql: SqlStore,
+    writer: Arc<BatchingWriter>,
+    writer_task: JoinHandle<()>,
+    /// The Redis bus, joined but not yet running.
+    link: Option<RedisLink>,
+    retention: (u32, u32),
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Builds the node that will listen on `addr`: config → adapters → core. Fails, with what
+    /// to do, when a dependency does not answer or the configuration is unsafe.
+    pub async fn build(
+        config: Config,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<App> {
+        let recorder = metrics::install();
+        refuse_public_dev_secret(&config, addr)?;
+        let verifier = Verifier::new(&config).context("JWT configuration")?;
+        let (sql, store) = open_store(&config).await?;
+        let (writer, writer_task) = BatchingWriter::start(
+            store.clone(),
+            sql.write_concurrency(),
+            Duration::from_millis(config.commit_window_ms),
+        );
+        let node_id = if config.node_id.is_empty() {
+            format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        } else {
+            config.node_id.clone()
+        };
+        let (bus, link): (Arc<dyn Bus>, _) = if config.redis_url.is_empty() {
+            (Arc::new(LocalBus), None)
+        } else {
+            let (bus, link) =
+                crate::bus::redis::connect(&config.redis_url, &config.redis_prefix, &node_id)
+                    .await
+                    .context("connecting to Redis")?;
+            tracing::info!(prefix = %config.redis_prefix, "cluster mode: Redis bus");
+            (bus, Some(link))
+        };
+        let profiles = connect_profiles(&config).await?;
+        let node = Node::start(
+            node_config(&config, &node_id),
+            store.clone(),
+            writer.clone(),
+            bus,
+            profiles,
+        )
+        .await
+        .context("starting the node supervisor")?;
+        let link = match link {
+            Some(mut link) => {
+                link.join(&node).await.context("joining the cluster")?;
+                Some(link)
+            }
+            None => None,
+        };
+        let ready = readiness(store.clone(), link.as_ref().map(RedisLink::probe));
+        let transport = Arc::new(Transport {
+            node: node.clone(),
+            verifier,
+            metrics: recorder,
+            ready,
+            service_token: config.service_token.clone(),
+            ws: WsSettings {
+                heartbeat: Duration::from_millis(config.heartbeat_ms),
+                max_frame_bytes: config.max_frame_bytes,
+                outbound_queue: config.outbound_queue,
+                allowed_origins: config.origins(),
+                max_connections_per_user: config.max_connections_per_user,
+                max_connections: config.max_connections,
+                node_id,
+            },
+            per_user: DashMap::new(),
+            open: Default::default(),
+            shutdown: shutdown.clone(),
+            sessions: TaskTracker::new(),
+            demo: Demo::new(&config),
+        });
+        Ok(App {
+            node,
+            transport,
+            store,
+            sql,
+            writer,
+            writer_task,
+            link,
+            retention: (config.retention_days, config.deleted_audit_days),
+            shutdown,
+        })
+    }
+
+    /// Serves `listener` until the shutdown token is cancelled: the bus runs and the other nodes
+    /// hear this one, the expiry job starts; then drains (sessions say `bye`, actors stop, the
+    /// bus leaves, the writer commits what it holds, the pool closes).
+    pub async fn run(self, listener: TcpListener) -> anyhow::Result<()> {
+        let bus_tasks = TaskTracker::new();
+        let bus_stop = CancellationToken::new();
+        if let Some(link) = self.link {
+            link.run(Arc::new(self.node.clone()), bus_stop.clone(), &bus_tasks);
+            self.node.say_hello();
         }
-        tracing::warn!(
-            "CHAT_JWT_SECRET is not set: using the built-in DEVELOPMENT secret; anyone can mint tokens"
+        let (retention_days, audit_days) = self.retention;
+        tokio::spawn(retention::run(
+            self.store.clone(),
+            retention_days,
+            audit_days,
+            RETENTION_EVERY,
+            self.shutdown.clone(),
+        ));
+        let addr = listener.local_addr().context("listener address")?;
+        tracing::info!(addr = %addr, node = %self.transport.ws.node_id, "serving");
+        transport::serve(listener, self.transport).await;
+
+        self.node.stop().await;
+        bus_stop.cancel();
+        bus_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), bus_tasks.wait()).await;
+        self.writer.flush().await;
+        drop(self.writer);
+        self.writer_task.abort();
+        self.sql.close().await;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// The development secret is public: it may serve only what this machine alone reaches.
+fn refuse_public_dev_secret(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    if !auth::uses_dev_secret(config) {
+        return Ok(());
+    }
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "CHAT_JWT_SECRET is not set and the node listens on {addr}, beyond this machine: \
+             with the public development secret anyone could mint tokens. Set CHAT_JWT_SECRET \
+             (at least 32 bytes) or CHAT_JWT_PUBLIC_KEY, or listen on 127.0.0.1 only"
         );
     }
-    let verifier = Verifier::new(&config).context("JWT configuration")?;
+    tracing::warn!(
+        "CHAT_JWT_SECRET is not set: using the built-in DEVELOPMENT secret; anyone can mint tokens"
+    );
+    Ok(())
+}
+
+/// The database, migrated, behind the breaker and (when keys are set) encryption at rest.
+async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, Arc<dyn Store>)> {
     let sql = store::connect_with(
         &config.database_url,
         config.db_max_connections,
@@ -66,27 +217,13 @@ pub async fn serve(
         store = SealedStore::wrap(store, Arc::new(keys));
     }
     ::metrics::gauge!("chat_database_up").set(1.0);
-    let (writer, writer_task) = BatchingWriter::start(
-        store.clone(),
-        sql.write_concurrency(),
-        Duration::from_millis(config.commit_window_ms),
-    );
-    let node_id = if config.node_id.is_empty() {
-        format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-    } else {
-        config.node_id.clone()
-    };
-    let (bus, link): (Arc<dyn Bus>, _) = if config.redis_url.is_empty() {
-        (Arc::new(LocalBus), None)
-    } else {
-        let (bus, link) =
-            crate::bus::redis::connect(&config.redis_url, &config.redis_prefix, &node_id)
-                .await
-                .context("connecting to Redis")?;
-        tracing::info!(prefix = %config.redis_prefix, "cluster mode: Redis bus");
-        (bus, Some(link))
-    };
-    let profiles: Arc<dyn Profiles> = if config.profiles_url.is_empty() {
+    Ok((sql, store))
+}
+
+/// The user service's client behind its caches (in a cluster, a tier shared in Redis too), or
+/// placeholders when none is configured.
+async fn connect_profiles(config: &Config) -> anyhow::Result<Arc<dyn Profiles>> {
+    Ok(if config.profiles_url.is_empty() {
         tracing::info!("no CHAT_PROFILES_URL: placeholder profiles, no business agents");
         Arc::new(PlaceholderProfiles)
     } else {
@@ -105,105 +242,49 @@ pub async fn serve(
             .context("connecting the profile cache to Redis")?;
             CachedProfiles::start_shared(client, shared)
         }
-    };
-    let node = Node::start(
-        NodeConfig {
-            node_id: node_id.clone(),
-            limits: Limits {
-                max_group_size: config.max_group_size,
-                max_message_bytes: config.max_message_bytes,
-            },
-            budgets: BudgetConfig {
-                sends: (config.rate_messages, config.rate_burst),
-                requests: (config.rate_requests, config.rate_requests_burst),
-                max_in_flight: config.max_in_flight_per_user,
-            },
-        },
-        store.clone(),
-        writer.clone(),
-        bus,
-        profiles,
-    )
-    .await
-    .context("starting the node supervisor")?;
-    let bus_tasks = TaskTracker::new();
-    let bus_stop = CancellationToken::new();
-    let redis_probe = match link {
-        Some(mut link) => {
-            link.join(&node).await.context("joining the cluster")?;
-            let probe = link.probe();
-            link.run(Arc::new(node.clone()), bus_stop.clone(), &bus_tasks);
-            node.say_hello();
-            Some(probe)
-        }
-        None => None,
-    };
+    })
+}
 
-    let probe_store = store.clone();
-    let ready: Probe = Arc::new(move || {
-        let s = probe_store.clone();
-        let redis = redis_probe.clone();
+/// What the core is configured with.
+fn node_config(config: &Config, node_id: &str) -> NodeConfig {
+    NodeConfig {
+        node_id: node_id.to_owned(),
+        limits: Limits {
+            max_group_size: config.max_group_size,
+            max_message_bytes: config.max_message_bytes,
+        },
+        budgets: BudgetConfig {
+            sends: (config.rate_messages, config.rate_burst),
+            requests: (config.rate_requests, config.rate_requests_burst),
+            max_in_flight: config.max_in_flight_per_user,
+        },
+    }
+}
+
+/// Whether the database (and, in a cluster, Redis) answers, for `/readyz`.
+fn readiness(store: Arc<dyn Store>, redis: Option<ConnectionManager>) -> Probe {
+    Arc::new(move || {
+        let store = store.clone();
+        let redis = redis.clone();
         Box::pin(async move {
             let db = matches!(
-                tokio::time::timeout(Duration::from_secs(2), s.ping()).await,
+                tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
                 Ok(Ok(()))
             );
             let bus = match redis {
                 None => true,
-                Some(mut conn) => {
-                    let ping = redis::cmd("PING");
-                    let answer = ping.query_async::<String>(&mut conn);
-                    matches!(
-                        tokio::time::timeout(Duration::from_secs(2), answer).await,
-                        Ok(Ok(_))
-                    )
-                }
+                Some(conn) => redis_answers(conn).await,
             };
             db && bus
         })
-    });
-    let transport = Arc::new(Transport {
-        node: node.clone(),
-        verifier,
-        metrics: recorder,
-        ready,
-        service_token: config.service_token.clone(),
-        ws: WsSettings {
-            heartbeat: Duration::from_millis(config.heartbeat_ms),
-            max_frame_bytes: config.max_frame_bytes,
-            outbound_queue: config.outbound_queue,
-            allowed_origins: config.origins(),
-            max_connections_per_user: config.max_connections_per_user,
-            max_connections: config.max_connections,
-            node_id: node_id.clone(),
-        },
-        per_user: DashMap::new(),
-        open: Default::default(),
-        shutdown: shutdown.clone(),
-        sessions: TaskTracker::new(),
-        demo: Demo::new(&config),
-    });
-    tokio::spawn(retention::run(
-        store.clone(),
-        config.retention_days,
-        config.deleted_audit_days,
-        RETENTION_EVERY,
-        shutdown.clone(),
-    ));
+    })
+}
 
-    tracing::info!(addr = %listener.local_addr().context("listener address")?, node = %node_id, "serving");
-    transport::serve(listener, transport).await;
-
-    node.stop().await;
-    bus_stop.cancel();
-    bus_tasks.close();
-    let _ = tokio::time::timeout(Duration::from_secs(3), bus_tasks.wait()).await;
-    writer.flush().await;
-    drop(writer);
-    writer_task.abort();
-    sql.close().await;
-    tracing::info!("stopped cleanly");
-    Ok(())
+/// Whether Redis answers a `PING` in time.
+async fn redis_answers(mut conn: ConnectionManager) -> bool {
+    let ping = redis::cmd("PING");
+    let answer = ping.query_async::<String>(&mut conn);
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, answer).await, Ok(Ok(_)))
 }
 
 /// Re-seals every stored body that is not sealed with the current (first) key: after a key
