@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, SECRET, http_status};
+use crate::helpers::{Backend, Binary, Client, POLL, SECONDS_10, SECRET, eventually, http_status};
 
 #[tokio::test]
 async fn sigterm_says_bye_closes_1001_and_exits_0() {
@@ -40,15 +40,9 @@ async fn sigterm_says_bye_closes_1001_and_exits_0() {
     )
     .unwrap();
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
-    let mut client = None;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            client = Some(Client::connect(&url, token.trim()).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut client = client.expect("the node never listened");
+    let listening = async || std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+    eventually(SECONDS_10, POLL, "the node listens", listening).await;
+    let mut client = Client::connect(&url, token.trim()).await;
     assert_eq!(client.call("ping", json!({})).await["t"], "pong");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

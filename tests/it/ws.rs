@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Backend, Client, TestNode};
+use crate::helpers::{Backend, Client, POLL, SECONDS_5, TestNode, eventually};
 
 fn high_rate(c: &mut chat_backend::config::Config) {
     c.rate_messages = 100_000;
@@ -189,18 +189,13 @@ async fn a_token_valid_until_the_end_of_time_is_served_and_its_session_ends_clea
     assert_eq!(online["items"][0]["status"], "online");
     drop(forever);
     // Its user goes offline once the connection is gone.
-    let mut offline = false;
-    for _ in 0..50 {
+    eventually(SECONDS_5, POLL, "the user goes offline", async || {
         let p = watcher
             .call("presence", json!({"users": [user.to_string()]}))
             .await;
-        if p["items"][0]["status"] == "offline" {
-            offline = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(offline, "the user stayed online");
+        (p["items"][0]["status"] == "offline").then_some(())
+    })
+    .await;
     node.shutdown().await;
 }
 
@@ -225,15 +220,16 @@ async fn a_node_at_its_connection_cap_answers_503_before_upgrading() {
     }
     // A slot freed is a slot taken.
     drop(first);
-    let mut admitted = false;
-    for _ in 0..50 {
-        if tokio_tungstenite::connect_async(req.clone()).await.is_ok() {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(admitted, "the freed slot was never given again");
+    eventually(
+        SECONDS_5,
+        POLL,
+        "the freed slot is given again",
+        async || {
+            let connected = tokio_tungstenite::connect_async(req.clone()).await;
+            connected.ok().map(drop)
+        },
+    )
+    .await;
     node.shutdown().await;
 }
 

@@ -4,7 +4,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{PrivateRedis, cluster, cluster_on, group, owner};
-use crate::helpers::{Backend, Client, TestDb, assert_kept, free_port};
+use crate::helpers::{
+    Backend, Client, POLL, SECONDS_5, SECONDS_10, TestDb, assert_kept, eventually, free_port,
+};
 
 #[tokio::test]
 async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals() {
@@ -31,29 +33,25 @@ async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals
 
     redis.kill();
     // Within a heartbeat the node knows: a request for node 1 is refused, not left to time out.
-    let mut refused = false;
-    for _ in 0..50 {
+    let refusing = "sends to a remote owner are refused with Redis down";
+    eventually(SECONDS_5, POLL, refusing, async || {
         let started = std::time::Instant::now();
         let r = ca
             .call("send", json!({"conv": remote, "body": "during"}))
             .await;
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{r}");
-        if r["code"] == "unavailable" {
-            // Refused for knowing Redis is away, not for having waited out the 4.8 s deadline.
+        // Refused for knowing Redis is away, not for having waited out the 4.8 s deadline.
+        let refused = r["code"] == "unavailable";
+        if refused {
+            let took = started.elapsed();
             assert!(
-                started.elapsed() < std::time::Duration::from_secs(2),
-                "refused only after {:?}",
-                started.elapsed()
+                took < std::time::Duration::from_secs(2),
+                "refused only after {took:?}"
             );
-            refused = true;
-            break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        refused,
-        "sends to a remote owner kept going with Redis down"
-    );
+        refused.then_some(())
+    })
+    .await;
     // What needs no other node goes on.
     for i in 0..5 {
         let r = ca
@@ -71,21 +69,14 @@ async fn with_redis_down_remote_work_fails_fast_local_work_goes_on_and_all_heals
 
     let _redis = PrivateRedis::start(port);
     // Healed by itself within PROTOCOL's 10 s.
-    let mut healed = false;
-    for _ in 0..100 {
+    let healing = "the cluster heals after Redis's return";
+    eventually(SECONDS_10, POLL, healing, async || {
         let r = ca
             .call("send", json!({"conv": remote, "body": "after"}))
             .await;
-        if r["t"] == "sent" {
-            healed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        healed,
-        "the cluster did not heal within 10 s of Redis's return"
-    );
+        (r["t"] == "sent").then_some(())
+    })
+    .await;
     // One dense order.
     assert_kept(&mut ca, &remote, &[]).await;
 }
@@ -123,17 +114,15 @@ async fn a_killed_node_loses_nothing_acknowledged_and_its_work_moves_within_10_s
     let died = std::time::Instant::now();
     // Each conversation is served again by a survivor within PROTOCOL's 10 s.
     for conv in &convs {
-        loop {
+        let within = SECONDS_10.saturating_sub(died.elapsed());
+        let mid = eventually(within, POLL, "a survivor serves it", async || {
             let r = ca
                 .call("send", json!({"conv": conv, "body": "after"}))
                 .await;
-            if r["t"] == "sent" {
-                acked.push((conv.clone(), r["mid"].as_str().unwrap().to_owned()));
-                break;
-            }
-            assert!(died.elapsed() < std::time::Duration::from_secs(10), "{r}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+            (r["t"] == "sent").then(|| r["mid"].as_str().unwrap().to_owned())
+        })
+        .await;
+        acked.push((conv.clone(), mid));
     }
     println!(
         "a killed node's conversations served again after {:?}",

@@ -4,7 +4,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{cluster_on, redis_url};
-use crate::helpers::{Backend, Binary, Client, TestDb, free_port};
+use crate::helpers::{Backend, Binary, Client, POLL, SECONDS_5, TestDb, eventually, free_port};
 
 /// The stand-in user service (`chat-backend dev-user-service`) on `port`, naming `user` `name`.
 fn user_service(port: u16, user: Uuid, name: &str, dir: &std::path::Path) -> std::process::Child {
@@ -88,15 +88,10 @@ impl Drop for ProfileSetup {
 async fn chat_seeing(node: &Binary, subject: Uuid, name: &str) -> (Client, String) {
     let mut viewer = node.client(Uuid::new_v4()).await;
     let conv = viewer.direct_with(subject).await;
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = name_seen(&mut viewer, &conv, subject).await;
-        if seen == name {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, name, "the node never cached the profile");
+    eventually(SECONDS_5, POLL, "the node caches the profile", async || {
+        (name_seen(&mut viewer, &conv, subject).await == name).then_some(())
+    })
+    .await;
     (viewer, conv)
 }
 
@@ -143,17 +138,15 @@ async fn a_profile_change_told_to_one_node_is_forgotten_on_every_node() {
         String::from_utf8_lossy(&answer)
     );
     // Node 1 forgot its copy and fetches the new name.
-    let mut seen = String::new();
-    for _ in 0..50 {
-        seen = name_seen(&mut viewer, &conv, subject).await;
-        if seen == "New Name" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        SECONDS_5,
+        POLL,
+        "node 1 forgets the old profile",
+        async || (name_seen(&mut viewer, &conv, subject).await == "New Name").then_some(()),
+    )
+    .await;
     let _ = service.kill();
     let _ = service.wait();
-    assert_eq!(seen, "New Name", "node 1 kept the old profile");
 }
 
 #[tokio::test]
@@ -205,21 +198,14 @@ async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
         .call("watch", json!({"users": [business.to_string()]}))
         .await;
     assert_eq!(r["t"], "ok", "{r}");
-    let mut online = false;
-    for _ in 0..50 {
+    let business_online = "node 1 shows the business online with its agent online";
+    eventually(SECONDS_5, POLL, business_online, async || {
         let r = on_second
             .call("presence", json!({"users": [business.to_string()]}))
             .await;
-        if r["items"][0]["status"] == "online" {
-            online = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        online,
-        "node 1 shows the business offline with its agent online"
-    );
+        (r["items"][0]["status"] == "online").then_some(())
+    })
+    .await;
     let pushed = loop {
         let f = on_second.push("presence").await;
         if f["user"] == business.to_string() {
