@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, percentiles};
+use crate::helpers::{Backend, Binary, Client, POLL, SECONDS_10, eventually, percentiles};
 
 async fn create(c: &mut Client, kind: &str, members: &[Uuid]) -> String {
     let members: Vec<String> = members.iter().map(Uuid::to_string).collect();
@@ -298,15 +298,9 @@ async fn out_of_file_descriptors_the_node_backs_off_and_recovers() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(held);
-    let mut ready = false;
-    for _ in 0..100 {
-        if b.get("/readyz").await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the node did not serve again once files were free");
+    let serving = "the node serves again once files are free";
+    let ready = async || (b.get("/readyz").await.0 == 200).then_some(());
+    eventually(SECONDS_10, POLL, serving, ready).await;
     let failures = b.metric("chat_accept_errors_total").await;
     println!("3 s out of file descriptors: {failures} failed accepts");
     // Retrying every 50 ms would be ~60 in 3 s; doubling pauses up to 1 s make ~10.

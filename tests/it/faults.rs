@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, TestNode, admin, assert_kept, outage};
+use crate::helpers::{
+    Backend, Binary, Client, POLL, SECONDS_10, TestNode, admin, assert_kept, eventually, outage,
+};
 
 /// Times one request.
 async fn timed(c: &mut Client, t: &str, fields: Value) -> (Value, Duration) {
@@ -66,15 +68,11 @@ async fn read_and_mute_move_only_after_their_commit_and_the_node_fails_fast_whil
 
     outage(&db_name, false).await;
     // Back within PROTOCOL's 10 s, without a restart.
-    let mut back = false;
-    for _ in 0..100 {
-        if ca.call("get", json!({"conv": conv})).await["t"] == "conversation" {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "the node did not recover within 10 s");
+    eventually(SECONDS_10, POLL, "the node recovers", async || {
+        let got = ca.call("get", json!({"conv": conv})).await;
+        (got["t"] == "conversation").then_some(())
+    })
+    .await;
     // Nothing moved while the database was away, so the same read now commits and is told.
     let got = ca.call("get", json!({"conv": conv})).await;
     let me = |g: &Value| {
@@ -211,18 +209,11 @@ async fn assert_send_refused(c: &mut Client, conv: &str, mid: &str, why: &str) {
 
 /// Sends until one is `sent` (at most 10 s); its mid.
 async fn send_until_sent(c: &mut Client, conv: &str, body: &str) -> String {
-    let since = Instant::now();
-    loop {
+    eventually(SECONDS_10, POLL, "a send is sent again", async || {
         let r = c.call("send", json!({"conv": conv, "body": body})).await;
-        if r["t"] == "sent" {
-            return r["mid"].as_str().unwrap().to_owned();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "no recovery: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (r["t"] == "sent").then(|| r["mid"].as_str().unwrap().to_owned())
+    })
+    .await
 }
 
 /// Resends each refused mid once the store is back: each is stored exactly once.

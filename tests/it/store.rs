@@ -91,19 +91,44 @@ pub(crate) fn msg(seq: i64, sender: UserId, client_mid: bool) -> NewMessage {
     }
 }
 
-async fn suite(backend: Backend) {
-    let (s, _db) = open(backend).await;
-    let (a, b, c) = (UserId::random(), UserId::random(), UserId::random());
+/// Runs a store case on both backends: `case(Backend)` becomes the tests `case::sqlite` and
+/// `case::postgres`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use crate::helpers::Backend;
 
-    // one direct conversation per pair, whoever creates it
-    let (conv, created) = s.create_conversation(direct(a, b)).await.unwrap();
-    assert!(created);
-    let (again, created) = s.create_conversation(direct(b, a)).await.unwrap();
-    assert!(!created);
-    assert_eq!(again.id, conv.id);
-    assert_eq!(again.members.len(), 2);
+            #[tokio::test]
+            async fn sqlite() {
+                super::$case(Backend::Sqlite).await;
+            }
 
-    // a batch commits, moves last_seq, and pages both ways
+            #[tokio::test]
+            async fn postgres() {
+                super::$case(Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    one_direct_conversation_per_pair_whoever_creates_it,
+    a_batch_commits_moves_last_seq_and_pages_both_ways,
+    a_stored_client_mid_leaves_its_whole_batch_out_and_the_other_batches_commit,
+    a_seq_taken_by_another_writer_is_refused_for_its_batch_alone,
+    read_pointers_only_move_forward_and_unread_counts_only_others_live_messages,
+    membership_changes_commit_with_their_system_message,
+    the_list_goes_by_activity_with_paging_and_last_messages,
+    expiry_erases_deleted_bodies_after_the_audit_and_removes_old_messages,
+    writer_commits_concurrently_in_order,
+    expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period,
+);
+
+/// A direct conversation of two new users `a` and `b` holding messages 1..=12 of `a` (the even
+/// ones with client mids), sent at 1001..=1012.
+async fn with_history(s: &SqlStore) -> (ConversationRecord, Vec<NewMessage>, UserId, UserId) {
+    let (a, b) = (UserId::random(), UserId::random());
+    let (conv, _) = s.create_conversation(direct(a, b)).await.unwrap();
     let msgs: Vec<NewMessage> = (1..=12).map(|i| msg(i, a, i % 2 == 0)).collect();
     let results = s
         .append(&[AppendBatch {
@@ -111,34 +136,64 @@ async fn suite(backend: Backend) {
             messages: msgs.clone(),
         }])
         .await;
-    assert!(results.iter().all(Result::is_ok));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    (conv, msgs, a, b)
+}
+
+/// The seqs of `page`.
+fn seqs(page: &[chat_actors::protocol::MessageObject]) -> Vec<i64> {
+    page.iter().map(|m| m.seq).collect()
+}
+
+/// The `last_seq` of `conv` as stored.
+async fn last_seq(s: &SqlStore, conv: ConversationId) -> i64 {
+    s.load_conversation(conv).await.unwrap().unwrap().last_seq
+}
+
+async fn one_direct_conversation_per_pair_whoever_creates_it(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (a, b) = (UserId::random(), UserId::random());
+    let (conv, created) = s.create_conversation(direct(a, b)).await.unwrap();
+    assert!(created);
+    let (again, created) = s.create_conversation(direct(b, a)).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, conv.id);
+    assert_eq!(again.members.len(), 2);
+    s.close().await;
+}
+
+async fn a_batch_commits_moves_last_seq_and_pages_both_ways(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (conv, _, _, _) = with_history(&s).await;
     let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
     assert_eq!((loaded.last_seq, loaded.last_activity), (12, 1012));
     let (page, more) = s.history(conv.id, HistoryRange::Newest, 5).await.unwrap();
-    assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![8, 9, 10, 11, 12]
-    );
+    assert_eq!(seqs(&page), vec![8, 9, 10, 11, 12]);
     assert!(more);
     let (page, more) = s
         .history(conv.id, HistoryRange::Before(3), 5)
         .await
         .unwrap();
-    assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(seqs(&page), vec![1, 2]);
     assert!(!more);
     let (page, more) = s
         .history(conv.id, HistoryRange::After(9, None), 50)
         .await
         .unwrap();
-    assert_eq!(
-        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![10, 11, 12]
-    );
+    assert_eq!(seqs(&page), vec![10, 11, 12]);
     assert!(!more);
+    s.close().await;
+}
 
-    // a stored client mid is reported with where it lives; its whole batch is left out (the
-    // fresh message beside it too) and the other batch still commits
-    let (other, _) = s.create_conversation(direct(a, c)).await.unwrap();
+async fn a_stored_client_mid_leaves_its_whole_batch_out_and_the_other_batches_commit(
+    backend: Backend,
+) {
+    let (s, _db) = open(backend).await;
+    let (conv, msgs, a, _) = with_history(&s).await;
+    let (other, _) = s
+        .create_conversation(direct(a, UserId::random()))
+        .await
+        .unwrap();
     let mut retry = msg(14, a, true);
     retry.mid = msgs[1].mid;
     let results = s
@@ -153,6 +208,7 @@ async fn suite(backend: Backend) {
             },
         ])
         .await;
+    // Reported with where it lives; the fresh message beside it is left out too.
     match &results[0] {
         Err(StoreError::DuplicateMids(hits)) => {
             assert_eq!((hits[0].conv, hits[0].seq, hits[0].sender), (conv.id, 2, a));
@@ -160,83 +216,58 @@ async fn suite(backend: Backend) {
         other => panic!("expected DuplicateMids, got {other:?}"),
     }
     assert!(results[1].is_ok());
-    assert_eq!(
-        s.load_conversation(conv.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_seq,
-        12
-    );
+    assert_eq!(last_seq(&s, conv.id).await, 12);
     let (after, _) = s
         .history(conv.id, HistoryRange::After(12, None), 50)
         .await
         .unwrap();
     assert!(after.is_empty(), "half a batch stored: {after:?}");
-    assert_eq!(
-        s.load_conversation(other.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .last_seq,
-        1
-    );
+    assert_eq!(last_seq(&s, other.id).await, 1);
+    s.close().await;
+}
 
-    // a seq taken by another writer is refused, never stored twice
-    let results = s
-        .append(&[AppendBatch {
-            conv: conv.id,
-            messages: vec![msg(12, b, false)],
-        }])
-        .await;
+async fn a_seq_taken_by_another_writer_is_refused_for_its_batch_alone(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (conv, _, _, b) = with_history(&s).await;
+    let taken = || AppendBatch {
+        conv: conv.id,
+        messages: vec![msg(12, b, false)],
+    };
+    let results = s.append(&[taken()]).await;
     assert!(
         matches!(results[0], Err(StoreError::SeqTaken)),
         "{:?}",
         results[0]
     );
-
-    // ... and only that conversation's batch is refused: the others of the commit go in
+    // Only that conversation's batch is refused: the others of the commit go in.
     let (d, e) = (UserId::random(), UserId::random());
     let (third, _) = s.create_conversation(direct(d, e)).await.unwrap();
-    // Newer than the retention cut-off used below.
-    let fresh = NewMessage {
-        at: 10_000,
-        ..msg(1, d, false)
+    let fresh = AppendBatch {
+        conv: third.id,
+        messages: vec![msg(1, d, false)],
     };
-    let results = s
-        .append(&[
-            AppendBatch {
-                conv: conv.id,
-                messages: vec![msg(12, b, false)],
-            },
-            AppendBatch {
-                conv: third.id,
-                messages: vec![fresh],
-            },
-        ])
-        .await;
+    let results = s.append(&[taken(), fresh]).await;
     assert!(
         matches!(results[0], Err(StoreError::SeqTaken)),
         "{:?}",
         results[0]
     );
     assert!(results[1].is_ok(), "{:?}", results[1]);
-    let third = s.load_conversation(third.id).await.unwrap().unwrap();
-    assert_eq!(third.last_seq, 1);
+    assert_eq!(last_seq(&s, third.id).await, 1);
+    assert_eq!(last_seq(&s, conv.id).await, 12, "stored twice");
+    s.close().await;
+}
 
-    // read pointers only move forward; unread skips own, deleted and system messages
+async fn read_pointers_only_move_forward_and_unread_counts_only_others_live_messages(
+    backend: Backend,
+) {
+    let (s, _db) = open(backend).await;
+    let (conv, msgs, _, b) = with_history(&s).await;
     s.set_read(conv.id, b, 5).await.unwrap();
     s.set_read(conv.id, b, 3).await.unwrap();
     let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
-    assert_eq!(
-        loaded
-            .members
-            .iter()
-            .find(|m| m.user == b)
-            .unwrap()
-            .last_read,
-        5
-    );
+    let read = loaded.members.iter().find(|m| m.user == b).unwrap();
+    assert_eq!(read.last_read, 5);
     s.mark_deleted(msgs[11].mid, 5000).await.unwrap();
     let (last, unread) = s.last_message_and_unread(conv.id, b, 5).await.unwrap();
     let last = last.unwrap();
@@ -244,14 +275,24 @@ async fn suite(backend: Backend) {
         (last.seq, last.body.clone(), last.deleted_at),
         (12, None, Some(5000))
     );
-    assert_eq!(unread, 6);
+    assert_eq!(unread, 6, "6..=11: the deleted 12 is not unread");
+    let (_, own) = s
+        .last_message_and_unread(conv.id, msgs[0].sender, 0)
+        .await
+        .unwrap();
+    assert_eq!(own, 0, "one's own messages are never unread");
     let found = s.find_message(msgs[0].mid).await.unwrap().unwrap();
     assert_eq!(
         (found.conv, found.seq, found.body.as_deref()),
         (conv.id, 1, Some("m1"))
     );
+    s.close().await;
+}
 
-    // membership changes commit with their system message
+async fn membership_changes_commit_with_their_system_message(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (conv, _, a, b) = with_history(&s).await;
+    let c = UserId::random();
     let change = MembershipChange {
         add: vec![member(c, Role::Member, 2)],
         remove: vec![a],
@@ -267,45 +308,65 @@ async fn suite(backend: Backend) {
     assert_eq!(roles, vec![(b, Role::Admin), (c, Role::Member)]);
     assert_eq!(loaded.last_seq, 13);
     let (_, unread) = s.last_message_and_unread(conv.id, b, 5).await.unwrap();
-    assert_eq!(unread, 6, "a system message is never unread");
+    assert_eq!(unread, 7, "6..=12; a system message is never unread");
+    // A second change that follows a seq no longer the last is refused whole.
+    let stale = MembershipChange {
+        remove: vec![c],
+        system: Some(NewMessage {
+            kind: "system".to_owned(),
+            ..msg(13, b, false)
+        }),
+        ..MembershipChange::default()
+    };
+    let refused = s.change_members(conv.id, &stale).await;
+    assert!(matches!(refused, Err(StoreError::SeqTaken)), "{refused:?}");
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    assert_eq!(loaded.members.len(), 2, "half a change stored");
+    s.close().await;
+}
 
-    // the list: by activity, with paging
-    let (list, more) = s
-        .list_conversations(
-            c,
-            ListQuery {
-                before: None,
-                since: None,
-                limit: 10,
-            },
-        )
+async fn the_list_goes_by_activity_with_paging_and_last_messages(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (conv, _, a, _) = with_history(&s).await;
+    let (other, _) = s
+        .create_conversation(direct(a, UserId::random()))
         .await
         .unwrap();
-    assert_eq!(
-        list.iter().map(|l| l.record.id).collect::<Vec<_>>(),
-        vec![conv.id, other.id]
-    );
+    // One message at 1001, older than the other conversation's newest (1012).
+    assert!(append_one(&s, other.id, msg(1, a, true)).await.is_ok());
+    let page = |limit, before| ListQuery {
+        before,
+        since: None,
+        limit,
+    };
+    let (list, more) = s.list_conversations(a, page(10, None)).await.unwrap();
+    let ids: Vec<ConversationId> = list.iter().map(|l| l.record.id).collect();
+    assert_eq!(ids, vec![conv.id, other.id]);
     assert!(!more);
+    let (list, more) = s.list_conversations(a, page(1, None)).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(more);
+    assert_eq!(list[0].record.id, conv.id);
+    assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(12));
+    assert_eq!(list[0].unread, 0, "all of it is a's own");
     let (list, more) = s
-        .list_conversations(
-            a,
-            ListQuery {
-                before: None,
-                since: None,
-                limit: 1,
-            },
-        )
+        .list_conversations(a, page(1, Some(list[0].record.last_activity)))
         .await
         .unwrap();
     assert_eq!(list.len(), 1);
-    assert!(!more, "a left conv.id: only one conversation is theirs");
+    assert!(!more);
     assert_eq!(list[0].record.id, other.id);
     assert_eq!(list[0].last_message.as_ref().map(|m| m.seq), Some(1));
-    assert_eq!(list[0].unread, 0);
+    s.close().await;
+}
 
-    // retention: deleted bodies erased after the audit period, old messages removed
+async fn expiry_erases_deleted_bodies_after_the_audit_and_removes_old_messages(backend: Backend) {
+    let (s, _db) = open(backend).await;
+    let (conv, msgs, _, _) = with_history(&s).await;
+    s.mark_deleted(msgs[11].mid, 5000).await.unwrap();
+    // Messages sent before 1003 are past retention; the deletion at 5000 is past its audit.
     let done = s.purge(1003, 6000).await.unwrap();
-    assert_eq!((done.erased, done.removed), (1, 3));
+    assert_eq!((done.erased, done.removed), (1, 2));
     let (page, _) = s
         .history(conv.id, HistoryRange::After(0, None), 200)
         .await
@@ -314,20 +375,10 @@ async fn suite(backend: Backend) {
     s.close().await;
 }
 
-#[tokio::test]
-async fn the_store_suite_passes_on_sqlite() {
-    suite(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_store_suite_passes_on_postgres() {
-    suite(Backend::Postgres).await;
-}
-
 /// The batching writer with the store's own commit concurrency: many conversations' batches
 /// in flight together land in order, a flush returns only after every earlier batch is
 /// answered, and a batch whose client mid is stored is answered with it and not written.
-async fn writer_suite(backend: Backend) {
+async fn writer_commits_concurrently_in_order(backend: Backend) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -410,16 +461,6 @@ async fn writer_suite(backend: Backend) {
     task.await.unwrap();
 }
 
-#[tokio::test]
-async fn the_writer_commits_concurrently_in_order_on_sqlite() {
-    writer_suite(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_writer_commits_concurrently_in_order_on_postgres() {
-    writer_suite(Backend::Postgres).await;
-}
-
 /// A trickle of batches that closely follow a commit waits out the writer's window and goes
 /// in one later commit, instead of each committing the moment it comes (a commit per message
 /// is what made a quiet PostgreSQL burn the most CPU per message).
@@ -475,7 +516,9 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
 /// The expiry job on a backlog bigger than one of its rounds: every message past retention goes,
 /// in rounds; a deleted body stays in the table (hidden) through the audit period and is erased
 /// after it; the conversation keeps numbering where it was.
-async fn expiry_suite(backend: Backend) {
+async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period(
+    backend: Backend,
+) {
     let (s, db) = open(backend).await;
     let sender = UserId::random();
     let conv = direct_conv(&s, sender).await;
@@ -550,18 +593,6 @@ async fn expiry_suite(backend: Backend) {
     // A second run finds nothing more to do.
     assert_eq!(s.purge(5_000, 15_000).await.unwrap(), Purged::default());
     s.close().await;
-}
-
-#[tokio::test]
-async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period_on_sqlite()
-{
-    expiry_suite(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audit_period_on_postgres()
- {
-    expiry_suite(Backend::Postgres).await;
 }
 
 /// The commit is one statement over arrays, which PostgreSQL would otherwise plan again for

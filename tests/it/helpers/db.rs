@@ -6,6 +6,8 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::{SECONDS_5, eventually};
+
 /// The two storage backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -109,17 +111,16 @@ pub async fn outage(db_name: &str, down: bool) {
     .await;
     // Termination is a signal: wait until every backend of the database is gone.
     let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
-    for _ in 0..100 {
+    let gone = async || {
         let left: i64 = sqlx::query("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
             .bind(db_name)
             .fetch_one(&pool)
             .await
             .unwrap()
             .get(0);
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (left == 0).then_some(())
+    };
+    let terminated = "every backend of the database is gone";
+    eventually(SECONDS_5, Duration::from_millis(20), terminated, gone).await;
     pool.close().await;
 }

@@ -4,11 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_backend::config::Config;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Backend, Client, SECRET, TestDb};
+use super::{Backend, Client, FAST_POLL, SECONDS_10, SECRET, TestDb, eventually, http_status};
 
 /// A node served in this process on port 0 with a fresh database.
 pub struct TestNode {
@@ -50,21 +49,11 @@ impl TestNode {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(mut s) = TcpStream::connect(self.addr).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let _ = s
-                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .await;
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
-                if buf.starts_with(b"HTTP/1.1 200") {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node not ready");
+        let ready = async || {
+            let status = http_status(self.addr.port(), "GET", "/readyz", None).await;
+            (status == 200).then_some(())
+        };
+        eventually(SECONDS_10, FAST_POLL, "the node becomes ready", ready).await;
     }
 
     pub fn token(&self, user: Uuid) -> String {
