@@ -7,7 +7,9 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, Binary, Client, POLL, SECONDS_10, SECRET, eventually, http_status};
+use crate::helpers::{
+    Backend, Binary, Client, POLL, SECONDS_10, SECRET, eventually, http_status, signed_with,
+};
 
 #[tokio::test]
 async fn sigterm_says_bye_closes_1001_and_exits_0() {
@@ -213,18 +215,7 @@ async fn the_development_secret_never_guards_a_node_others_can_reach() {
     let user = Uuid::new_v4();
     let (status, _) = b.get(&format!("/demo/token?user={user}")).await;
     assert_eq!(status, 404, "demo tokens with a configured secret");
-    let signed_with = |secret: &str| {
-        let config = chat_backend::config::Config {
-            jwt_secret: secret.to_owned(),
-            ..Default::default()
-        };
-        chat_backend::auth::sign(
-            &config,
-            chat_actors::ids::UserId(user),
-            Duration::from_secs(600),
-        )
-        .unwrap()
-    };
+    let signed_with = |secret: &str| signed_with(secret, user, Duration::from_secs(600));
     let dev_token = signed_with("");
     assert_eq!(get_as(&b, "/v1/conversations", &dev_token).await, 401);
     assert_eq!(

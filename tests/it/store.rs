@@ -5,7 +5,7 @@ use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, MemberRecord, MembershipChange,
     NewConversation, NewMessage, Purged, Store, StoreError,
 };
-use chat_actors::protocol::{ConversationKind, Role};
+use chat_actors::protocol::Role;
 use chat_backend::store::{self, SqlStore};
 
 use crate::helpers::{Backend, TestDb};
@@ -16,33 +16,10 @@ async fn open(backend: Backend) -> (SqlStore, TestDb) {
     (s, db)
 }
 
-/// A member row.
-fn member(user: UserId, role: Role, joined: i64) -> MemberRecord {
-    MemberRecord {
-        user,
-        role,
-        last_read: 0,
-        muted: false,
-        joined,
-    }
-}
-
 /// A new direct conversation of `a` and `b`.
 fn direct(a: UserId, b: UserId) -> NewConversation {
-    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-    NewConversation {
-        record: ConversationRecord {
-            id: ConversationId(uuid::Uuid::now_v7()),
-            kind: ConversationKind::Direct,
-            name: None,
-            business: None,
-            created_at: 1000,
-            last_seq: 0,
-            last_activity: 1000,
-            members: vec![member(lo, Role::Member, 0), member(hi, Role::Member, 1)],
-        },
-        unique_key: Some(format!("direct:{lo}:{hi}")),
-    }
+    let plan = chat_actors::rules::create::direct(a, &[b]).unwrap();
+    plan.into_new(ConversationId(uuid::Uuid::now_v7()), 1000)
 }
 
 /// A new direct conversation of `sender` with a new user (shared with the partition tests).
@@ -294,7 +271,7 @@ async fn membership_changes_commit_with_their_system_message(backend: Backend) {
     let (conv, _, a, b) = with_history(&s).await;
     let c = UserId::random();
     let change = MembershipChange {
-        add: vec![member(c, Role::Member, 2)],
+        add: vec![MemberRecord::new(c, Role::Member, 2)],
         remove: vec![a],
         roles: vec![(b, Role::Admin)],
         system: Some(NewMessage {

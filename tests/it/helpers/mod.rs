@@ -31,16 +31,16 @@ pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
 /// A token for `user` that a binary started with [`SECRET`] accepts for an hour.
 pub fn token(user: Uuid) -> String {
+    signed_with(SECRET, user, Duration::from_secs(3600))
+}
+
+/// A token for `user`, signed with `secret` (empty: the development secret), valid for `life`.
+pub fn signed_with(secret: &str, user: Uuid, life: Duration) -> String {
     let config = Config {
-        jwt_secret: SECRET.to_owned(),
+        jwt_secret: secret.to_owned(),
         ..Config::default()
     };
-    chat_backend::auth::sign(
-        &config,
-        chat_actors::ids::UserId(user),
-        Duration::from_secs(3600),
-    )
-    .unwrap()
+    chat_backend::auth::sign(&config, chat_actors::ids::UserId(user), life).unwrap()
 }
 
 /// The p50 and p99 of `samples` (milliseconds), for the figures a flood test prints.
