@@ -37,7 +37,9 @@ fn register_event_counters() {
     for ok in ["true", "false"] {
         metrics::counter!("chat_user_service_calls_total", "ok" => ok).increment(0);
     }
-    for kind in ["push", "presence", "request", "reply"] {
+    for kind in [
+        "push", "presence", "request", "reply", "roster", "hello", "profile",
+    ] {
         metrics::counter!("chat_bus_publishes_total", "kind" => kind).increment(0);
     }
 }

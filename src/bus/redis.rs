@@ -1,11 +1,11 @@
 //! The bus of a cluster over Redis: a channel per node (`{prefix}:node:{id}`), one for all
-//! (`{prefix}:all`), the live set of nodes as a sorted set of heartbeats (`{prefix}:nodes`), and
-//! each node's incarnation (`{prefix}:incarnations`, a hash), so that a node restarted under its
-//! own name is told from one that went on.
+//! (`{prefix}:all`), the live set of nodes as a sorted set of heartbeats stamped with Redis's own
+//! clock (`{prefix}:nodes`), and each node's incarnation (`{prefix}:incarnations`, a hash), so
+//! that a node restarted under its own name is told from one that went on.
 //!
 //! It only carries: sends are queued to one publishing task (never waiting in an actor), what
-//! arrives goes to the core's [`BusInbox`], and the heartbeat tells it which nodes are alive. Pub/sub is
-//! at most once; a connection lost and regained re-subscribes by itself.
+//! arrives goes to the core's [`BusInbox`], and the heartbeat tells it which nodes are alive.
+//! Pub/sub is at most once; a connection lost and regained re-subscribes by itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -98,6 +98,8 @@ struct Membership {
     /// This process's incarnation (from the node, at [`RedisLink::join`]).
     incarnation: u64,
     commands: ConnectionManager,
+    /// [`HEARTBEAT_SCRIPT`], sent by its hash once Redis has it.
+    script: redis::Script,
 }
 
 /// Connects to Redis (RESP3, needed for pub/sub on a self-reconnecting connection) and subscribes
@@ -143,6 +145,7 @@ pub async fn connect(
             names,
             incarnation: 0,
             commands,
+            script: redis::Script::new(HEARTBEAT_SCRIPT),
         },
         reachable,
         subscriber,
@@ -152,23 +155,39 @@ pub async fn connect(
     Ok((bus, link))
 }
 
+/// The heartbeat, on Redis's clock: the node's entry is stamped with the server's `TIME` and the
+/// live set read against it, so a node whose own clock is off is judged like any other. One
+/// script, so the stamp, the incarnation, the pruning and the reading are never seen apart.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local dead_after = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * dead_after)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - dead_after, '+inf')
+return {live, redis.call('HGETALL', KEYS[2])}
+";
+
 impl Membership {
     /// Says this node is alive (and which start of it) and reads who else is.
     async fn heartbeat(&mut self) -> Result<Vec<LiveNode>, redis::RedisError> {
-        let (key, incarnations) = (self.names.nodes_key(), self.names.incarnations_key());
-        let now = chat_actors::clock::now_ms() as f64;
-        let dead_after = DEAD_AFTER.as_millis() as f64;
-        // One transaction: a node's entry in the set and its incarnation are never seen apart.
-        let (_, _, _, live, mut known): (i64, i64, i64, Vec<String>, HashMap<String, u64>) =
-            redis::pipe()
-                .atomic()
-                .zadd(&key, &self.names.node_id, now)
-                .hset(&incarnations, &self.names.node_id, self.incarnation)
-                .zrembyscore(&key, "-inf", now - 10.0 * dead_after)
-                .zrangebyscore(&key, now - dead_after, "+inf")
-                .hgetall(&incarnations)
-                .query_async(&mut self.commands)
-                .await?;
+        let incarnations = self.names.incarnations_key();
+        let (live, known): (Vec<String>, Vec<String>) = self
+            .script
+            .key(self.names.nodes_key())
+            .key(&incarnations)
+            .arg(&self.names.node_id)
+            .arg(self.incarnation)
+            .arg(DEAD_AFTER.as_millis() as u64)
+            .invoke_async(&mut self.commands)
+            .await?;
+        // HGETALL's flat list of names and numbers; a number that does not parse reads as 0
+        // (unknown), as an older node's would.
+        let mut known: HashMap<String, u64> = known
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].parse().unwrap_or(0)))
+            .collect();
         let stale: Vec<&String> = known.keys().filter(|id| !live.contains(id)).collect();
         if !stale.is_empty() {
             // Nodes out of the live set: a node that beats again writes its number again.

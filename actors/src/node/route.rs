@@ -41,6 +41,7 @@ pub(super) struct Router {
 impl Router {
     /// A cluster of one: `node_id`, until the bus says otherwise.
     pub(super) fn alone(node_id: &str) -> Router {
+        metrics::gauge!("chat_cluster_live_nodes").set(1.0);
         Router {
             live: RwLock::new(Arc::new(vec![node_id.to_owned()])),
             pending: DashMap::new(),
@@ -58,6 +59,7 @@ impl Router {
     }
 
     fn set_live(&self, nodes: Arc<Vec<String>>) {
+        metrics::gauge!("chat_cluster_live_nodes").set(nodes.len() as f64);
         match self.live.write() {
             Ok(mut live) => *live = nodes,
             Err(poisoned) => *poisoned.into_inner() = nodes,

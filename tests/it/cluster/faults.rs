@@ -1,11 +1,12 @@
-//! A dead node, a Redis outage and a database outage, each on its own.
+//! A dead node, a Redis outage, a database outage and a node whose clock is off, each on its own.
 
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{PrivateRedis, cluster, cluster_on, group, owner};
 use crate::helpers::{
-    Backend, Client, POLL, SECONDS_5, SECONDS_10, TestDb, assert_kept, eventually, free_port,
+    Backend, Binary, Client, POLL, SECONDS_5, SECONDS_10, TestDb, assert_kept, eventually,
+    free_port,
 };
 
 #[tokio::test]
@@ -249,4 +250,59 @@ async fn a_node_restarted_at_once_under_its_own_name_reaches_every_users_node() 
         .map(|i| i["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["online", "online"], "{r}");
+}
+
+/// Liveness is judged by Redis's clock, not each node's own: a node whose clock runs 20 s behind
+/// (a badly synced host) stays alive to the others, so its users stay online for watchers
+/// elsewhere and every node counts the same live set (and so names the same owners).
+#[tokio::test]
+async fn a_node_whose_clock_is_off_stays_alive_to_the_others() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (redis, prefix) = (
+        super::redis_url(),
+        format!("test-{}", Uuid::new_v4().simple()),
+    );
+    let env = |id| {
+        [
+            ("CHAT_DATABASE_URL", db.url.as_str()),
+            ("CHAT_REDIS_URL", redis.as_str()),
+            ("CHAT_REDIS_PREFIX", prefix.as_str()),
+            ("CHAT_NODE_ID", id),
+        ]
+    };
+    let on_time = Binary::start(Backend::Postgres, &env("node-0")).await;
+    // libfaketime moves the wall clock only (timers run on the monotonic one, left alone).
+    let skew = "export LD_PRELOAD=\"$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 | head -n 1)\" \
+                FAKETIME=-20s FAKETIME_DONT_FAKE_MONOTONIC=1";
+    let behind = Binary::start_with(Backend::Postgres, &env("node-1"), Some(skew)).await;
+    let (user, watcher, friend) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let mut u = behind.client(user).await;
+    let mut w = on_time.client(watcher).await;
+    // The node's clock is behind indeed: its hello says its time.
+    let skewed_by = w.hello["time"].as_i64().unwrap() - u.hello["time"].as_i64().unwrap();
+    assert!(
+        (15_000..25_000).contains(&skewed_by),
+        "clocks {skewed_by} ms apart"
+    );
+    // Past the dead-node window (3 s) and its heartbeats: a node judged by its own clock's
+    // heartbeats is out of the others' live set by now, and its users with it.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    for node in [&on_time, &behind] {
+        assert_eq!(node.metric("chat_cluster_live_nodes").await, 2.0);
+    }
+    let p = w
+        .call("presence", json!({"users": [user.to_string()]}))
+        .await;
+    assert_eq!(p["items"][0]["status"], "online", "{p}");
+    // A chat across the two works both ways.
+    let mut f = on_time.client(friend).await;
+    let conv = u.direct_with(friend).await;
+    let r = u
+        .call("send", json!({"conv": conv, "body": "from behind"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(f.push("message").await["body"], "from behind");
+    let r = f.call("send", json!({"conv": conv, "body": "back"})).await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(u.push("message").await["body"], "back");
 }
