@@ -25,8 +25,8 @@ use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserS
 use crate::store::keyring::Keyring;
 use crate::store::sealed::SealedStore;
 use crate::store::{self, GuardedStore, SqlStore, writer::BatchingWriter};
-use crate::transport::http::demo::Demo;
-use crate::transport::state::{Probe, Transport, WsSettings};
+
+use crate::transport::state::{Demo, Probe, Transport, WsSettings};
 use crate::transport::{self};
 use crate::{metrics, retention};
 

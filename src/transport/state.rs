@@ -14,8 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth;
 use crate::auth::Verifier;
-use crate::transport::http::demo::Demo;
+use crate::config::Config;
 
 /// Answers whether the node's dependencies answer (for `/readyz`).
 pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -70,5 +71,21 @@ impl Transport {
     /// Open WebSocket connections.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// What the demo may do on this node.
+pub struct Demo {
+    /// The configuration to sign development tokens with; `None` when the node has a real
+    /// secret or key (then no token is minted).
+    pub(crate) dev_tokens: Option<Config>,
+}
+
+impl Demo {
+    /// The demo for `config`, or `None` when `CHAT_DEMO` is off.
+    pub fn new(config: &Config) -> Option<Demo> {
+        config.demo.then(|| Demo {
+            dev_tokens: auth::uses_dev_secret(config).then(|| config.clone()),
+        })
     }
 }

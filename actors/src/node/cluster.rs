@@ -13,19 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::route::NodeWire;
-use super::state::Node;
+use super::state::{Cluster, Node};
 use crate::delivery::wire::{self, Wire};
 use crate::ids::UserId;
 use crate::ports::LiveNode;
-
-/// Which start of each node this one has heard of.
-pub(super) struct Cluster {
-    /// The number this process drew at start (never 0).
-    pub(super) incarnation: u64,
-    /// The incarnation last heard of each other live node. Held only for the few lines that
-    /// read and replace it, never across an await.
-    incarnations: Mutex<HashMap<String, u64>>,
-}
 
 impl Cluster {
     /// A cluster this process has heard nothing of yet.

@@ -39,11 +39,12 @@ use crate::ports::{Bus, Profiles, Store, Writer};
 use crate::rules::Limits;
 use crate::user::{UserActor, UserMessage};
 use budget::{BudgetConfig, Budgets};
-use cluster::Cluster;
+
 pub use deadline::REQUEST_TIMEOUT;
 use registry::ActorMap;
-use route::Router;
+
 pub use state::{Caller, Node};
+use state::{Cluster, Router};
 
 /// What a node is configured with.
 #[derive(Debug, Clone)]

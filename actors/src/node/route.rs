@@ -18,7 +18,7 @@ use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
 use super::deadline::{Answer, REQUEST_TIMEOUT, answer};
-use super::state::Node;
+use super::state::{Node, Router};
 use crate::conversation::ReplyPort;
 use crate::conversation::{ConversationMessage, ConversationReply, ConversationRequest, Reply};
 use crate::delivery::wire::{self, Wire};
@@ -28,15 +28,6 @@ use crate::protocol::Rejection;
 
 /// What crosses the bus, with this crate's request and answer types.
 pub(super) type NodeWire = Wire<ConversationRequest, Answer>;
-
-/// The live set and the requests waiting for owners elsewhere.
-pub(super) struct Router {
-    /// The live nodes, sorted (this one included); replaced whole on every change.
-    live: RwLock<Arc<Vec<String>>>,
-    /// Requests sent to owners elsewhere, waiting for their answers: the port, the owner, when.
-    pending: DashMap<u64, (ReplyPort, String, Instant)>,
-    next_corr: AtomicU64,
-}
 
 impl Router {
     /// A cluster of one: `node_id`, until the bus says otherwise.

@@ -1,17 +1,21 @@
 //! What a running node holds, and who is asking it: the types shared by the files that give the
 //! node its operations (routing, the cluster's state, the typed operations, connections), at the
-//! bottom of the folder.
+//! bottom of the folder. `route.rs` and `cluster.rs` give the router and the cluster's state
+//! their methods.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use dashmap::DashMap;
 
 use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Budgets;
-use super::cluster::Cluster;
 use super::registry::ActorMap;
-use super::route::Router;
-use crate::conversation::{ConversationDeps, ConversationMessage};
+use crate::conversation::{ConversationDeps, ConversationMessage, ReplyPort};
 use crate::ids::{ConversationId, SessionId, UserId};
 use crate::user::UserMessage;
 
@@ -41,4 +45,22 @@ pub struct Caller {
     pub user: UserId,
     /// The connection, when the request came over WebSocket.
     pub session: Option<SessionId>,
+}
+
+/// The live set and the requests waiting for owners elsewhere.
+pub(super) struct Router {
+    /// The live nodes, sorted (this one included); replaced whole on every change.
+    pub(super) live: RwLock<Arc<Vec<String>>>,
+    /// Requests sent to owners elsewhere, waiting for their answers: the port, the owner, when.
+    pub(super) pending: DashMap<u64, (ReplyPort, String, Instant)>,
+    pub(super) next_corr: AtomicU64,
+}
+
+/// Which start of each node this one has heard of.
+pub(super) struct Cluster {
+    /// The number this process drew at start (never 0).
+    pub(super) incarnation: u64,
+    /// The incarnation last heard of each other live node. Held only for the few lines that
+    /// read and replace it, never across an await.
+    pub(super) incarnations: Mutex<HashMap<String, u64>>,
 }

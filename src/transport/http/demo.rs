@@ -15,7 +15,7 @@ use hyper::{Response, Uri};
 use super::api::{Answer, ok_json, query};
 use super::response::{Body, respond};
 use crate::auth;
-use crate::config::Config;
+use crate::transport::state::Demo;
 
 /// The page, as built into the binary.
 const PAGE: &str = include_str!("demo.html");
@@ -23,21 +23,7 @@ const PAGE: &str = include_str!("demo.html");
 /// How long a demo token lasts.
 const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// What the demo may do on this node.
-pub struct Demo {
-    /// The configuration to sign development tokens with; `None` when the node has a real
-    /// secret or key (then no token is minted).
-    dev_tokens: Option<Config>,
-}
-
 impl Demo {
-    /// The demo for `config`, or `None` when `CHAT_DEMO` is off.
-    pub fn new(config: &Config) -> Option<Demo> {
-        config.demo.then(|| Demo {
-            dev_tokens: auth::uses_dev_secret(config).then(|| config.clone()),
-        })
-    }
-
     /// A development token for `?user=UUID`.
     pub fn token(&self, uri: &Uri) -> Answer {
         let Some(config) = &self.dev_tokens else {
@@ -91,6 +77,7 @@ pub fn page() -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn browsers_get_the_page_and_programs_do_not() {
