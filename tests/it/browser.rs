@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::helpers::{POLL, eventually};
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The Chromium to drive: `CHAT_TEST_CHROMIUM`, else the first of the usual names on `PATH`.
@@ -63,18 +65,14 @@ impl Browser {
             .expect("chromium starts");
         // Chromium writes the port it picked, and the browser endpoint's path, to this file.
         let active = profile.path().join("DevToolsActivePort");
-        let mut endpoint = None;
-        for _ in 0..300 {
-            if let Ok(text) = std::fs::read_to_string(&active) {
-                let mut lines = text.lines();
-                if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
-                    endpoint = Some((port.parse::<u16>().unwrap(), path.to_owned()));
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let (port, path) = endpoint.expect("chromium opened its DevTools port within 30 s");
+        let opened = "chromium opens its DevTools port";
+        let (port, path) = eventually(Duration::from_secs(30), POLL, opened, async || {
+            let text = std::fs::read_to_string(&active).ok()?;
+            let mut lines = text.lines();
+            let (port, path) = (lines.next()?, lines.next()?);
+            Some((port.parse::<u16>().unwrap(), path.to_owned()))
+        })
+        .await;
         let (control, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}{path}"))
             .await
             .unwrap();
