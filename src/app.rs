@@ -11,7 +11,6 @@ use chat_actors::node::{Node, NodeConfig};
 use chat_actors::ports::{Bus, Profiles, Store};
 use chat_actors::rules::Limits;
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use crate::bus::LocalBus;
 use crate::bus::redis::RedisLink;
 use crate::config::Config;
 use crate::profiles::{CachedProfiles, PlaceholderProfiles, SharedProfiles, UserServiceClient};
+use crate::redis_conn::RedisConn;
 use crate::store::keyring::Keyring;
 use crate::store::sealed::SealedStore;
 use crate::store::{self, GuardedStore, SqlStore, writer::BatchingWriter};
@@ -262,7 +262,7 @@ fn node_config(config: &Config, node_id: &str) -> NodeConfig {
 }
 
 /// Whether the database (and, in a cluster, Redis) answers, for `/readyz`.
-fn readiness(store: Arc<dyn Store>, redis: Option<ConnectionManager>) -> Probe {
+fn readiness(store: Arc<dyn Store>, redis: Option<RedisConn>) -> Probe {
     Arc::new(move || {
         let store = store.clone();
         let redis = redis.clone();
@@ -281,7 +281,7 @@ fn readiness(store: Arc<dyn Store>, redis: Option<ConnectionManager>) -> Probe {
 }
 
 /// Whether Redis answers a `PING` in time.
-async fn redis_answers(mut conn: ConnectionManager) -> bool {
+async fn redis_answers(mut conn: RedisConn) -> bool {
     let ping = redis::cmd("PING");
     let answer = ping.query_async::<String>(&mut conn);
     matches!(tokio::time::timeout(PROBE_TIMEOUT, answer).await, Ok(Ok(_)))

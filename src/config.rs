@@ -123,7 +123,8 @@ settings! {
     node_id: String = String::new(), "CHAT_NODE_ID";
     /// `sqlite://PATH` (embedded) or `postgres://...`.
     database_url: String = "sqlite://data/chat.db".to_owned(), "CHAT_DATABASE_URL";
-    /// Empty: one node with an in-process bus; `redis://...`: cluster mode.
+    /// Empty: one node with an in-process bus; `redis://...` (one server) or
+    /// `redis+cluster://host:port,...` (a Redis Cluster's seed nodes): cluster mode.
     redis_url: String = String::new(), "CHAT_REDIS_URL";
     /// Prefix of every Redis key and channel.
     redis_prefix: String = "chat".to_owned(), "CHAT_REDIS_PREFIX";

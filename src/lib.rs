@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod profiles;
+pub mod redis_conn;
 pub mod retention;
 pub mod shutdown;
 pub mod store;

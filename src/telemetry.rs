@@ -20,7 +20,7 @@ use tracing_subscriber::fmt::MakeWriter;
 /// unless `RUST_LOG` names it (an operator chasing a protocol problem on a test node).
 fn filter_directives(rust_log: &str) -> String {
     let base = if rust_log.trim().is_empty() {
-        "info,sqlx::postgres::notice=warn"
+        "info,sqlx::postgres::notice=warn,redis=error"
     } else {
         rust_log
     };
@@ -33,7 +33,9 @@ fn filter_directives(rust_log: &str) -> String {
 
 /// Installs the global subscriber once.
 pub fn init() {
-    // PostgreSQL's notices ("already exists, skipping" on every migrate) are not news.
+    // PostgreSQL's notices ("already exists, skipping" on every migrate) are not news; nor is
+    // the Redis client's line per reconnect attempt while a shard fails over (the bus says
+    // what it lost and when it carries again).
     let wanted = std::env::var("RUST_LOG").unwrap_or_default();
     let filter = EnvFilter::try_new(filter_directives(&wanted))
         .unwrap_or_else(|_| EnvFilter::new(filter_directives("")));
@@ -131,7 +133,7 @@ mod tests {
     fn the_websocket_librarys_frame_dumps_stay_out_unless_asked_for() {
         assert_eq!(
             filter_directives(""),
-            "info,sqlx::postgres::notice=warn,tungstenite=info,tokio_tungstenite=info"
+            "info,sqlx::postgres::notice=warn,redis=error,tungstenite=info,tokio_tungstenite=info"
         );
         assert_eq!(
             filter_directives("trace"),

@@ -322,9 +322,11 @@ pub trait Bus: Send + Sync + 'static {
     fn send(&self, node: &str, message: Bytes);
     /// Sends `message` to every node (the sender gets it too and ignores it).
     fn broadcast(&self, message: Bytes);
-    /// Whether the bus carries now; false while its server is unreachable, so that what needs
-    /// another node is answered `unavailable` at once instead of waiting out its deadline.
-    fn is_reachable(&self) -> bool {
+    /// Whether the bus carries to `node` now; false while its server (or, on a sharded bus, the
+    /// shard that carries `node`'s messages or this node's) is unreachable, so that what needs
+    /// that node is answered `unavailable` at once instead of waiting out its deadline.
+    fn reaches(&self, node: &str) -> bool {
+        let _ = node;
         true
     }
 }
@@ -352,4 +354,7 @@ pub trait BusInbox: Send + Sync + 'static {
     fn lost(&self);
     /// The bus carries again after [`BusInbox::lost`].
     fn regained(&self);
+    /// Messages to `node` could not be sent (the part of the bus that carries them is down):
+    /// what waits for its answers will not hear back.
+    fn unreachable(&self, node: &str);
 }

@@ -7,9 +7,18 @@ use std::time::Duration;
 
 use chat_actors::ids::UserId;
 use chat_actors::protocol::Profile;
+use futures_util::future::join_all;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::redis_conn::{RedisConn, RedisConnError, Target, Timeouts};
+
+/// The tier answers in time or not at all: a miss costs one user service call, a slow Redis
+/// would cost every request.
+const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_millis(500),
+    response: Duration::from_millis(200),
+};
 
 /// Users and businesses are kept apart (a UUID could name either).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,7 +41,7 @@ struct Stored {
 /// The Redis tier.
 #[derive(Clone)]
 pub struct SharedProfiles {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     /// How long an entry is kept at all (served stale past its freshness).
     keep_for: Duration,
@@ -43,17 +52,13 @@ fn now_ms() -> u64 {
 }
 
 impl SharedProfiles {
-    /// Connects to the Redis at `url`; keys go under `prefix`.
+    /// Connects to the Redis `url` names (one server or a cluster); keys go under `prefix`.
     pub async fn connect(
         url: &str,
         prefix: &str,
         keep_for: Duration,
-    ) -> Result<SharedProfiles, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(200)));
-        let conn = client.get_connection_manager_with_config(config).await?;
+    ) -> Result<SharedProfiles, RedisConnError> {
+        let conn = RedisConn::connect(&Target::parse(url)?, TIMEOUTS, None).await?;
         Ok(SharedProfiles {
             conn,
             prefix: prefix.to_owned(),
@@ -105,18 +110,19 @@ impl SharedProfiles {
         }
         let at_ms = now_ms();
         let ttl = self.keep_for.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for ((kind, id), profile) in entries {
+        // One command each, all at once on the multiplexed connection: on a cluster the keys
+        // live on different shards, where a pipeline must stay on one slot.
+        let writes = entries.iter().filter_map(|((kind, id), profile)| {
             let stored = Stored {
                 profile: profile.clone(),
                 at_ms,
             };
-            if let Ok(value) = serde_json::to_vec(&stored) {
-                pipe.pset_ex(self.key(*kind, *id), value, ttl).ignore();
-            }
-        }
-        let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            let value = serde_json::to_vec(&stored).ok()?;
+            let key = self.key(*kind, *id);
+            let mut conn = self.conn.clone();
+            Some(async move { conn.pset_ex::<_, _, ()>(key, value, ttl).await })
+        });
+        if let Some(Err(e)) = join_all(writes).await.into_iter().find(Result::is_err) {
             tracing::debug!(error = %e, "shared profile cache not written");
         }
     }

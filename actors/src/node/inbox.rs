@@ -65,4 +65,9 @@ impl BusInbox for Node {
     fn regained(&self) {
         self.resync();
     }
+
+    /// Requests waiting for `node` will not hear back: answered `unavailable` now.
+    fn unreachable(&self, node: &str) {
+        self.router.fail_pending(|owner| owner == node);
+    }
 }

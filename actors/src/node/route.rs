@@ -165,7 +165,7 @@ impl Node {
         request: ConversationRequest,
         reply: Reply,
     ) -> Result<(), Rejection> {
-        if !self.deps.delivery.bus().is_reachable() {
+        if !self.deps.delivery.bus().reaches(owner) {
             metrics::counter!("chat_bus_refused_total").increment(1);
             return Err(Rejection::unavailable());
         }

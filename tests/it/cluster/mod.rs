@@ -2,10 +2,12 @@
 //! push crosses to another node once per node (not per recipient), what stays on one node never
 //! touches Redis, and the cluster rides out a dead node, a Redis restart and a database outage.
 
+mod failover;
 mod fanout;
 mod faults;
 mod nginx;
 mod profiles;
+mod redis_cluster;
 
 use chat_actors::ids::ConversationId;
 use serde_json::json;

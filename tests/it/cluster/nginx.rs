@@ -549,3 +549,56 @@ async fn a_failed_cluster_start_leaves_nothing_running_and_says_why() {
         assert!(std::net::TcpStream::connect(("127.0.0.1", *port)).is_err());
     }
 }
+
+/// `scripts/cluster start N --redis-cluster` puts the nodes' bus on a Redis Cluster of their own
+/// (six servers, files in the cluster's directory): they see each other, chat across nodes, and
+/// `stop` ends the Redis Cluster with them.
+#[tokio::test]
+async fn a_cluster_on_a_redis_cluster_of_its_own_chats_across_nodes_and_stops_whole() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut cluster = ScriptCluster::new(2, &db, "redis://127.0.0.1:1", &[]);
+    let redis_ports: Vec<u16> = (0..6)
+        .map(|_| super::redis_cluster::free_port_with_bus())
+        .collect();
+    let listed: Vec<String> = redis_ports.iter().map(u16::to_string).collect();
+    cluster
+        .env
+        .push(("CLUSTER_REDIS_PORTS".to_owned(), listed.join(" ")));
+    let out = cluster.script_output(&["start", "2", "--redis-cluster"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = std::fs::read_to_string(cluster.dir.path().join("redis-cluster/url")).unwrap();
+    assert!(url.starts_with("redis+cluster://"), "{url}");
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = Client::connect(&cluster.node_url(0), &token(a)).await;
+    let mut cb = Client::connect(&cluster.node_url(1), &token(b)).await;
+    let conv = ca.direct_with(b).await;
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "over the shards"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "over the shards");
+    // The nodes' channels are sharded channels on the Redis Cluster.
+    let subscribed: usize = redis_ports
+        .iter()
+        .map(|port| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "pubsub", "shardchannels"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(":node:"))
+                .count()
+        })
+        .sum();
+    assert_eq!(subscribed, 2);
+    drop((ca, cb));
+    assert!(cluster.script(&["stop"]));
+    for port in redis_ports {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}

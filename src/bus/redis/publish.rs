@@ -1,0 +1,129 @@
+//! Publishing. Each destination (a node's channel, or the channel for all) has its own queue and
+//! task: messages to one node stay in order and go out in pipelines, and a part of the bus that
+//! is down (on a Redis Cluster, the shard that owns one node's channel) holds up only the
+//! messages bound there. While a channel cannot be published to, what is queued for it is
+//! dropped (pub/sub is at most once; clients fill gaps from history) and a cheap command on the
+//! channel's slot probes it until it answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_actors::ports::BusInbox;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::health::Health;
+use super::names::Names;
+use crate::redis_conn::RedisConn;
+
+/// The most bus messages in one pipeline.
+const MAX_PIPELINE: usize = 256;
+/// How often a channel that could not be published to is tried again.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Where a message goes: one node (by name), or every node.
+pub(super) type Destination = Option<String>;
+
+/// Hands each message to its destination's task, starting the task on first use.
+pub(super) fn spawn(
+    conn: RedisConn,
+    names: Names,
+    health: Arc<Health>,
+    inbox: Arc<dyn BusInbox>,
+    mut outgoing: mpsc::UnboundedReceiver<(Destination, Bytes)>,
+    tasks: &TaskTracker,
+) {
+    let workers = tasks.clone();
+    tasks.spawn(async move {
+        let mut queues: HashMap<Destination, mpsc::UnboundedSender<Bytes>> = HashMap::new();
+        while let Some((to, message)) = outgoing.recv().await {
+            let queue = queues.entry(to).or_insert_with_key(|to| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let channel = Channel {
+                    name: match to {
+                        Some(node) => names.node_channel(node),
+                        None => names.all_channel(),
+                    },
+                    node: to.clone(),
+                    conn: conn.clone(),
+                    health: health.clone(),
+                    inbox: inbox.clone(),
+                };
+                workers.spawn(channel.run(rx));
+                tx
+            });
+            let _ = queue.send(message);
+        }
+    });
+}
+
+/// One destination's publisher.
+struct Channel {
+    name: String,
+    node: Destination,
+    conn: RedisConn,
+    health: Arc<Health>,
+    inbox: Arc<dyn BusInbox>,
+}
+
+impl Channel {
+    /// Publishes what arrives on `queue`, in order, until the bus is dropped.
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Bytes>) {
+        while let Some(first) = queue.recv().await {
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.conn.publish(&self.name, &first))
+                .ignore();
+            let mut n = 1;
+            while n < MAX_PIPELINE {
+                match queue.try_recv() {
+                    Ok(message) => {
+                        pipe.add_command(self.conn.publish(&self.name, &message))
+                            .ignore();
+                        n += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
+                tracing::warn!(error = %e, channel = %self.name, lost = n, "bus messages lost: Redis failed");
+                metrics::counter!("chat_bus_lost_total").increment(n as u64);
+                self.wait_until_it_answers(&mut queue).await;
+            }
+        }
+    }
+
+    /// The channel could not be published to: what waits for its node will not hear back, and
+    /// nothing more is sent there until a probe on its slot answers.
+    async fn wait_until_it_answers(&mut self, queue: &mut mpsc::UnboundedReceiver<Bytes>) {
+        if let Some(node) = &self.node {
+            self.health.failing(node);
+            self.inbox.unreachable(node);
+        }
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let mut dropped = 0u64;
+            while queue.try_recv().is_ok() {
+                dropped += 1;
+            }
+            metrics::counter!("chat_bus_lost_total").increment(dropped);
+            // A key named like the channel lives on the channel's slot: answered by the shard
+            // that carries it.
+            let probe = redis::cmd("EXISTS")
+                .arg(&self.name)
+                .query_async::<i64>(&mut self.conn)
+                .await;
+            if probe.is_ok() {
+                break;
+            }
+        }
+        tracing::info!(channel = %self.name, "the bus carries to this channel again");
+        match &self.node {
+            Some(node) => self.health.recovered(node),
+            // Broadcasts (presence, rosters, hellos) were lost: everyone hears again who is
+            // connected here.
+            None => self.inbox.regained(),
+        }
+    }
+}
