@@ -42,6 +42,9 @@ fn register_event_counters() {
     ] {
         metrics::counter!("chat_bus_publishes_total", "kind" => kind).increment(0);
     }
+    for why in ["version", "malformed"] {
+        metrics::counter!("chat_bus_unreadable_total", "why" => why).increment(0);
+    }
 }
 
 /// The metrics touched for every frame and every commit, registered once: the macros build the

@@ -85,6 +85,38 @@ pub struct Target {
     pub except: Option<SessionId>,
 }
 
+/// The newest bus format this build reads. Version 1 is a bare MessagePack map (an externally
+/// tagged [`Wire`]), what every build has written since cluster mode began, and what this one
+/// writes still: a node of the build before reads it, so a rolling upgrade keeps the nodes
+/// talking. A later version goes out behind one byte that names it (a positive fixint, which no
+/// version 1 message starts with); a node that does not know it refuses the message, never
+/// misreads it.
+pub const NEWEST_FORMAT: u8 = 1;
+
+/// Why a bus message was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// Written in a format newer than this build reads.
+    #[error("bus format version {0}, newer than this node reads ({NEWEST_FORMAT}): upgrade it")]
+    Version(u8),
+    /// Not a bus message of any version.
+    #[error("not a bus message")]
+    Malformed,
+}
+
+/// The MessagePack body of a bus message in a format this build reads.
+pub fn body(message: &[u8]) -> Result<&[u8], Unreadable> {
+    match message.first() {
+        // A bare map: version 1.
+        Some(0x80..=0x8f | 0xde | 0xdf) => Ok(message),
+        Some(&version @ 0x00..=0x7f) => match version {
+            1 => Ok(&message[1..]),
+            _ => Err(Unreadable::Version(version)),
+        },
+        _ => Err(Unreadable::Malformed),
+    }
+}
+
 /// Encodes a wire message; our own types always encode, short of a bug (logged, then empty).
 pub fn encode<Q: Serialize, R: Serialize>(wire: &Wire<Q, R>) -> Bytes {
     match rmp_serde::to_vec_named(wire) {
@@ -99,6 +131,24 @@ pub fn encode<Q: Serialize, R: Serialize>(wire: &Wire<Q, R>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_1_is_read_bare_or_named_and_a_newer_version_is_refused() {
+        let hello: Plain = Wire::Hello {
+            node: "node-1".to_owned(),
+            incarnation: 7,
+        };
+        let bare = encode(&hello);
+        assert_eq!(body(&bare), Ok(&bare[..]));
+        let mut named = vec![1u8];
+        named.extend_from_slice(&bare);
+        assert_eq!(body(&named), Ok(&bare[..]));
+        let mut newer = vec![2u8];
+        newer.extend_from_slice(&bare);
+        assert_eq!(body(&newer), Err(Unreadable::Version(2)));
+        assert_eq!(body(&[]), Err(Unreadable::Malformed));
+        assert_eq!(body(&[0xc0]), Err(Unreadable::Malformed));
+    }
 
     #[test]
     fn a_plain_push_decodes_as_any_wire() {

@@ -2,10 +2,17 @@
 //! belongs. Pushes, presence and rosters go straight to delivery; requests and their answers to
 //! the router; hellos and the heartbeat's live set to the cluster's state.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use super::route::NodeWire;
 use super::state::Node;
-use crate::delivery::wire::Wire;
+use crate::delivery::wire::{self, Unreadable, Wire};
 use crate::ports::{BusInbox, LiveNode};
+
+/// When a refused bus message was last logged (ms since the epoch).
+static LAST_REFUSAL_LOGGED: AtomicI64 = AtomicI64::new(0);
+/// The least time between two such lines.
+const REFUSAL_LOG_EVERY_MS: i64 = 10_000;
 
 impl BusInbox for Node {
     fn incarnation(&self) -> u64 {
@@ -13,12 +20,8 @@ impl BusInbox for Node {
     }
 
     fn received(&self, message: &[u8]) {
-        let message: NodeWire = match rmp_serde::from_slice(message) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "an unreadable bus message was dropped");
-                return;
-            }
+        let Some(message) = read(message) else {
+            return;
         };
         let delivery = &self.deps.delivery;
         let me = delivery.node_id();
@@ -70,4 +73,27 @@ impl BusInbox for Node {
     fn unreachable(&self, node: &str) {
         self.router.fail_pending(|owner| owner == node);
     }
+}
+
+/// A bus message in a format this build reads; what it refuses is counted (and logged now and
+/// then, not once a message: a newer node sends many).
+fn read(message: &[u8]) -> Option<NodeWire> {
+    let refused = match wire::body(message) {
+        Ok(body) => match rmp_serde::from_slice(body) {
+            Ok(message) => return Some(message),
+            Err(_) => Unreadable::Malformed,
+        },
+        Err(why) => why,
+    };
+    let why = match refused {
+        Unreadable::Version(_) => "version",
+        Unreadable::Malformed => "malformed",
+    };
+    metrics::counter!("chat_bus_unreadable_total", "why" => why).increment(1);
+    let now = crate::clock::now_ms();
+    if now - LAST_REFUSAL_LOGGED.load(Ordering::Relaxed) > REFUSAL_LOG_EVERY_MS {
+        LAST_REFUSAL_LOGGED.store(now, Ordering::Relaxed);
+        tracing::warn!(error = %refused, "a bus message was refused");
+    }
+    None
 }

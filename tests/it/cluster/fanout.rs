@@ -3,8 +3,12 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{cluster, group, owner, pushes_published};
-use crate::helpers::{Backend, TestDb};
+use std::time::Duration;
+
+use chat_backend::redis_conn::{RedisConn, Target, Timeouts};
+
+use super::{cluster, cluster_prefixed, group, owner, pushes_published, redis_url};
+use crate::helpers::{Backend, POLL, SECONDS_5, TestDb, eventually};
 
 #[tokio::test]
 async fn a_push_crosses_once_per_node_and_local_traffic_stays_off_redis() {
@@ -133,4 +137,54 @@ async fn a_json_client_gets_pushes_from_another_node_as_json_text() {
         (m["conv"].as_str(), m["body"].as_str()),
         (Some(conv.as_str()), Some("über JSON"))
     );
+}
+
+/// Bus messages carry their format: one written in a newer format than a node reads (a newer
+/// build, mid rolling upgrade) is refused, counted and logged, never misread; the node goes on.
+#[tokio::test]
+async fn a_bus_message_of_a_newer_format_is_refused_not_misread() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let nodes = cluster_prefixed(&db, 2, &redis_url(), &[], &prefix).await;
+    let target = Target::parse(&redis_url()).unwrap();
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        response: Duration::from_secs(2),
+    };
+    let mut redis = RedisConn::connect(&target, timeouts, None).await.unwrap();
+    // Version 2 in front of what would read, bare, as a hello from a node that does not exist.
+    let mut newer = vec![2u8];
+    newer.extend_from_slice(
+        &rmp_serde::to_vec_named(&json!({"Hello": {"node": "ghost", "incarnation": 1}})).unwrap(),
+    );
+    let channel = format!("{prefix}:node:node-0");
+    let _: i64 = redis
+        .publish(&channel, &newer)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let refused = "the newer message is counted as refused";
+    eventually(SECONDS_5, POLL, refused, async || {
+        let n = nodes[0]
+            .metric("chat_bus_unreadable_total{why=\"version\"}")
+            .await;
+        (n == 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        nodes[0].log().contains("bus format version 2"),
+        "{}",
+        nodes[0].log()
+    );
+    // Not read as a hello: the live set is the two real nodes, and they still chat.
+    assert_eq!(nodes[0].metric("chat_cluster_live_nodes").await, 2.0);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut ca = nodes[0].client(a).await;
+    let mut cb = nodes[1].client(b).await;
+    let conv = ca.direct_with(b).await;
+    let r = ca
+        .call("send", json!({"conv": conv, "body": "still"}))
+        .await;
+    assert_eq!(r["t"], "sent", "{r}");
+    assert_eq!(cb.push("message").await["body"], "still");
 }

@@ -28,13 +28,24 @@ pub async fn cluster(db: &TestDb, n: usize) -> Vec<Binary> {
 /// [`cluster`] on the Redis at `redis`, with `extra` settings for every node.
 pub async fn cluster_on(db: &TestDb, n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Binary> {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
+    cluster_prefixed(db, n, redis, extra, &prefix).await
+}
+
+/// [`cluster_on`] with the Redis names under `prefix`.
+pub async fn cluster_prefixed(
+    db: &TestDb,
+    n: usize,
+    redis: &str,
+    extra: &[(&str, &str)],
+    prefix: &str,
+) -> Vec<Binary> {
     let mut nodes = Vec::new();
     for i in 0..n {
         let id = format!("node-{i}");
         let mut env = vec![
             ("CHAT_DATABASE_URL", db.url.as_str()),
             ("CHAT_REDIS_URL", redis),
-            ("CHAT_REDIS_PREFIX", prefix.as_str()),
+            ("CHAT_REDIS_PREFIX", prefix),
             ("CHAT_NODE_ID", id.as_str()),
             ("CHAT_RATE_MESSAGES", "100000"),
             ("CHAT_RATE_BURST", "100000"),
