@@ -12,6 +12,7 @@ mod health;
 mod heartbeat;
 mod names;
 mod publish;
+mod shards;
 mod subscribe;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use health::Health;
 use heartbeat::Membership;
 use names::Names;
 use publish::Destination;
+use shards::Shards;
 use subscribe::Subscriptions;
 
 /// How long the bus waits to connect and for an answer.
@@ -66,6 +68,8 @@ pub struct RedisLink {
     membership: Membership,
     health: Arc<Health>,
     subscriptions: Subscriptions,
+    /// On a Redis Cluster: which shard serves which slot.
+    shards: Option<Arc<Shards>>,
     incoming: mpsc::UnboundedReceiver<redis::PushInfo>,
     outgoing: mpsc::UnboundedReceiver<(Destination, Bytes)>,
 }
@@ -102,6 +106,7 @@ pub async fn connect(
         },
         health,
         subscriptions,
+        shards: target.is_cluster().then(Arc::default),
         incoming,
         outgoing,
     };
@@ -130,15 +135,24 @@ impl RedisLink {
             membership,
             health,
             subscriptions,
+            shards,
             incoming,
             outgoing,
         } = self;
         subscriptions.run(incoming, health.clone(), inbox.clone(), stop.clone(), tasks);
+        if let Some(shards) = &shards {
+            tasks.spawn(
+                shards
+                    .clone()
+                    .run(membership.commands.clone(), stop.clone()),
+            );
+        }
         publish::spawn(
             membership.commands.clone(),
             names,
             health.clone(),
             inbox.clone(),
+            shards,
             outgoing,
             tasks,
         );

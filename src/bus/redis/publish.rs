@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::health::Health;
 use super::names::Names;
+use super::shards::{self, Shards};
 use crate::redis_conn::RedisConn;
 
 /// The most bus messages in one pipeline.
@@ -26,12 +27,14 @@ const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Where a message goes: one node (by name), or every node.
 pub(super) type Destination = Option<String>;
 
-/// Hands each message to its destination's task, starting the task on first use.
+/// Hands each message to its destination's task, starting the task on first use. `shards`, on a
+/// Redis Cluster: where each channel lives, for counting publishes by shard.
 pub(super) fn spawn(
     conn: RedisConn,
     names: Names,
     health: Arc<Health>,
     inbox: Arc<dyn BusInbox>,
+    shards: Option<Arc<Shards>>,
     mut outgoing: mpsc::UnboundedReceiver<(Destination, Bytes)>,
     tasks: &TaskTracker,
 ) {
@@ -41,11 +44,13 @@ pub(super) fn spawn(
         while let Some((to, message)) = outgoing.recv().await {
             let queue = queues.entry(to).or_insert_with_key(|to| {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let name = match to {
+                    Some(node) => names.node_channel(node),
+                    None => names.all_channel(),
+                };
                 let channel = Channel {
-                    name: match to {
-                        Some(node) => names.node_channel(node),
-                        None => names.all_channel(),
-                    },
+                    shard: shards.clone().map(|shards| (shards::slot(&name), shards)),
+                    name,
                     node: to.clone(),
                     conn: conn.clone(),
                     health: health.clone(),
@@ -63,6 +68,8 @@ pub(super) fn spawn(
 struct Channel {
     name: String,
     node: Destination,
+    /// On a Redis Cluster: the channel's slot, and who serves which slot.
+    shard: Option<(u16, Arc<Shards>)>,
     conn: RedisConn,
     health: Arc<Health>,
     inbox: Arc<dyn BusInbox>,
@@ -86,11 +93,25 @@ impl Channel {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = pipe.query_async::<()>(&mut self.conn).await {
-                tracing::warn!(error = %e, channel = %self.name, lost = n, "bus messages lost: Redis failed");
-                metrics::counter!("chat_bus_lost_total").increment(n as u64);
-                self.wait_until_it_answers(&mut queue).await;
+            match pipe.query_async::<()>(&mut self.conn).await {
+                Ok(()) => self.count_by_shard(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %self.name, lost = n, "bus messages lost: Redis failed");
+                    metrics::counter!("chat_bus_lost_total").increment(n as u64);
+                    self.wait_until_it_answers(&mut queue).await;
+                }
             }
+        }
+    }
+
+    /// Counts `n` publishes on the shard that serves this channel (on a Redis Cluster).
+    fn count_by_shard(&self, n: usize) {
+        let Some((slot, shards)) = &self.shard else {
+            return;
+        };
+        if let Some(master) = shards.master_of(*slot) {
+            metrics::counter!("chat_bus_shard_publishes_total", "shard" => master.to_string())
+                .increment(n as u64);
         }
     }
 

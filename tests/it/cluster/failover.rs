@@ -118,8 +118,24 @@ async fn a_shard_failover_heals_by_itself_and_nothing_acknowledged_is_lost() {
     let mut traffic = Traffic::start(&nodes).await;
     traffic.for_a_while(Duration::from_secs(2), true).await;
 
-    // The master that carries the most node channels goes, mid-traffic.
+    // Publishes are counted by the shard (master) that took them, masters only.
     let (masters, _) = redis.roles(redis.ports[0]);
+    let mut counted = 0.0;
+    for node in &nodes {
+        let (_, metrics) = node.get("/metrics").await;
+        for line in metrics.lines() {
+            if let Some(rest) =
+                line.strip_prefix("chat_bus_shard_publishes_total{shard=\"127.0.0.1:")
+            {
+                let (port, value) = rest.split_once("\"} ").unwrap();
+                assert!(masters.contains(&port.parse().unwrap()), "{line}");
+                counted += value.parse::<f64>().unwrap();
+            }
+        }
+    }
+    assert!(counted > 0.0, "no publish counted by shard");
+
+    // The master that carries the most node channels goes, mid-traffic.
     let doomed = *masters
         .iter()
         .max_by_key(|m| redis.shard_channels(**m, "*:node:*"))
