@@ -188,9 +188,5 @@ async fn a_bus_message_of_a_newer_format_is_refused_not_misread() {
     let mut ca = nodes[0].client(a).await;
     let mut cb = nodes[1].client(b).await;
     let conv = ca.direct_with(b).await;
-    let r = ca
-        .call("send", json!({"conv": conv, "body": "still"}))
-        .await;
-    assert_eq!(r["t"], "sent", "{r}");
-    assert_eq!(cb.push("message").await["body"], "still");
+    ca.sends_to(&mut cb, &conv, "still").await;
 }

@@ -297,12 +297,6 @@ async fn a_node_whose_clock_is_off_stays_alive_to_the_others() {
     // A chat across the two works both ways.
     let mut f = on_time.client(friend).await;
     let conv = u.direct_with(friend).await;
-    let r = u
-        .call("send", json!({"conv": conv, "body": "from behind"}))
-        .await;
-    assert_eq!(r["t"], "sent", "{r}");
-    assert_eq!(f.push("message").await["body"], "from behind");
-    let r = f.call("send", json!({"conv": conv, "body": "back"})).await;
-    assert_eq!(r["t"], "sent", "{r}");
-    assert_eq!(u.push("message").await["body"], "back");
+    u.sends_to(&mut f, &conv, "from behind").await;
+    f.sends_to(&mut u, &conv, "back").await;
 }

@@ -120,11 +120,7 @@ async fn behind_nginx_clients_on_any_node_chat_and_outlive_a_killed_node() {
     let mut cb = Client::connect(&url, &token(b)).await;
     let nodes_seen = [ca.hello["node"].clone(), cb.hello["node"].clone()];
     let conv = ca.direct_with(b).await;
-    let r = ca
-        .call("send", json!({"conv": conv, "body": "through nginx"}))
-        .await;
-    assert_eq!(r["t"], "sent", "{r}");
-    assert_eq!(cb.push("message").await["body"], "through nginx");
+    ca.sends_to(&mut cb, &conv, "through nginx").await;
     // least_conn spread the two connections over both nodes.
     assert_ne!(nodes_seen[0], nodes_seen[1], "both clients on one node");
     // The operators' endpoints answer on a node's own address only, not through the balancer.
@@ -576,11 +572,7 @@ async fn a_cluster_on_a_redis_cluster_of_its_own_chats_across_nodes_and_stops_wh
     let mut ca = Client::connect(&cluster.node_url(0), &token(a)).await;
     let mut cb = Client::connect(&cluster.node_url(1), &token(b)).await;
     let conv = ca.direct_with(b).await;
-    let r = ca
-        .call("send", json!({"conv": conv, "body": "over the shards"}))
-        .await;
-    assert_eq!(r["t"], "sent", "{r}");
-    assert_eq!(cb.push("message").await["body"], "over the shards");
+    ca.sends_to(&mut cb, &conv, "over the shards").await;
     // The nodes' channels are sharded channels on the Redis Cluster.
     let subscribed: usize = redis_ports
         .iter()

@@ -174,6 +174,13 @@ impl Client {
             .to_owned()
     }
 
+    /// Sends `body` in `conv` (answered `sent`) and checks that `to` gets it pushed next.
+    pub async fn sends_to(&mut self, to: &mut Client, conv: &str, body: &str) {
+        let r = self.call("send", json!({"conv": conv, "body": body})).await;
+        assert_eq!(r["t"], "sent", "{r}");
+        assert_eq!(to.push("message").await["body"], body);
+    }
+
     /// The next frame whose type is one of `kinds`; frames of other types are dropped.
     pub async fn next_of(&mut self, kinds: &[&str]) -> Value {
         loop {
