@@ -1,6 +1,7 @@
 //! The nodes on a Redis Cluster of their own: a shard's master killed under steady cross-node
-//! traffic fails over to its replica and the nodes follow by themselves; a replica killed, and
-//! the old master back as a replica, are not seen by clients at all.
+//! traffic fails over to its replica and the nodes follow by themselves (what needs no other
+//! node goes on meanwhile); a replica killed, and the old master back as a replica, are not seen
+//! by clients at all.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::redis_cluster::PrivateRedisCluster;
-use super::{cluster_on, group};
+use super::{cluster_on, group, owner};
 use crate::helpers::{Backend, Binary, Client, SECONDS_10, TestDb, assert_kept, eventually};
 
 /// One conversation of the traffic: who sends, who should get the pushes (indexes into the
@@ -116,6 +117,12 @@ async fn a_shard_failover_heals_by_itself_and_nothing_acknowledged_is_lost() {
     let nodes = cluster_on(&db, 3, redis.url(), &[]).await;
     let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
     let mut traffic = Traffic::start(&nodes).await;
+    // Users 0 and 3 are both on node 0: a group of theirs that node 0 owns needs no other node.
+    let mut local = group(&mut traffic.clients[0], &[traffic.users[3]]).await;
+    while owner(&local, 3) != 0 {
+        local = group(&mut traffic.clients[0], &[traffic.users[3]]).await;
+    }
+    let mut local_acked = Vec::new();
     traffic.for_a_while(Duration::from_secs(2), true).await;
 
     // Publishes are counted by the shard (master) that took them, masters only.
@@ -146,6 +153,14 @@ async fn a_shard_failover_heals_by_itself_and_nothing_acknowledged_is_lost() {
     let killed = Instant::now();
     let promoted = loop {
         traffic.round(false).await;
+        // What needs no other node goes on through the failover, every time.
+        let mid = Uuid::now_v7().to_string();
+        let r = traffic.clients[0]
+            .call("send", json!({"conv": local, "body": mid, "mid": mid}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        assert!(pushed(&mut traffic.clients[3], &mid, Duration::from_secs(5)).await);
+        local_acked.push(mid);
         let (now, _) = redis.roles(survivor);
         if now.len() == 3 && !now.contains(&doomed) {
             break Instant::now();
@@ -219,6 +234,7 @@ async fn a_shard_failover_heals_by_itself_and_nothing_acknowledged_is_lost() {
         assert!(!acked.is_empty());
         assert_kept(&mut traffic.clients[sender], &conv, &acked).await;
     }
+    assert_kept(&mut traffic.clients[0], &local, &local_acked).await;
     for (node, pid) in nodes.iter().zip(pids) {
         assert_eq!(node.child.id(), pid);
         assert_eq!(node.get("/readyz").await.0, 200);
