@@ -77,6 +77,10 @@ pub(crate) struct Args {
     /// cluster. PostgreSQL's and Redis's processes on this machine are measured beside them.
     #[arg(long)]
     pub(crate) server_pid: Vec<u32>,
+    /// A directory `scripts/cluster start` wrote: its nodes (`node-N.listen`, `node-N.pid`)
+    /// are added as --url and --server-pid, each node's own address (not the balancer's).
+    #[arg(long)]
+    pub(crate) cluster_dir: Option<PathBuf>,
     /// Internal: run as worker I of the plan in this file.
     #[arg(long, hide = true)]
     pub(crate) worker: Option<usize>,

@@ -21,7 +21,8 @@
 //! `--p99-limit-ms` or a message goes undelivered), `--sweep` (500, 1,000, 2,000, 4,000 msgs/s
 //! and up until two rates in a row miss the limit, then the CPU-per-message curve),
 //! `--business UUID,...` (real businesses when
-//! pointing at `--url`), `--server-pid` (repeatable: the node processes to measure; every
+//! pointing at `--url`), `--cluster-dir DIR` (the nodes `scripts/cluster start` runs there, as
+//! `--url` and `--server-pid`), `--server-pid` (repeatable: the node processes to measure; every
 //! PostgreSQL and Redis process of the machine is measured beside them, so a cluster's report
 //! gives its total RSS and CPU per message split into nodes, PostgreSQL and Redis). Users,
 //! conversations and bodies are made fresh each run (random UUIDs); nothing else is random.
@@ -29,6 +30,7 @@
 
 mod args;
 mod client;
+mod cluster_dir;
 mod launch;
 mod plan;
 mod report;
@@ -55,7 +57,21 @@ const SWEEP_RATES: [f64; 12] = [
 ];
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(dir) = args.cluster_dir.clone() {
+        match cluster_dir::read(&dir) {
+            Ok(nodes) => {
+                for node in nodes {
+                    args.url.push(node.url);
+                    args.server_pid.extend(node.pid);
+                }
+            }
+            Err(why) => {
+                eprintln!("load: {why}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let (Some(index), Some(path)) = (args.worker, &args.plan) {
         // A worker is one thread: `--workers N` spreads the load over N processes, and a
         // single-threaded runtime spends nothing on waking and stealing between threads.
