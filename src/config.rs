@@ -121,7 +121,7 @@ settings! {
     listen: String = "127.0.0.1:8080".to_owned(), "CHAT_LISTEN";
     /// This node's unique name in a cluster; empty: generated at start.
     node_id: String = String::new(), "CHAT_NODE_ID";
-    /// `sqlite://PATH` (embedded) or `postgres://...`.
+    /// `sqlite://PATH` (embedded) or `postgres://...` (several hosts: a primary and its standbys).
     database_url: String = "sqlite://data/chat.db".to_owned(), "CHAT_DATABASE_URL";
     /// Empty: one node with an in-process bus; `redis://...` (one server) or
     /// `redis+cluster://host:port,...` (a Redis Cluster's seed nodes): cluster mode.

@@ -1,9 +1,10 @@
 //! PostgreSQL specifics: connection options and the embedded migrations.
 
 pub mod commit;
+pub mod failover;
 pub mod partitions;
 
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -11,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, SqlSafeStr};
 
 use crate::store::error::ConnectError;
+use failover::Failover;
 
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -30,10 +32,30 @@ pub const COMMIT_CONNECTIONS: u32 = 2;
 /// of PostgreSQL's CPU at 1,000 msgs/s: ~170 µs a message with planning, 92–120 without
 /// (docs/PERFORMANCE.md, "The commit's plan"). Other statements keep PostgreSQL's choice: a
 /// read's best plan may depend on its parameters.
+///
+/// A URL with several hosts (see [`failover`]) opens the pools on the one that is the primary,
+/// and a watcher moves them when another becomes it.
 pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool), ConnectError> {
-    let bounded = PgConnectOptions::from_str(url)?
-        .options([("statement_timeout", "4000"), ("lock_timeout", "3000")]);
-    let pools = open_pools(&bounded, max_connections).await;
+    let hosts = failover::split_hosts(url)?;
+    let failover = Arc::new(Failover::new(&hosts, &BOUNDED)?);
+    if failover.has_choice() && !failover.find_primary().await {
+        return Err(ConnectError::Database(format!(
+            "none of the {} hosts of CHAT_DATABASE_URL answers as a primary",
+            hosts.len()
+        )));
+    }
+    let bounded = failover.current();
+    let failover = failover.has_choice().then_some(failover);
+    if failover.is_some() {
+        metrics::counter!("chat_db_failovers_total").absolute(0);
+    }
+    let pools = open_pools(&bounded, max_connections, failover.clone()).await;
+    if let (Some(failover), Ok((requests, commits))) = (failover, &pools) {
+        tokio::spawn(failover.watch(vec![
+            (requests.clone(), Vec::new()),
+            (commits.clone(), vec![GENERIC_PLANS]),
+        ]));
+    }
     match pools {
         // The pool says only that it waited: one connection of our own says why.
         Err(sqlx::Error::PoolTimedOut) => Err(unreachable(&bounded).await),
@@ -68,26 +90,39 @@ async fn unreachable(options: &PgConnectOptions) -> ConnectError {
     }
 }
 
-/// The two pools over `bounded`.
+/// Every session's bounds: no request outlives PROTOCOL's 5 s.
+const BOUNDED: [(&str, &str); 2] = [("statement_timeout", "4000"), ("lock_timeout", "3000")];
+
+/// The commit connections' session setting (see [`connect`]).
+const GENERIC_PLANS: (&str, &str) = ("plan_cache_mode", "force_generic_plan");
+
+/// The two pools over `bounded`; with `failover`, connections opened before a move of the
+/// primary are retired.
 async fn open_pools(
     bounded: &PgConnectOptions,
     max_connections: u32,
+    failover: Option<Arc<Failover>>,
 ) -> Result<(PgPool, PgPool), sqlx::Error> {
     let bounded = bounded.clone();
     let commits = pool(
-        bounded
-            .clone()
-            .options([("plan_cache_mode", "force_generic_plan")]),
+        bounded.clone().options([GENERIC_PLANS]),
         COMMIT_CONNECTIONS,
+        failover.clone(),
     );
     let requests = pool(
         bounded,
         max_connections.saturating_sub(COMMIT_CONNECTIONS).max(1),
+        failover,
     );
     tokio::try_join!(requests, commits)
 }
 
-async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Error> {
+async fn pool(
+    options: PgConnectOptions,
+    size: u32,
+    failover: Option<Arc<Failover>>,
+) -> Result<PgPool, sqlx::Error> {
+    let released = failover.clone();
     PgPoolOptions::new()
         .max_connections(size)
         .min_connections(1)
@@ -97,13 +132,21 @@ async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Erro
         // busy one that died fails its statement, is dropped, and the batch is answered
         // `unavailable` (a retry with the same mid is safe).
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
+            let stale = failover.as_ref().is_some_and(|f| f.is_stale(meta.age));
             Box::pin(async move {
+                if stale {
+                    return Ok(false);
+                }
                 if meta.idle_for > PING_IF_IDLE_FOR {
                     conn.ping().await?;
                 }
                 Ok(true)
             })
+        })
+        .after_release(move |_, meta| {
+            let keep = !released.as_ref().is_some_and(|f| f.is_stale(meta.age));
+            Box::pin(async move { Ok(keep) })
         })
         .connect_with(options)
         .await

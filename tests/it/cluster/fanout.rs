@@ -151,7 +151,7 @@ async fn a_json_client_gets_pushes_from_another_node_as_json_text() {
 async fn a_bus_message_of_a_newer_format_is_refused_not_misread() {
     let db = TestDb::new(Backend::Postgres).await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    let nodes = cluster_prefixed(&db, 2, &redis_url(), &[], &prefix).await;
+    let nodes = cluster_prefixed(&db.url, 2, &redis_url(), &[], &prefix).await;
     let target = Target::parse(&redis_url()).unwrap();
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),

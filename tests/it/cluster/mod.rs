@@ -6,6 +6,7 @@ mod failover;
 mod fanout;
 mod faults;
 mod nginx;
+mod pg_failover;
 mod profiles;
 mod redis_cluster;
 
@@ -28,12 +29,12 @@ pub async fn cluster(db: &TestDb, n: usize) -> Vec<Binary> {
 /// [`cluster`] on the Redis at `redis`, with `extra` settings for every node.
 pub async fn cluster_on(db: &TestDb, n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Binary> {
     let prefix = format!("test-{}", Uuid::new_v4().simple());
-    cluster_prefixed(db, n, redis, extra, &prefix).await
+    cluster_prefixed(&db.url, n, redis, extra, &prefix).await
 }
 
-/// [`cluster_on`] with the Redis names under `prefix`.
+/// [`cluster_on`] on the database at `db_url`, with the Redis names under `prefix`.
 pub async fn cluster_prefixed(
-    db: &TestDb,
+    db_url: &str,
     n: usize,
     redis: &str,
     extra: &[(&str, &str)],
@@ -43,7 +44,7 @@ pub async fn cluster_prefixed(
     for i in 0..n {
         let id = format!("node-{i}");
         let mut env = vec![
-            ("CHAT_DATABASE_URL", db.url.as_str()),
+            ("CHAT_DATABASE_URL", db_url),
             ("CHAT_REDIS_URL", redis),
             ("CHAT_REDIS_PREFIX", prefix),
             ("CHAT_NODE_ID", id.as_str()),
