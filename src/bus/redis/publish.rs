@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chat_actors::ports::BusInbox;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::health::Health;
@@ -21,6 +22,8 @@ use crate::redis_conn::RedisConn;
 
 /// The most bus messages in one pipeline.
 const MAX_PIPELINE: usize = 256;
+/// A destination's task retires after this long without a message.
+const RETIRE_AFTER: Duration = Duration::from_secs(60);
 /// How often a channel that could not be published to is tried again.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
@@ -40,28 +43,47 @@ pub(super) fn spawn(
 ) {
     let workers = tasks.clone();
     tasks.spawn(async move {
-        let mut queues: HashMap<Destination, mpsc::UnboundedSender<Bytes>> = HashMap::new();
+        let mut queues: HashMap<Destination, Queue> = HashMap::new();
         while let Some((to, message)) = outgoing.recv().await {
-            let queue = queues.entry(to).or_insert_with_key(|to| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let name = match to {
-                    Some(node) => names.node_channel(node),
-                    None => names.all_channel(),
-                };
-                let channel = Channel {
-                    shard: shards.clone().map(|shards| (shards::slot(&name), shards)),
-                    name,
-                    node: to.clone(),
-                    conn: conn.clone(),
-                    health: health.clone(),
-                    inbox: inbox.clone(),
-                };
-                workers.spawn(channel.run(rx));
-                tx
+            let message = match queues.get(&to) {
+                Some(queue) => match queue.tx.send(message) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::SendError(message)) => message,
+                },
+                None => message,
+            };
+            // No queue yet, or its task retired, idle: a new one takes the message, once the
+            // old one has published what it still held (order per destination is kept).
+            let retired = queues.remove(&to).map(|queue| queue.task);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let name = match &to {
+                Some(node) => names.node_channel(node),
+                None => names.all_channel(),
+            };
+            let channel = Channel {
+                shard: shards.clone().map(|shards| (shards::slot(&name), shards)),
+                name,
+                node: to.clone(),
+                conn: conn.clone(),
+                health: health.clone(),
+                inbox: inbox.clone(),
+            };
+            let task = workers.spawn(async move {
+                if let Some(retired) = retired {
+                    let _ = retired.await;
+                }
+                channel.run(rx).await;
             });
-            let _ = queue.send(message);
+            let _ = tx.send(message);
+            queues.insert(to, Queue { tx, task });
         }
     });
+}
+
+/// A destination's queue and the task that publishes from it.
+struct Queue {
+    tx: mpsc::UnboundedSender<Bytes>,
+    task: JoinHandle<()>,
 }
 
 /// One destination's publisher.
@@ -76,9 +98,21 @@ struct Channel {
 }
 
 impl Channel {
-    /// Publishes what arrives on `queue`, in order, until the bus is dropped.
+    /// Publishes what arrives on `queue`, in order, until the bus is dropped or the queue has
+    /// been idle for [`RETIRE_AFTER`] (a node that left for good, or one that restarted under a
+    /// new name, leaves no task behind; the next message to it starts a new one).
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Bytes>) {
-        while let Some(first) = queue.recv().await {
+        loop {
+            let first = match tokio::time::timeout(RETIRE_AFTER, queue.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => return,
+                // Closed first, so that nothing sent meanwhile is left behind: what is queued
+                // still comes out of `recv`, then `None`.
+                Err(_) => {
+                    queue.close();
+                    continue;
+                }
+            };
             let mut pipe = redis::pipe();
             pipe.add_command(self.conn.publish(&self.name, &first))
                 .ignore();
