@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::{cluster_prefixed, redis_url};
-use crate::helpers::{Client, assert_kept, free_port};
+use crate::helpers::{Client, assert_kept, free_port, run_script};
 
 /// A primary and a standby of the test's own; stopped when dropped.
 struct PgPair {
@@ -20,16 +20,7 @@ struct PgPair {
 }
 
 fn script(args: &[&str]) -> String {
-    let out = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-replica"))
-        .args(args)
-        .output()
-        .expect("scripts/pg-replica runs");
-    assert!(
-        out.status.success(),
-        "scripts/pg-replica {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    run_script("pg-replica", args)
 }
 
 impl PgPair {

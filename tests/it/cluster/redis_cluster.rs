@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::helpers::free_port;
+use crate::helpers::{free_port, run_script};
 
 pub struct PrivateRedisCluster {
     dir: tempfile::TempDir,
@@ -36,18 +36,10 @@ impl PrivateRedisCluster {
                 ports.push(port);
             }
         }
-        let out = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .args(ports.iter().map(u16::to_string))
-            .output()
-            .expect("scripts/redis-cluster runs");
-        assert!(
-            out.status.success(),
-            "scripts/redis-cluster start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let listed: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut args = vec!["start", dir.path().to_str().unwrap()];
+        args.extend(listed.iter().map(String::as_str));
+        let url = run_script("redis-cluster", &args);
         PrivateRedisCluster { dir, ports, url }
     }
 
@@ -113,17 +105,8 @@ impl PrivateRedisCluster {
 
     /// Starts the killed server on `port` again; it rejoins the cluster.
     pub fn restart(&self, port: u16) {
-        let out = Command::new(script())
-            .arg("restart")
-            .arg(self.dir.path())
-            .arg(port.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = self.dir.path().to_str().unwrap();
+        run_script("redis-cluster", &["restart", dir, &port.to_string()]);
     }
 }
 

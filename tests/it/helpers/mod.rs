@@ -29,6 +29,24 @@ pub const FAST_POLL: Duration = Duration::from_millis(50);
 /// The JWT secret every test node and binary is started with.
 pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
 
+/// Runs the project's `scripts/NAME` with `args`; what it printed on stdout, trimmed. Panics with
+/// what it said on stderr when it fails.
+pub fn run_script(name: &str, args: &[&str]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name);
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/{name} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A token for `user` that a binary started with [`SECRET`] accepts for an hour.
 pub fn token(user: Uuid) -> String {
     signed_with(SECRET, user, Duration::from_secs(3600))
