@@ -4,7 +4,7 @@
 //! at once. It also keeps the operator's view: reconnects and the time spent without a bus.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::DashSet;
@@ -18,6 +18,9 @@ pub(super) struct Health {
     heartbeat: AtomicBool,
     /// Nodes whose channel could not be published to, until a probe of it succeeds.
     failing: DashSet<String>,
+    /// How many there are: the common case (none) is read without touching the set, whose
+    /// `is_empty` would lock every shard on each request to another node.
+    failing_count: AtomicUsize,
     /// Since when the bus has been down (inbound or heartbeat), for the time-without-a-bus metric.
     down_since: Mutex<Option<Instant>>,
 }
@@ -31,6 +34,7 @@ impl Health {
             inbound: AtomicBool::new(true),
             heartbeat: AtomicBool::new(true),
             failing: DashSet::new(),
+            failing_count: AtomicUsize::new(0),
             down_since: Mutex::new(None),
         }
     }
@@ -39,7 +43,7 @@ impl Health {
     pub(super) fn reaches(&self, node: &str) -> bool {
         self.inbound.load(Ordering::Relaxed)
             && self.heartbeat.load(Ordering::Relaxed)
-            && (self.failing.is_empty() || !self.failing.contains(node))
+            && (self.failing_count.load(Ordering::Relaxed) == 0 || !self.failing.contains(node))
     }
 
     /// Records whether this node's channels are subscribed; returns what it was before.
@@ -58,12 +62,16 @@ impl Health {
 
     /// `node`'s channel could not be published to.
     pub(super) fn failing(&self, node: &str) {
-        self.failing.insert(node.to_owned());
+        if self.failing.insert(node.to_owned()) {
+            self.failing_count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// `node`'s channel can be published to again.
     pub(super) fn recovered(&self, node: &str) {
-        self.failing.remove(node);
+        if self.failing.remove(node).is_some() {
+            self.failing_count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Keeps the gauge and the time-without-a-bus counter in step with the two flags.

@@ -62,6 +62,7 @@ pub(super) fn spawn(
             };
             let channel = Channel {
                 shard: shards.clone().map(|shards| (shards::slot(&name), shards)),
+                shard_counter: None,
                 name,
                 node: to.clone(),
                 conn: conn.clone(),
@@ -92,6 +93,9 @@ struct Channel {
     node: Destination,
     /// On a Redis Cluster: the channel's slot, and who serves which slot.
     shard: Option<(u16, Arc<Shards>)>,
+    /// The publishes-by-shard counter of the master last seen serving the slot (looked up in
+    /// the registry only when the master changes, not for every pipeline).
+    shard_counter: Option<(Arc<str>, metrics::Counter)>,
     conn: RedisConn,
     health: Arc<Health>,
     inbox: Arc<dyn BusInbox>,
@@ -139,14 +143,21 @@ impl Channel {
     }
 
     /// Counts `n` publishes on the shard that serves this channel (on a Redis Cluster).
-    fn count_by_shard(&self, n: usize) {
+    fn count_by_shard(&mut self, n: usize) {
         let Some((slot, shards)) = &self.shard else {
             return;
         };
-        if let Some(master) = shards.master_of(*slot) {
-            metrics::counter!("chat_bus_shard_publishes_total", "shard" => master.to_string())
-                .increment(n as u64);
-        }
+        let Some(master) = shards.master_of(*slot) else {
+            return;
+        };
+        let counter = match &self.shard_counter {
+            Some((known, counter)) if *known == master => counter,
+            _ => {
+                let counter = metrics::counter!("chat_bus_shard_publishes_total", "shard" => master.to_string());
+                &self.shard_counter.insert((master, counter)).1
+            }
+        };
+        counter.increment(n as u64);
     }
 
     /// The channel could not be published to: what waits for its node will not hear back, and

@@ -1,9 +1,9 @@
 //! A primary that can fail over: `CHAT_DATABASE_URL` may list several hosts, as libpq's URLs do
 //! (`postgres://user@host1:5432,host2:5432/db`). The node writes only to the one that is not in
-//! recovery; a watcher asks that one twice a second whether it still is, and when it is gone or
-//! demoted finds the new primary among the hosts, points both pools there and retires every
-//! connection opened before (a demoted primary's connections would answer "read-only
-//! transaction", SQLSTATE 25006, for as long as they live).
+//! recovery; a watcher asks that one twice a second (on a connection it keeps) whether it still
+//! is, and when it is gone or demoted finds the new primary among the hosts, points both pools
+//! there and retires every connection opened before (a demoted primary's connections would
+//! answer "read-only transaction", SQLSTATE 25006, for as long as they live).
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -83,23 +83,23 @@ impl Failover {
         self.hosts[current].clone()
     }
 
-    /// Finds the primary among the hosts (the current one asked first) and points at it; false
-    /// when none answers as a primary.
-    pub async fn find_primary(&self) -> bool {
+    /// Finds the primary among the hosts (the current one asked first) and points at it:
+    /// whether it moved, or None when no host answers as a primary.
+    pub async fn find_primary(&self) -> Option<bool> {
         let current = self.state.lock().map(|s| s.current).unwrap_or(0);
         let order = (0..self.hosts.len()).map(|i| (current + i) % self.hosts.len());
         for i in order {
             if is_primary(&self.hosts[i]).await {
-                if let Ok(mut state) = self.state.lock()
-                    && state.current != i
-                {
+                let mut state = self.state.lock().ok()?;
+                let moved = state.current != i;
+                if moved {
                     state.current = i;
                     state.moved_at = Some(Instant::now());
                 }
-                return true;
+                return Some(moved);
             }
         }
-        false
+        None
     }
 
     /// Whether a connection of age `age` was opened before the last move (and must go).
@@ -116,24 +116,37 @@ impl Failover {
     pub async fn watch(self: Arc<Self>, pools: Vec<(PgPool, Vec<(&'static str, &'static str)>)>) {
         let mut every = tokio::time::interval(CHECK_EVERY);
         let mut without = false;
+        // One connection of the watcher's own, kept between checks (dropped when it fails).
+        let mut probe: Option<PgConnection> = None;
         loop {
             every.tick().await;
-            if is_primary(&self.current()).await {
-                continue;
+            if probe.is_none() {
+                probe = connect(&self.current()).await;
             }
-            let before = self.current();
-            if !self.find_primary().await {
-                if !without {
-                    tracing::warn!("no database host answers as the primary; asking again");
+            if let Some(conn) = probe.as_mut() {
+                match ask(conn).await {
+                    Some(true) => continue,
+                    Some(false) => {}
+                    None => probe = None,
                 }
-                without = true;
-                continue;
             }
+            let moved = match self.find_primary().await {
+                Some(moved) => moved,
+                None => {
+                    if !without {
+                        tracing::warn!("no database host answers as the primary; asking again");
+                    }
+                    without = true;
+                    continue;
+                }
+            };
             without = false;
-            let now = self.current();
-            if now.get_host() == before.get_host() && now.get_port() == before.get_port() {
+            if !moved {
                 continue;
             }
+            // The watcher's connection is to the old primary.
+            probe = None;
+            let now = self.current();
             for (pool, extra) in &pools {
                 pool.set_connect_options(now.clone().options(extra.iter().copied()));
             }
@@ -147,18 +160,29 @@ impl Failover {
     }
 }
 
-/// Whether the server at `options` answers, and is not in recovery.
+/// Whether the server at `options` answers, and is not in recovery (on a connection of its own).
 async fn is_primary(options: &PgConnectOptions) -> bool {
-    let ask = async {
-        let mut conn = PgConnection::connect_with(options).await.ok()?;
-        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut conn)
-            .await
-            .ok()?;
-        let _ = conn.close().await;
-        Some(!in_recovery)
+    let Some(mut conn) = connect(options).await else {
+        return false;
     };
-    matches!(tokio::time::timeout(ASK_WITHIN, ask).await, Ok(Some(true)))
+    let primary = ask(&mut conn).await == Some(true);
+    let _ = conn.close().await;
+    primary
+}
+
+/// A connection to `options` within [`ASK_WITHIN`].
+async fn connect(options: &PgConnectOptions) -> Option<PgConnection> {
+    tokio::time::timeout(ASK_WITHIN, PgConnection::connect_with(options))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Whether the server on `conn` is not in recovery; None when it does not answer in time.
+async fn ask(conn: &mut PgConnection) -> Option<bool> {
+    let query = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(conn);
+    let in_recovery = tokio::time::timeout(ASK_WITHIN, query).await.ok()?.ok()?;
+    Some(!in_recovery)
 }
 
 #[cfg(test)]

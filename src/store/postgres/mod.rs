@@ -38,7 +38,7 @@ pub const COMMIT_CONNECTIONS: u32 = 2;
 pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool), ConnectError> {
     let hosts = failover::split_hosts(url)?;
     let failover = Arc::new(Failover::new(&hosts, &BOUNDED)?);
-    if failover.has_choice() && !failover.find_primary().await {
+    if failover.has_choice() && failover.find_primary().await.is_none() {
         return Err(ConnectError::Database(format!(
             "none of the {} hosts of CHAT_DATABASE_URL answers as a primary",
             hosts.len()
