@@ -210,6 +210,18 @@ async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, Arc<dyn Store>
     )
     .await
     .context("opening the database")?;
+    let replicas = config.replica_urls()?;
+    let sql = if replicas.is_empty() {
+        sql
+    } else {
+        let max_lag = Duration::from_millis(config.database_replica_max_lag_ms);
+        tracing::info!(
+            standbys = replicas.len(),
+            "reads that a standby may serve go to the standbys"
+        );
+        sql.reading_from(&replicas, max_lag)
+            .context("opening the read replicas")?
+    };
     tracing::info!(backend = sql.backend(), "database ready");
     let mut store: Arc<dyn Store> = GuardedStore::new(sql.clone());
     if let Some(keys) = Keyring::parse(&config.encryption_keys)? {

@@ -88,8 +88,8 @@ macro_rules! settings {
                     let name = stringify!($field);
                     if name.contains("secret") || name.contains("token") || name.contains("keys") {
                         d.field(name, &"<redacted>");
-                    } else if name.ends_with("_url") {
-                        d.field(name, &redact_url(&self.$field.to_string()));
+                    } else if name.ends_with("_url") || name.ends_with("_urls") {
+                        d.field(name, &redact_urls(&self.$field.to_string()));
                     } else {
                         d.field(name, &self.$field);
                     }
@@ -123,6 +123,11 @@ settings! {
     node_id: String = String::new(), "CHAT_NODE_ID";
     /// `sqlite://PATH` (embedded) or `postgres://...` (several hosts: a primary and its standbys).
     database_url: String = "sqlite://data/chat.db".to_owned(), "CHAT_DATABASE_URL";
+    /// PostgreSQL standbys that serve reads (history, conversation lists, unread counts), as
+    /// URLs separated by commas or spaces, one host each; empty: every read on the primary.
+    database_replica_urls: String = String::new(), "CHAT_DATABASE_REPLICA_URLS";
+    /// A standby whose replay lags the primary by more than this many ms is skipped.
+    database_replica_max_lag_ms: u64 = 1000, "CHAT_DATABASE_REPLICA_MAX_LAG_MS";
     /// Empty: one node with an in-process bus; `redis://...` (one server) or
     /// `redis+cluster://host:port,...` (a Redis Cluster's seed nodes): cluster mode.
     redis_url: String = String::new(), "CHAT_REDIS_URL";
@@ -202,6 +207,18 @@ fn with_default(doc: &str, field: &str) -> String {
     }
 }
 
+/// [`redact_url`] on each URL of a list (separated by commas or white space; a multi-host URL's
+/// later hosts come out as they were).
+fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive([',', ' ', '\n', '\t']) {
+        let url = piece.trim_end_matches([',', ' ', '\n', '\t']);
+        out.push_str(&redact_url(url));
+        out.push_str(&piece[url.len()..]);
+    }
+    out
+}
+
 /// `url` with its password (if any) replaced, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -279,6 +296,7 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be above 0")));
         }
+        self.replica_urls()?;
         if Durability::parse(&self.sqlite_synchronous).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "sqlite_synchronous must be full or normal, not {:?}",
@@ -292,6 +310,28 @@ impl Config {
     /// [`Config::load`] refused anything else).
     pub fn sqlite_durability(&self) -> Durability {
         Durability::parse(&self.sqlite_synchronous).unwrap_or_default()
+    }
+
+    /// The standbys' URLs: `database_replica_urls` split at commas and spaces, each a
+    /// `postgres://` URL of one host.
+    pub fn replica_urls(&self) -> Result<Vec<String>, ConfigError> {
+        let urls: Vec<String> = self
+            .database_replica_urls
+            .split([',', ' ', '\n', '\t'])
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match urls
+            .iter()
+            .find(|u| !u.starts_with("postgres://") && !u.starts_with("postgresql://"))
+        {
+            Some(bad) => Err(ConfigError::Invalid(format!(
+                "database_replica_urls: {:?} is not a postgres:// URL (list one URL per standby, \
+                 separated by commas or spaces)",
+                redact_url(bad)
+            ))),
+            None => Ok(urls),
+        }
     }
 
     /// The allowed WebSocket origins; empty allows any.
@@ -345,6 +385,25 @@ mod tests {
     }
 
     #[test]
+    fn replica_urls_are_a_list_of_postgres_urls() {
+        let config = Config {
+            database_replica_urls: "postgres://u@r1:5432/chat, postgres://u@r2/chat\n".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.replica_urls().unwrap(),
+            ["postgres://u@r1:5432/chat", "postgres://u@r2/chat"]
+        );
+        assert!(Config::default().replica_urls().unwrap().is_empty());
+        // A libpq multi-host URL is not a list of standbys: its second host has no scheme.
+        let multi = Config {
+            database_replica_urls: "postgres://u@r1:5432,r2:5432/chat".to_owned(),
+            ..Config::default()
+        };
+        assert!(multi.validate().is_err());
+    }
+
+    #[test]
     fn a_sqlite_synchronous_other_than_full_or_normal_is_refused() {
         let config = Config {
             sqlite_synchronous: "off".to_owned(),
@@ -366,10 +425,12 @@ mod tests {
             jwt_secret: "hunter2".to_owned(),
             database_url: "postgres://chat:pa55word@db:5432/chat".to_owned(),
             redis_url: "redis://:r3dis@cache:6379".to_owned(),
+            database_replica_urls: "postgres://chat:s3cond@r1/chat, postgres://chat:th1rd@r2/chat"
+                .to_owned(),
             ..Config::default()
         };
         let shown = format!("{config:?}");
-        for secret in ["hunter2", "pa55word", "r3dis"] {
+        for secret in ["hunter2", "pa55word", "r3dis", "s3cond", "th1rd"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("postgres://chat:redacted@db:5432/chat"));

@@ -3,6 +3,7 @@
 pub mod commit;
 pub mod failover;
 pub mod partitions;
+pub mod replicas;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use sqlx::{Connection, SqlSafeStr};
 
 use crate::store::error::ConnectError;
 use failover::Failover;
+use replicas::Replicas;
 
 /// A pooled connection idle longer than this is pinged before it is used.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -66,6 +68,26 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool)
         }),
         other => Ok(other?),
     }
+}
+
+/// The standbys at `urls`, reading for a node whose primary pool is `primary` (pools of its
+/// size, sessions bounded as the primary's), and the task that keeps knowing which of them are
+/// current. A standby down at start is skipped until it answers.
+pub fn replicas(
+    urls: &[String],
+    primary: &PgPool,
+    max_lag: Duration,
+) -> Result<Arc<Replicas>, ConnectError> {
+    let size = primary.options().get_max_connections();
+    let replicas = Arc::new(Replicas::new(
+        urls,
+        &BOUNDED,
+        size,
+        primary.clone(),
+        max_lag,
+    )?);
+    tokio::spawn(replicas.clone().run_rounds());
+    Ok(replicas)
 }
 
 /// Why PostgreSQL at `options` cannot be reached, from one connection attempt: refused, host

@@ -31,6 +31,7 @@ const PURGE_BATCH: u64 = 1000;
 mod maintenance;
 mod pool;
 mod reads;
+mod routed;
 mod writes;
 
 pub use maintenance::StoredBody;
@@ -43,6 +44,7 @@ impl SqlStore {
         SqlStore {
             pool: Pool::Pg(pool),
             commits: None,
+            replicas: None,
         }
     }
 
@@ -59,6 +61,7 @@ impl SqlStore {
         SqlStore {
             pool: Pool::Lite(pool),
             commits: None,
+            replicas: None,
         }
     }
 
@@ -162,7 +165,8 @@ impl Store for SqlStore {
         range: HistoryRange,
         limit: usize,
     ) -> Result<(Vec<MessageObject>, bool), StoreError> {
-        SqlStore::history(self, conv, range, limit).await
+        self.routed(|s| async move { s.history(conv, range, limit).await })
+            .await
     }
 
     async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError> {
@@ -179,7 +183,8 @@ impl Store for SqlStore {
         user: UserId,
         last_read: Seq,
     ) -> Result<(Option<MessageObject>, i64), StoreError> {
-        SqlStore::last_message_and_unread(self, conv, user, last_read).await
+        self.routed(|s| async move { s.last_message_and_unread(conv, user, last_read).await })
+            .await
     }
 
     async fn list_conversations(
@@ -187,7 +192,8 @@ impl Store for SqlStore {
         user: UserId,
         query: ListQuery,
     ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
-        SqlStore::list_conversations(self, user, query).await
+        self.routed(|s| async move { s.list_conversations(user, query).await })
+            .await
     }
 
     async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {

@@ -1,7 +1,11 @@
 //! The store's two pools, and the macros that expand one piece of SQL for either: the bottom of
 //! `sql/`, shared by the reads, the writes and maintenance.
 
+use std::sync::Arc;
+
 use sqlx::{PgPool, SqlitePool};
+
+use crate::store::postgres::replicas::Replicas;
 
 /// Which SQL a statement is written in, where the two differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub struct SqlStore {
     pub(super) pool: Pool,
     /// PostgreSQL: where the writer's commits go, when not on `pool` (see `postgres::connect`).
     pub(super) commits: Option<PgPool>,
+    /// PostgreSQL: the standbys that serve reads (see `routed`).
+    pub(super) replicas: Option<Arc<Replicas>>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$d` to its dialect.

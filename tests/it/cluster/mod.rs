@@ -7,6 +7,8 @@ mod fanout;
 mod faults;
 mod nginx;
 mod pg_failover;
+mod pg_pair;
+mod pg_replicas;
 mod profiles;
 mod redis_cluster;
 

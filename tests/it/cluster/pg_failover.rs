@@ -2,58 +2,14 @@
 //! synchronous standby (started by `scripts/pg-replica`, on ports of the test's own); the primary
 //! is stopped hard and the standby promoted under steady traffic.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
 
+use super::pg_pair::PgPair;
 use super::{cluster_prefixed, redis_url};
-use crate::helpers::{Client, assert_kept, free_port, run_script};
-
-/// A primary and a standby of the test's own; stopped when dropped.
-struct PgPair {
-    dir: tempfile::TempDir,
-    url: String,
-    ports: [u16; 2],
-}
-
-fn script(args: &[&str]) -> String {
-    run_script("pg-replica", args)
-}
-
-impl PgPair {
-    fn start() -> PgPair {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = [free_port(), free_port()];
-        let path = dir.path().to_str().unwrap().to_owned();
-        let url = script(&["start", &path, &ports[0].to_string(), &ports[1].to_string()]);
-        PgPair { dir, url, ports }
-    }
-
-    fn run(&self, what: &str, name: &str) {
-        script(&[what, self.dir.path().to_str().unwrap(), name]);
-    }
-
-    /// Whether the server on `port` is in recovery (a standby).
-    fn in_recovery(&self, port: u16) -> bool {
-        let out = Command::new("psql")
-            .arg(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
-            .args(["-qtAc", "SELECT pg_is_in_recovery()"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim() == "t"
-    }
-}
-
-impl Drop for PgPair {
-    fn drop(&mut self) {
-        let _ = Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-replica"))
-            .args(["stop", self.dir.path().to_str().unwrap()])
-            .output();
-    }
-}
+use crate::helpers::{Client, assert_kept};
 
 /// One send from `from` in `conv`: its mid when answered `sent`; a refusal must be
 /// `unavailable`, and its mid is returned for a retry.
