@@ -47,6 +47,11 @@ pub(crate) struct Args {
     /// Bytes of each message body.
     #[arg(long, default_value_t = 100)]
     pub(crate) body_bytes: usize,
+    /// Reads per message sent: after a send its sender asks, in turn, for the newest page of
+    /// the conversation (`history`, 20) or its conversation list (`conversations`, 20), as an
+    /// app does when it is opened; 0.5 is one read every other send.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) reads_per_msg: f64,
     /// Send without a `mid` (the node makes one), as the figures before 2026-11-30 did; by
     /// default each send carries a fresh `mid`, as PROTOCOL tells clients to.
     #[arg(long)]
@@ -77,6 +82,10 @@ pub(crate) struct Args {
     /// cluster. PostgreSQL's and Redis's processes on this machine are measured beside them.
     #[arg(long)]
     pub(crate) server_pid: Vec<u32>,
+    /// The postmaster of the PostgreSQL primary, when standbys run on the same machine: its
+    /// processes' CPU is reported apart (`postgres_primary_s`), beside every `postgres`'s.
+    #[arg(long)]
+    pub(crate) primary_pid: Option<u32>,
     /// A directory `scripts/cluster start` wrote: its nodes (`node-N.listen`, `node-N.pid`)
     /// are added as --url and --server-pid, each node's own address (not the balancer's).
     #[arg(long)]

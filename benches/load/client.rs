@@ -92,6 +92,16 @@ pub(crate) struct SendFrame<'a> {
     pub(crate) body: &'a str,
 }
 
+/// A `history` (with `conv`) or `conversations` request.
+#[derive(Serialize)]
+pub(crate) struct ReadFrame<'a> {
+    pub(crate) t: &'static str,
+    pub(crate) id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) conv: Option<&'a str>,
+    pub(crate) limit: u32,
+}
+
 /// The fields of a server frame the measuring loop reads, borrowed from the frame's bytes.
 #[derive(Deserialize)]
 pub(crate) struct InFrame<'a> {

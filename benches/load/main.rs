@@ -140,6 +140,7 @@ fn main() {
         group_size: args.group_size,
         body_bytes: args.body_bytes,
         mids: !args.no_mids,
+        reads_per_msg: args.reads_per_msg.max(0.0),
         idle: args.idle,
         businesses,
         start_us: 0,

@@ -18,6 +18,9 @@ pub(crate) struct Plan {
     pub(crate) body_bytes: usize,
     /// Whether each send carries its own `mid`.
     pub(crate) mids: bool,
+    /// Reads (`history` and `conversations` in turn) per message sent.
+    #[serde(default)]
+    pub(crate) reads_per_msg: f64,
     pub(crate) idle: bool,
     /// business → its agents (agents connect in worker 0; empty agent lists against --url)
     pub(crate) businesses: Vec<(Uuid, Vec<Uuid>)>,

@@ -41,6 +41,8 @@ pub(crate) struct Report {
     pub(crate) delivery_local_ms: Quantiles,
     pub(crate) delivery_cross_ms: Quantiles,
     pub(crate) delivered_cross: u64,
+    /// Request→reply of the reads (`--reads-per-msg`).
+    pub(crate) read_ms: Quantiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server: Option<ServerStats>,
 }
@@ -96,6 +98,9 @@ pub(crate) fn print_table(r: &Report) {
         "errors      {:>10}   rate_limited {}",
         c.errors, c.rate_limited
     );
+    if c.reads > 0 {
+        println!("reads       {:>10}   answered", c.reads);
+    }
     println!(
         "throughput  {:>10.0} msgs/s acked, {:.0} deliveries/s",
         r.throughput_msgs_s, r.deliveries_s
@@ -105,6 +110,9 @@ pub(crate) fn print_table(r: &Report) {
         // Several nodes: the deliveries whose sender was on the same node, and on another.
         rows.push(("  same node", r.delivery_local_ms));
         rows.push(("  cross-node", r.delivery_cross_ms));
+    }
+    if c.reads > 0 {
+        rows.push(("read", r.read_ms));
     }
     for (name, q) in rows {
         println!(
@@ -158,5 +166,11 @@ pub(crate) fn print_table(r: &Report) {
             per_msg(s.cpu.postgres_s),
             per_msg(s.cpu.redis_s),
         );
+        if s.cpu.postgres_primary_s > 0.0 {
+            println!(
+                "            of PostgreSQL's, the primary {:.1} µs per acked message",
+                per_msg(s.cpu.postgres_primary_s)
+            );
+        }
     }
 }

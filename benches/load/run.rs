@@ -12,7 +12,8 @@ use crate::report::{Report, quantiles};
 use crate::sample::{Cpu, ServerStats, cpu, rss_kib};
 use crate::tally::{Tally, histogram, now_us};
 
-pub(crate) fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report {
+pub(crate) fn run_once(args: &Args, plan: &Plan, server_pids: &[u32]) -> Report {
+    let primary = args.primary_pid;
     let dir = tempfile::tempdir().expect("temp dir");
     let plan_path = dir.path().join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec(plan).expect("plan")).expect("write plan");
@@ -46,10 +47,10 @@ pub(crate) fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report
                 let now = now_us();
                 if let Ok(mut w) = window.lock() {
                     if w.0.is_none() && now >= start_us {
-                        w.0 = Some(cpu(&pids));
+                        w.0 = Some(cpu(&pids, primary));
                     }
                     if w.1.is_none() && now >= send_end_us {
-                        w.1 = Some(cpu(&pids));
+                        w.1 = Some(cpu(&pids, primary));
                     }
                 }
                 let rss = rss_kib(&pids);
@@ -65,6 +66,7 @@ pub(crate) fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report
     let mut ack = histogram();
     let mut delivery = histogram();
     let (mut local, mut cross) = (histogram(), histogram());
+    let mut read = histogram();
     for child in children {
         let out = child.wait_with_output().expect("worker output");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -86,6 +88,9 @@ pub(crate) fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report
         }
         for (v, n) in t.delivery_cross_us {
             let _ = cross.record_n(v, n);
+        }
+        for (v, n) in t.read_us {
+            let _ = read.record_n(v, n);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -113,6 +118,7 @@ pub(crate) fn run_once(_args: &Args, plan: &Plan, server_pids: &[u32]) -> Report
         delivery_local_ms: quantiles(&local),
         delivery_cross_ms: quantiles(&cross),
         delivered_cross: cross.len(),
+        read_ms: quantiles(&read),
         server,
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct ServerStats {
 pub(crate) struct Cpu {
     pub(crate) nodes_s: f64,
     pub(crate) postgres_s: f64,
+    /// Of `postgres_s`, the primary's (with `--primary-pid`).
+    pub(crate) postgres_primary_s: f64,
     pub(crate) redis_s: f64,
 }
 
@@ -35,6 +37,7 @@ impl Cpu {
         Cpu {
             nodes_s: self.nodes_s - before.nodes_s,
             postgres_s: self.postgres_s - before.postgres_s,
+            postgres_primary_s: self.postgres_primary_s - before.postgres_primary_s,
             redis_s: self.redis_s - before.redis_s,
         }
     }
@@ -57,20 +60,22 @@ pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
 
 /// CPU seconds (user + system) of one process.
 pub(crate) fn process_cpu_s(pid: &str) -> f64 {
-    let ticks = 100.0; // USER_HZ on Linux
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
-        })
-        .unwrap_or(0.0)
+    cpu_and_parent(pid).map_or(0.0, |(cpu, _)| cpu)
 }
 
-/// CPU so far of the node processes `pids`, and of every PostgreSQL and Redis process this
-/// user can see.
-pub(crate) fn cpu(pids: &[u32]) -> Cpu {
+/// CPU seconds (user + system) of one process, and its parent's pid.
+fn cpu_and_parent(pid: &str) -> Option<(f64, u32)> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+    Some((cpu, f.get(1)?.parse().ok()?))
+}
+
+/// CPU so far of the node processes `pids`, of every PostgreSQL and Redis process this user can
+/// see, and of the PostgreSQL whose postmaster is `primary` (it and its children).
+pub(crate) fn cpu(pids: &[u32], primary: Option<u32>) -> Cpu {
     let mut c = Cpu {
         nodes_s: pids.iter().map(|p| process_cpu_s(&p.to_string())).sum(),
         ..Cpu::default()
@@ -82,7 +87,14 @@ pub(crate) fn cpu(pids: &[u32]) -> Cpu {
                 continue;
             }
             match std::fs::read_to_string(format!("/proc/{name}/comm")).as_deref() {
-                Ok("postgres\n") => c.postgres_s += process_cpu_s(&name),
+                Ok("postgres\n") => {
+                    let (cpu, parent) = cpu_and_parent(&name).unwrap_or_default();
+                    c.postgres_s += cpu;
+                    let pid = name.parse().ok();
+                    if primary.is_some() && (pid == primary || Some(parent) == primary) {
+                        c.postgres_primary_s += cpu;
+                    }
+                }
                 Ok("redis-server\n") => c.redis_s += process_cpu_s(&name),
                 _ => {}
             }

@@ -17,6 +17,9 @@ pub(crate) struct Counts {
     pub(crate) expected_deliveries: u64,
     pub(crate) errors: u64,
     pub(crate) rate_limited: u64,
+    /// `history` and `conversations` answered (with `--reads-per-msg`).
+    #[serde(default)]
+    pub(crate) reads: u64,
 }
 
 impl Counts {
@@ -29,6 +32,7 @@ impl Counts {
         self.expected_deliveries += o.expected_deliveries;
         self.errors += o.errors;
         self.rate_limited += o.rate_limited;
+        self.reads += o.reads;
     }
 }
 
@@ -43,6 +47,8 @@ pub(crate) struct Tally {
     pub(crate) delivery_local_us: Vec<(u64, u64)>,
     #[serde(default)]
     pub(crate) delivery_cross_us: Vec<(u64, u64)>,
+    #[serde(default)]
+    pub(crate) read_us: Vec<(u64, u64)>,
 }
 
 pub(crate) fn now_us() -> u64 {

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::client::{InFrame, SendFrame, Ws, call, connect, encode, token};
+use crate::client::{InFrame, ReadFrame, SendFrame, Ws, call, connect, encode, token};
 use crate::plan::{Kind, Plan, plan_rooms};
 use crate::tally::{Counts, Tally, histogram, now_us, pairs};
 
@@ -158,6 +158,7 @@ pub(crate) async fn run_worker(index: usize, plan: Plan) -> Tally {
         let payload = Payload {
             body_bytes: plan.body_bytes,
             mids: plan.mids,
+            reads_per_msg: plan.reads_per_msg,
         };
         // spread the senders' phases over one interval
         let phase = if senders > 0 && interval_us != u64::MAX {
@@ -183,6 +184,7 @@ pub(crate) async fn run_worker(index: usize, plan: Plan) -> Tally {
     let mut ack = histogram();
     let mut delivery = histogram();
     let (mut local, mut cross) = (histogram(), histogram());
+    let mut read = histogram();
     for t in tasks {
         if let Ok(r) = t.await {
             tally.counts.add(&r.counts);
@@ -190,8 +192,10 @@ pub(crate) async fn run_worker(index: usize, plan: Plan) -> Tally {
             let _ = delivery.add(&r.delivery);
             let _ = local.add(&r.delivery_local);
             let _ = cross.add(&r.delivery_cross);
+            let _ = read.add(&r.read);
         }
     }
+    tally.read_us = pairs(&read);
     tally.delivery_local_us = pairs(&local);
     tally.delivery_cross_us = pairs(&cross);
     tally.ack_us = pairs(&ack);
@@ -206,6 +210,8 @@ struct ConnResult {
     /// Deliveries from a sender on this connection's node, and from one on another node.
     delivery_local: Histogram<u64>,
     delivery_cross: Histogram<u64>,
+    /// Request→reply of the reads.
+    read: Histogram<u64>,
 }
 
 /// One connection: sends on its schedule (if it sends), records acks and deliveries, and after
@@ -228,6 +234,8 @@ struct Payload {
     body_bytes: usize,
     /// A fresh `mid` on each send.
     mids: bool,
+    /// Reads after the sends, per send.
+    reads_per_msg: f64,
 }
 
 async fn connection(
@@ -244,8 +252,12 @@ async fn connection(
         delivery: histogram(),
         delivery_local: histogram(),
         delivery_cross: histogram(),
+        read: histogram(),
     };
     let mut pending: HashMap<u64, u64> = HashMap::new(); // request id → scheduled µs
+    let mut reads: HashMap<u64, u64> = HashMap::new(); // read's id → asked µs (measured ones)
+    let mut read_credit = 0.0;
+    let mut read_history = true;
     let Schedule {
         start_us,
         measure_from_us,
@@ -265,7 +277,8 @@ async fn connection(
     loop {
         let now = now_us();
         let sending = role.is_some() && next_us < end_us;
-        if !sending && (now > drain_until || (pending.is_empty() && now > end_us + 2_000_000)) {
+        let quiet = pending.is_empty() && reads.is_empty();
+        if !sending && (now > drain_until || (quiet && now > end_us + 2_000_000)) {
             break;
         }
         let wake = if sending {
@@ -297,10 +310,26 @@ async fn connection(
                         break;
                     }
                     pending.insert(id, next_us);
-                    if next_us >= measure_from_us {
+                    let measured = next_us >= measure_from_us;
+                    if measured {
                         r.counts.sent += 1;
                         r.counts.expected_deliveries += *fanout as u64;
                         live.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    read_credit += payload.reads_per_msg;
+                    while read_credit >= 1.0 {
+                        read_credit -= 1.0;
+                        id += 1;
+                        let conv = read_history.then_some(conv.as_str());
+                        read_history = !read_history;
+                        let t = if conv.is_some() { "history" } else { "conversations" };
+                        if ws.send(encode(&ReadFrame { t, id, conv, limit: 20 })).await.is_err() {
+                            r.counts.errors += 1;
+                            break;
+                        }
+                        if measured {
+                            reads.insert(id, now_us());
+                        }
                     }
                 }
                 next_us += interval_us;
@@ -318,9 +347,16 @@ async fn connection(
                             let _ = r.ack.record(now.saturating_sub(at).max(1));
                         }
                     }
+                    "history" | "conversations" => {
+                        if let Some(at) = f.id.and_then(|i| reads.remove(&i)) {
+                            r.counts.reads += 1;
+                            let _ = r.read.record(now.saturating_sub(at).max(1));
+                        }
+                    }
                     "error" => {
                         if let Some(i) = f.id {
                             pending.remove(&i);
+                            reads.remove(&i);
                         }
                         if f.code == Some("rate_limited") { r.counts.rate_limited += 1 } else { r.counts.errors += 1 }
                     }
