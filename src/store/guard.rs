@@ -3,6 +3,10 @@
 //! - **Breaker.** Once the database is known down (a call failed to reach it), every call fails
 //!   at once with `unavailable` instead of each waiting out the pool's acquire timeout; a probe
 //!   pings the database every [`PROBE_EVERY`] and closes the breaker as soon as it answers.
+//! - **Reads on standbys.** The reads a standby may serve (history, lists, a conversation's
+//!   newest message and unread count) go to one that is current when `CHAT_DATABASE_REPLICA_URLS`
+//!   names some (`sql::routed`), outside the read budget below: that budget keeps the primary's
+//!   connections, and a read waiting for a standby holds none.
 //! - **Writes keep capacity.** Reads (history, lists, look-ups) may hold at most the pool's size
 //!   less [`RESERVED_FOR_WRITES`] connections at once, so a flood of reads queues on its own
 //!   budget while commits still find a connection.
@@ -10,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
@@ -119,6 +123,31 @@ impl GuardedStore {
     }
 }
 
+impl GuardedStore {
+    /// Runs a read a standby may serve: on a current standby (outside the read budget, which
+    /// keeps the primary's connections for its writes), else on the primary as any read. A
+    /// read that fails on the standby is read again from the primary.
+    async fn routed<T, F, Fut>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: Fn(SqlStore) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let arrived = Instant::now();
+        if let Some(standby) = self.inner.standby().await {
+            match read(standby.store.clone()).await {
+                Err(StoreError::Unavailable(e)) => standby.failed(&e),
+                answer => {
+                    standby.served();
+                    return answer;
+                }
+            }
+        }
+        let answer = self.read(read(self.inner.clone())).await;
+        self.inner.read_on_primary(arrived);
+        answer
+    }
+}
+
 /// Pings until the database answers, then closes the breaker.
 async fn probe(store: SqlStore, health: Arc<Health>) {
     loop {
@@ -217,7 +246,8 @@ impl Store for GuardedStore {
         range: HistoryRange,
         limit: usize,
     ) -> Result<(Vec<MessageObject>, bool), StoreError> {
-        self.read(self.inner.history(conv, range, limit)).await
+        self.routed(|s| async move { s.history(conv, range, limit).await })
+            .await
     }
 
     async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError> {
@@ -234,7 +264,7 @@ impl Store for GuardedStore {
         user: UserId,
         last_read: Seq,
     ) -> Result<(Option<MessageObject>, i64), StoreError> {
-        self.read(self.inner.last_message_and_unread(conv, user, last_read))
+        self.routed(|s| async move { s.last_message_and_unread(conv, user, last_read).await })
             .await
     }
 
@@ -243,7 +273,8 @@ impl Store for GuardedStore {
         user: UserId,
         query: ListQuery,
     ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
-        self.read(self.inner.list_conversations(user, query)).await
+        self.routed(|s| async move { s.list_conversations(user, query).await })
+            .await
     }
 
     async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {

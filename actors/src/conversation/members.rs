@@ -30,12 +30,14 @@ impl ConversationDeps {
         except: Option<SessionId>,
     ) {
         let profiles = view::profiles_for(self.profiles.as_ref(), [record]).await;
-        for m in &record.members {
-            let (last, unread) = match self
-                .store
+        // Asked together: on a standby the reads share one wait for it to be current.
+        let seen = futures_util::future::join_all(record.members.iter().map(|m| {
+            self.store
                 .last_message_and_unread(record.id, m.user, m.last_read)
-                .await
-            {
+        }))
+        .await;
+        for (m, seen) in record.members.iter().zip(seen) {
+            let (last, unread) = match seen {
                 Ok(found) => found,
                 Err(e) => {
                     tracing::warn!(conv = %record.id.masked(), error = %e, "conversation push skipped");

@@ -165,8 +165,7 @@ impl Store for SqlStore {
         range: HistoryRange,
         limit: usize,
     ) -> Result<(Vec<MessageObject>, bool), StoreError> {
-        self.routed(|s| async move { s.history(conv, range, limit).await })
-            .await
+        SqlStore::history(self, conv, range, limit).await
     }
 
     async fn find_message(&self, mid: Mid) -> Result<Option<MessageObject>, StoreError> {
@@ -183,8 +182,7 @@ impl Store for SqlStore {
         user: UserId,
         last_read: Seq,
     ) -> Result<(Option<MessageObject>, i64), StoreError> {
-        self.routed(|s| async move { s.last_message_and_unread(conv, user, last_read).await })
-            .await
+        SqlStore::last_message_and_unread(self, conv, user, last_read).await
     }
 
     async fn list_conversations(
@@ -192,8 +190,7 @@ impl Store for SqlStore {
         user: UserId,
         query: ListQuery,
     ) -> Result<(Vec<ListedConversation>, bool), StoreError> {
-        self.routed(|s| async move { s.list_conversations(user, query).await })
-            .await
+        SqlStore::list_conversations(self, user, query).await
     }
 
     async fn agent_loads(&self, agents: &[UserId]) -> Result<HashMap<UserId, i64>, StoreError> {
