@@ -365,3 +365,98 @@ async fn wal_position(pool: &PgPool, query: &'static str) -> Option<u64> {
     let position = tokio::time::timeout(ASK_WITHIN, asked).await.ok()?.ok()??;
     u64::try_from(position).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two standbys that are never connected to (pools open lazily), on a primary likewise.
+    fn two_standbys() -> Replicas {
+        let urls = [
+            "postgres://u@127.0.0.1:1/chat",
+            "postgres://u@127.0.0.1:2/chat",
+        ]
+        .map(String::from);
+        let primary = PgPoolOptions::new()
+            .connect_lazy_with(PgConnectOptions::new().host("127.0.0.1").port(3));
+        Replicas::new(&urls, &[], 1, primary, Duration::from_secs(1)).unwrap()
+    }
+
+    fn fence(replicas: &Replicas, taken: Instant, position: u64) {
+        replicas
+            .rounds
+            .lock()
+            .unwrap()
+            .fences
+            .push_back((taken, position));
+    }
+
+    fn picked(replicas: &Replicas, arrived: Instant) -> Vec<String> {
+        (0..4)
+            .map(|_| {
+                replicas
+                    .fresh_since(arrived)
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn reads_spread_over_the_standbys_past_a_fence_taken_after_they_arrived() {
+        let replicas = two_standbys();
+        let [first, second] = [&replicas.replicas[0], &replicas.replicas[1]];
+        let arrived = Instant::now();
+        // No fence since the read arrived: no standby may serve it.
+        assert!(replicas.fresh_since(arrived).is_none());
+
+        let taken = Instant::now();
+        fence(&replicas, taken, 100);
+        assert!(replicas.seen(first, Some(150), 100));
+        assert!(replicas.seen(second, Some(100), 100));
+        let mut names = picked(&replicas, arrived);
+        names.sort();
+        assert_eq!(
+            names,
+            ["127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:2"]
+        );
+
+        // A later read: only the standby past the newer fence serves it; the other is behind.
+        let later = Instant::now();
+        fence(&replicas, Instant::now(), 200);
+        assert!(replicas.seen(first, Some(250), 200));
+        assert!(!replicas.seen(second, Some(150), 200));
+        assert_eq!(picked(&replicas, later), ["127.0.0.1:1"; 4]);
+        // The earlier read may still go to either.
+        assert_eq!(picked(&replicas, arrived).len(), 4);
+        assert!(replicas.usable(second, Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn a_standby_too_far_behind_failing_or_not_in_recovery_is_skipped() {
+        let replicas = two_standbys();
+        let [first, second] = [&replicas.replicas[0], &replicas.replicas[1]];
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(2)).unwrap();
+        fence(&replicas, long_ago, 100);
+        let arrived = Instant::now();
+        fence(&replicas, Instant::now(), 200);
+        replicas.seen(first, Some(50), 200);
+        // Behind the fence of two seconds ago: over the bound.
+        assert!(!replicas.usable(first, Instant::now()));
+        // It catches up: usable again.
+        assert!(replicas.seen(first, Some(200), 200));
+        assert!(replicas.usable(first, Instant::now()));
+        assert_eq!(picked(&replicas, arrived), ["127.0.0.1:1"; 4]);
+
+        // A read failed on it: skipped until it answers again.
+        replicas.failed(first);
+        assert!(!replicas.usable(first, Instant::now()));
+        assert!(replicas.fresh_since(arrived).is_none());
+        replicas.seen(first, Some(200), 200);
+        assert!(replicas.usable(first, Instant::now()));
+
+        // No replay position (not in recovery, or no answer): skipped.
+        replicas.seen(second, None, 200);
+        assert!(!replicas.usable(second, Instant::now()));
+    }
+}
