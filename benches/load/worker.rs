@@ -94,7 +94,27 @@ pub(crate) async fn run_worker(index: usize, plan: Plan) -> Tally {
     tally.counts.connections = sockets.len() as u64 - tally.counts.connect_errors;
     if plan.idle {
         let until = plan.start_us + (plan.duration * 1e6) as u64;
-        tokio::time::sleep(Duration::from_micros(until.saturating_sub(now_us()))).await;
+        let left = Duration::from_micros(until.saturating_sub(now_us()));
+        // Each connection keeps reading, as an app does, so the node's pings are answered
+        // (tungstenite sends the pong): a socket nobody reads is closed by the node as dead after
+        // two heartbeats, and that closing, not quiet users, is what such a run would measure.
+        let held: Vec<_> = sockets
+            .into_iter()
+            .flatten()
+            .map(|(mut ws, _)| {
+                tokio::spawn(async move {
+                    let read = async { while let Some(Ok(_)) = ws.next().await {} };
+                    let closed_early = tokio::time::timeout(left, read).await.is_ok();
+                    let _ = ws.close(None).await;
+                    closed_early
+                })
+            })
+            .collect();
+        for h in held {
+            if h.await.unwrap_or(true) {
+                tally.counts.errors += 1;
+            }
+        }
         return tally;
     }
 
