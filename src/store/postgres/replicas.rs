@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 
@@ -64,6 +64,10 @@ pub struct Replica {
     /// `host:port`, the label of its metrics.
     pub name: String,
     state: Mutex<ReplicaState>,
+    /// `chat_db_replica_lag_milliseconds` and `chat_db_replica_usable` for it, registered once:
+    /// they are set at every answer, each millisecond while reads wait.
+    shown_lag: Gauge,
+    shown_usable: Gauge,
 }
 
 #[derive(Default)]
@@ -110,11 +114,17 @@ impl Replicas {
                     .acquire_timeout(Duration::from_secs(1))
                     .test_before_acquire(false)
                     .connect_lazy_with(options);
-                metrics::gauge!("chat_db_replica_usable", "replica" => name.clone()).set(0.0);
+                let shown_lag =
+                    metrics::gauge!("chat_db_replica_lag_milliseconds", "replica" => name.clone());
+                let shown_usable =
+                    metrics::gauge!("chat_db_replica_usable", "replica" => name.clone());
+                shown_usable.set(0.0);
                 Ok(Replica {
                     pool,
                     name,
                     state: Mutex::new(ReplicaState::default()),
+                    shown_lag,
+                    shown_usable,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -179,7 +189,7 @@ impl Replicas {
         if let Ok(mut state) = replica.state.lock() {
             state.down = true;
         }
-        metrics::gauge!("chat_db_replica_usable", "replica" => replica.name.clone()).set(0.0);
+        replica.shown_usable.set(0.0);
     }
 
     /// Runs rounds for as long as the process runs: when a read waits, and once a second; a
@@ -311,10 +321,8 @@ impl Replicas {
         let lag = state.lag(now);
         let usable = !state.down && lag <= self.max_lag;
         drop(state);
-        metrics::gauge!("chat_db_replica_lag_milliseconds", "replica" => replica.name.clone())
-            .set(lag.as_secs_f64() * 1000.0);
-        metrics::gauge!("chat_db_replica_usable", "replica" => replica.name.clone())
-            .set(if usable { 1.0 } else { 0.0 });
+        replica.shown_lag.set(lag.as_secs_f64() * 1000.0);
+        replica.shown_usable.set(if usable { 1.0 } else { 0.0 });
         position.is_some_and(|p| p >= fence)
     }
 
