@@ -90,6 +90,46 @@ pub(crate) struct Args {
     /// are added as --url and --server-pid, each node's own address (not the balancer's).
     #[arg(long)]
     pub(crate) cluster_dir: Option<PathBuf>,
+    /// `plain` (the fixed-rate stream above) or `people` (users as people behave: a connect
+    /// ramp, lists and history, typing, Poisson sends, reads, drops and returns; see
+    /// docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = Scenario::Plain)]
+    pub(crate) scenario: Scenario,
+    /// People: how many users.
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) users: usize,
+    /// People: seconds over which the users connect, before the measured window.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) ramp: f64,
+    /// People: messages each connected user sends per minute (Poisson).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) msgs_per_user_min: f64,
+    /// People: percent of the users a minute who lose the network (no close frame) and
+    /// reconnect 1–10 s later.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) drop_per_min: f64,
+    /// People: percent of the users a minute who close the app and come back 1–5 min later.
+    #[arg(long, default_value_t = 0.5)]
+    pub(crate) leave_per_min: f64,
+    /// People: conversations per user, `MIN-MAX`.
+    #[arg(long, value_parser = parse_range, default_value = "5-30")]
+    pub(crate) convs_per_user: (usize, usize),
+    /// People: contacts per user, `MIN-MAX` (the first 20 are watched).
+    #[arg(long, value_parser = parse_range, default_value = "10-50")]
+    pub(crate) contacts_per_user: (usize, usize),
+    /// People: businesses (each with 3–10 agents among the users); 0: one per 1,000 users.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) businesses: usize,
+    /// People: the seed of the businesses and agents (the users are fresh each run).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// People: write the user service's file (`chat-backend dev-user-service --file`) that
+    /// knows the seed's businesses and agents, and exit: start a cluster's user service with it.
+    #[arg(long)]
+    pub(crate) print_directory: Option<PathBuf>,
+    /// People: the Redis whose `INFO commandstats` counts commands per message.
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
     /// Internal: run as worker I of the plan in this file.
     #[arg(long, hide = true)]
     pub(crate) worker: Option<usize>,
@@ -99,6 +139,30 @@ pub(crate) struct Args {
     /// cargo bench appends --bench; accepted and ignored.
     #[arg(long, hide = true)]
     pub(crate) bench: bool,
+}
+
+/// What a run does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    Plain,
+    People,
+}
+
+/// `MIN-MAX` (or one number).
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not MIN-MAX"))?;
+    let b: usize = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not MIN-MAX"))?;
+    if a > b {
+        return Err(format!("{s:?}: MIN above MAX"));
+    }
+    Ok((a, b))
 }
 
 pub(crate) fn parse_mix(mix: &str) -> (f64, f64, f64) {

@@ -32,6 +32,7 @@ mod args;
 mod client;
 mod cluster_dir;
 mod launch;
+mod people;
 mod plan;
 mod report;
 mod run;
@@ -42,7 +43,7 @@ mod worker;
 use clap::Parser;
 use uuid::Uuid;
 
-use args::{Args, parse_mix};
+use args::{Args, Scenario, parse_mix};
 use launch::start_node;
 use plan::{Plan, TokenSpec};
 use report::{Report, print_curve, print_table};
@@ -71,6 +72,10 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if args.scenario == Scenario::People {
+        people_main(&args);
+        return;
     }
     if let (Some(index), Some(path)) = (args.worker, &args.plan) {
         // A worker is one thread: `--workers N` spreads the load over N processes, and a
@@ -218,4 +223,32 @@ fn main() {
         .expect("write --json");
     }
     drop(started);
+}
+
+/// `--scenario people`: a worker, `--print-directory`, or the parent of a run.
+fn people_main(args: &Args) {
+    let outcome = if let (Some(index), Some(path)) = (args.worker, &args.plan) {
+        std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice(&b)?))
+            .and_then(|plan| people::worker(index, plan))
+            .and_then(|tally| {
+                println!("WORKER_RESULT {}", serde_json::to_string(&tally)?);
+                Ok(())
+            })
+    } else if let Some(path) = &args.print_directory {
+        people::print_directory(args, path)
+    } else {
+        people::run(args).and_then(|report| {
+            report.print();
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            }
+            Ok(())
+        })
+    };
+    if let Err(e) = outcome {
+        eprintln!("load: {e:#}");
+        std::process::exit(2);
+    }
 }

@@ -1,5 +1,5 @@
 //! The server's side of a run, read from `/proc`: the nodes' resident memory and the CPU of the
-//! nodes, PostgreSQL and Redis.
+//! nodes, PostgreSQL, Redis and nginx.
 
 use serde::Serialize;
 
@@ -26,11 +26,13 @@ pub(crate) struct Cpu {
     /// Of `postgres_s`, the primary's (with `--primary-pid`).
     pub(crate) postgres_primary_s: f64,
     pub(crate) redis_s: f64,
+    /// Every `nginx` process (a cluster's balancer).
+    pub(crate) nginx_s: f64,
 }
 
 impl Cpu {
     pub(crate) fn total(&self) -> f64 {
-        self.nodes_s + self.postgres_s + self.redis_s
+        self.nodes_s + self.postgres_s + self.redis_s + self.nginx_s
     }
 
     pub(crate) fn since(&self, before: &Cpu) -> Cpu {
@@ -39,6 +41,7 @@ impl Cpu {
             postgres_s: self.postgres_s - before.postgres_s,
             postgres_primary_s: self.postgres_primary_s - before.postgres_primary_s,
             redis_s: self.redis_s - before.redis_s,
+            nginx_s: self.nginx_s - before.nginx_s,
         }
     }
 }
@@ -56,6 +59,38 @@ pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// Proportional resident KiB (PSS) of every process named `postgres`, `redis-server` and
+/// `nginx`, in that order.
+pub(crate) fn rss_by_name() -> [u64; 3] {
+    let mut sums = [0u64; 3];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return sums;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let slot = match std::fs::read_to_string(format!("/proc/{name}/comm")).as_deref() {
+            Ok("postgres\n") => 0,
+            Ok("redis-server\n") => 1,
+            Ok("nginx\n") => 2,
+            _ => continue,
+        };
+        // proportional set size: PostgreSQL's backends share its buffers, and summing their
+        // RSS would count the shared memory once per backend
+        sums[slot] += std::fs::read_to_string(format!("/proc/{name}/smaps_rollup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Pss:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+    }
+    sums
 }
 
 /// CPU seconds (user + system) of one process.
@@ -96,6 +131,7 @@ pub(crate) fn cpu(pids: &[u32], primary: Option<u32>) -> Cpu {
                     }
                 }
                 Ok("redis-server\n") => c.redis_s += process_cpu_s(&name),
+                Ok("nginx\n") => c.nginx_s += process_cpu_s(&name),
                 _ => {}
             }
         }

@@ -1,0 +1,916 @@
+//! One person's life in a people run: connect (on the ramp), read the list and a few
+//! conversations, watch contacts, then type and send at a Poisson rate, read what arrives, drop
+//! off the network or leave and come back (catching up with `history` `after`), until the end,
+//! when a last catch-up shows whether anything acknowledged is missing.
+//!
+//! Each user is one task; the worker's tasks share the `World` (one thread, so `RefCell`s
+//! borrowed briefly, never across an await).
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use super::PeoplePlan;
+use super::events::{Count, Events, Timed};
+use super::population::Population;
+use crate::client::{Ws, connect, encode, frame, token};
+use crate::tally::now_us;
+
+/// What every user task of a worker shares.
+pub(crate) struct World {
+    pub(crate) plan: PeoplePlan,
+    pub(crate) pop: Population,
+    pub(crate) events: RefCell<Events>,
+    /// (conversation, typist) → when its `typing` was sent.
+    pub(crate) typing_sent: RefCell<HashMap<(Uuid, Uuid), u64>>,
+    /// (conversation, reader) → the `seq` read and when.
+    pub(crate) reads_sent: RefCell<HashMap<(Uuid, Uuid), (u64, u64)>>,
+    /// Limits handshakes in progress, as a phone's OS does not but a generator must.
+    pub(crate) gate: Semaphore,
+    /// Per conversation: the highest `seq` acknowledged to a sender here.
+    pub(crate) acked_max: RefCell<HashMap<Uuid, u64>>,
+    /// Per conversation: the lowest `seq` held by a connected member here at the end.
+    pub(crate) held_min: RefCell<HashMap<Uuid, u64>>,
+    pub(crate) connected_at_end: RefCell<u64>,
+    /// Users connected now (for the live line).
+    pub(crate) online: RefCell<i64>,
+}
+
+impl World {
+    fn measuring(&self, at_us: u64) -> bool {
+        at_us >= self.plan.start_us && at_us < self.plan.end_us
+    }
+
+    fn count(&self, kind: Count) {
+        self.events.borrow_mut().count(kind);
+    }
+
+    /// Counts `kind` if `at_us` lies in the measured window.
+    fn count_at(&self, kind: Count, at_us: u64) {
+        if self.measuring(at_us) {
+            self.count(kind);
+        }
+    }
+
+    fn time_at(&self, kind: Timed, at_us: u64, now: u64) {
+        if self.measuring(at_us) {
+            self.events
+                .borrow_mut()
+                .time(kind, now.saturating_sub(at_us));
+        }
+    }
+}
+
+/// One conversation as a member's app holds it.
+struct Conv {
+    id: Uuid,
+    /// Every message up to here is held.
+    mark: u64,
+    /// Held messages above `mark` (a push that skipped one, or our own `sent` arriving early).
+    ahead: BTreeSet<u64>,
+    /// A `history` `after` in flight for this conversation, and the highest seq it must reach.
+    fetching: Option<u64>,
+    /// The newest seq of others' messages seen, and the newest we said we read.
+    unread_to: u64,
+    read_to: u64,
+}
+
+impl Conv {
+    fn new(id: Uuid, mark: u64) -> Conv {
+        Conv {
+            id,
+            mark,
+            ahead: BTreeSet::new(),
+            fetching: None,
+            unread_to: mark,
+            read_to: mark,
+        }
+    }
+
+    /// Takes in a held seq; true if it was new.
+    fn hold(&mut self, seq: u64) -> bool {
+        if seq <= self.mark || self.ahead.contains(&seq) {
+            return false;
+        }
+        if seq == self.mark + 1 {
+            self.mark = seq;
+            while self.ahead.remove(&(self.mark + 1)) {
+                self.mark += 1;
+            }
+        } else {
+            self.ahead.insert(seq);
+        }
+        true
+    }
+}
+
+/// What a request in flight was for.
+enum Asked {
+    List {
+        first: bool,
+        at: u64,
+    },
+    History {
+        conv: usize,
+        at: u64,
+        catch_up: bool,
+    },
+    Send {
+        conv: usize,
+        scheduled: u64,
+    },
+    /// Answered `ok`: a `read` or a `watch`.
+    Plain(&'static str),
+}
+
+impl Asked {
+    fn name(&self) -> &'static str {
+        match self {
+            Asked::List { .. } => "conversations",
+            Asked::History { .. } => "history",
+            Asked::Send { .. } => "send",
+            Asked::Plain(t) => t,
+        }
+    }
+}
+
+/// A server frame, the fields this client reads, borrowed from the frame's bytes.
+#[derive(Deserialize)]
+struct In<'a> {
+    t: &'a str,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    conv: Option<&'a str>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    user: Option<&'a str>,
+    #[serde(default)]
+    from: Option<&'a str>,
+    #[serde(default)]
+    body: Option<&'a str>,
+    #[serde(default)]
+    code: Option<&'a str>,
+    #[serde(default)]
+    on: Option<bool>,
+    #[serde(default)]
+    more: Option<bool>,
+    #[serde(default, borrow)]
+    items: Vec<Item<'a>>,
+    #[serde(default)]
+    messages: Vec<Seq>,
+    #[serde(default, borrow)]
+    conversation: Option<Item<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    id: &'a str,
+    #[serde(default)]
+    last_seq: u64,
+    #[serde(default)]
+    last_activity: u64,
+}
+
+#[derive(Deserialize)]
+struct Seq {
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct SendOut<'a> {
+    t: &'static str,
+    id: u64,
+    conv: &'a str,
+    mid: &'a str,
+    body: &'a str,
+}
+
+/// How a connected stretch ended.
+enum Ended {
+    /// Lost the network (no close frame): back in seconds.
+    Dropped,
+    /// Closed the app: back in minutes.
+    Left,
+    /// The server closed it (or it failed): back in a few seconds.
+    Lost,
+    /// The run is over.
+    Over,
+}
+
+/// A user's whole life in the run.
+pub(crate) async fn live(world: Rc<World>, me: u32) {
+    let plan = &world.plan;
+    let uuid = world.pop.users[me as usize];
+    let url = plan.urls[me as usize % plan.urls.len()].clone();
+    let mut rng = StdRng::seed_from_u64(plan.shape.nonce ^ ((me as u64) << 20) ^ 0x5eed);
+    let mut tok = token(&plan.tokens, uuid);
+    let mut convs: Vec<Conv> = Vec::new();
+    let mut by_id: HashMap<Uuid, usize> = HashMap::new();
+    let ramp_at = plan.ramp_start_us + plan.ramp_us * me as u64 / world.pop.users.len() as u64;
+    sleep_until_us(ramp_at).await;
+    let mut first = true;
+    let mut reconnect_from = None;
+    loop {
+        if now_us() >= plan.end_us {
+            break;
+        }
+        let started = now_us();
+        let connected = {
+            let _permit = world.gate.acquire().await;
+            connect(&url, &tok).await
+        };
+        let Ok((ws, node)) = connected else {
+            world.count(Count::ConnectFailures);
+            sleep_us(rng.random_range(1_000_000..5_000_000)).await;
+            continue;
+        };
+        let session = Session {
+            world: &world,
+            me: uuid,
+            me_text: uuid.to_string(),
+            me_idx: me,
+            node,
+            convs: &mut convs,
+            by_id: &mut by_id,
+            rng: &mut rng,
+            next_id: 1,
+            asked: HashMap::new(),
+            catching: None,
+        };
+        *world.online.borrow_mut() += 1;
+        let ended = session.run(ws, started, first, reconnect_from.take()).await;
+        *world.online.borrow_mut() -= 1;
+        first = false;
+        let pause = match ended {
+            Ended::Over => break,
+            Ended::Dropped => {
+                world.count_at(Count::Drops, now_us());
+                rng.random_range(1_000_000..10_000_000)
+            }
+            Ended::Left => {
+                world.count_at(Count::Leaves, now_us());
+                rng.random_range(60_000_000..300_000_000)
+            }
+            Ended::Lost => rng.random_range(1_000_000..3_000_000),
+        };
+        // whoever is away when the run ends stays away
+        sleep_us(pause.min(plan.end_us.saturating_sub(now_us()))).await;
+        if now_us() >= plan.end_us {
+            break;
+        }
+        world.count_at(Count::Reconnects, now_us());
+        reconnect_from = Some(now_us());
+        // now and then the app fetches a fresh token
+        if rng.random_bool(0.25) {
+            tok = token(&plan.tokens, uuid);
+            world.count_at(Count::TokenRefreshes, now_us());
+        }
+    }
+}
+
+struct Session<'a> {
+    world: &'a World,
+    me: Uuid,
+    /// `me` as the frames spell it.
+    me_text: String,
+    me_idx: u32,
+    node: String,
+    convs: &'a mut Vec<Conv>,
+    by_id: &'a mut HashMap<Uuid, usize>,
+    rng: &'a mut StdRng,
+    next_id: u64,
+    asked: HashMap<u64, Asked>,
+    /// A catch-up in progress: since when (0: the final one, not timed) and the requests it
+    /// still waits for (list pages and `history` fetches).
+    catching: Option<(u64, usize)>,
+}
+
+/// What the session plans to do next, and when.
+struct Plans {
+    typing_at: u64,
+    typing_repeat_at: u64,
+    send_at: u64,
+    /// The conversation of the coming send (chosen when typing starts).
+    conv: Option<usize>,
+    abandon: bool,
+    /// Reads to send: (when, conversation).
+    reads: Vec<(u64, usize)>,
+    churn_at: u64,
+    leave: bool,
+    /// A list to ask again (it was refused), and history fetches to ask again.
+    retry_list_at: u64,
+    retry_history: Vec<(u64, usize)>,
+}
+
+impl Session<'_> {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn ask(&mut self, ws: &mut Ws, mut req: serde_json::Value, what: Asked) -> bool {
+        let id = self.id();
+        req["id"] = json!(id);
+        self.asked.insert(id, what);
+        ws.send(frame(&req)).await.is_ok()
+    }
+
+    async fn list(&mut self, ws: &mut Ws, first: bool, before: Option<u64>) -> bool {
+        let at = now_us();
+        let mut req = json!({"t": "conversations", "limit": 200});
+        if let Some(b) = before {
+            req["before"] = json!(b);
+        }
+        self.ask(ws, req, Asked::List { first, at }).await
+    }
+
+    /// Asks for what follows `mark`; the answer must reach `want` (or the newest held above it).
+    async fn history_after(&mut self, ws: &mut Ws, conv: usize, catch_up: bool, want: u64) -> bool {
+        let c = &mut self.convs[conv];
+        let want = c.ahead.last().copied().unwrap_or(c.mark).max(want);
+        c.fetching = Some(want);
+        let req = json!({"t": "history", "conv": c.id.to_string(), "after": c.mark, "limit": 200});
+        let at = now_us();
+        self.ask(ws, req, Asked::History { conv, at, catch_up })
+            .await
+    }
+
+    fn exp_us(&mut self, per_minute: f64) -> u64 {
+        if per_minute <= 0.0 {
+            return u64::MAX / 2;
+        }
+        let u: f64 = self.rng.random_range(1e-12..1.0);
+        (-u.ln() * 60e6 / per_minute) as u64
+    }
+
+    fn plan_send(&mut self, p: &mut Plans, from: u64) {
+        let plan = &self.world.plan;
+        p.send_at = from.saturating_add(self.exp_us(plan.msgs_per_user_min));
+        let lead = self.rng.random_range(1_000_000..4_000_000);
+        p.typing_at = p.send_at.saturating_sub(lead).max(from);
+        p.typing_repeat_at = u64::MAX;
+        p.conv = None;
+        p.abandon = self.rng.random_bool(0.1);
+    }
+
+    async fn run(
+        mut self,
+        mut ws: Ws,
+        started: u64,
+        first: bool,
+        reconnect_from: Option<u64>,
+    ) -> Ended {
+        let world = self.world;
+        let plan = &world.plan;
+        let is_agent = world.pop.agent[self.me_idx as usize];
+        if let Some(from) = reconnect_from {
+            self.catching = Some((from, 1));
+        }
+        if !self.list(&mut ws, first, None).await {
+            return Ended::Lost;
+        }
+        let mut connect_timed = false;
+        let now = now_us();
+        let mut p = Plans {
+            typing_at: 0,
+            typing_repeat_at: u64::MAX,
+            send_at: 0,
+            conv: None,
+            abandon: false,
+            reads: Vec::new(),
+            churn_at: u64::MAX,
+            leave: false,
+            retry_list_at: u64::MAX,
+            retry_history: Vec::new(),
+        };
+        self.plan_send(&mut p, now.max(plan.ramp_start_us + plan.ramp_us));
+        let drop_after = self.exp_us(plan.drop_per_min / 100.0);
+        let leave_after = if is_agent {
+            u64::MAX / 2
+        } else {
+            self.exp_us(plan.leave_per_min / 100.0)
+        };
+        p.leave = leave_after < drop_after;
+        // churn only once everyone is on
+        p.churn_at = now
+            .max(plan.ramp_start_us + plan.ramp_us)
+            .saturating_add(drop_after.min(leave_after));
+        // The last catch-up is spread over a few seconds, as a worker's users would not all
+        // open their app in one instant (a herd of lists would measure the herd).
+        let drain_until = plan.end_us + 3_000_000;
+        let spread = plan.shape.users as u64 * 2_000; // 500 users a second
+        let final_at = drain_until + self.rng.random_range(0..spread.max(1_000_000));
+        let mut final_check = false;
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut body_pad = String::new();
+        loop {
+            let now = now_us();
+            if !final_check && now >= final_at {
+                // the run is over: one last catch-up, then hold what is held
+                final_check = true;
+                self.catching = Some((0, 1));
+                if !self.list(&mut ws, false, None).await {
+                    return Ended::Lost;
+                }
+            }
+            if final_check && self.catching.is_none() {
+                self.settle();
+                let _ = ws.close(None).await;
+                return Ended::Over;
+            }
+            if final_check && now > final_at + 60_000_000 {
+                // what it holds is not known: it is left out of the check, and counted
+                world.count(Count::FinalCheckUnfinished);
+                let _ = ws.close(None).await;
+                return Ended::Over;
+            }
+            let talking = now < plan.end_us;
+            let mut wake = if final_check {
+                now + 1_000_000
+            } else {
+                final_at
+            };
+            wake = wake.min(p.retry_list_at);
+            for (at, _) in &p.retry_history {
+                wake = wake.min(*at);
+            }
+            if talking {
+                wake = wake
+                    .min(p.typing_at)
+                    .min(p.typing_repeat_at)
+                    .min(p.send_at)
+                    .min(p.churn_at)
+                    .min(plan.end_us);
+                for (at, _) in &p.reads {
+                    wake = wake.min(*at);
+                }
+            }
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_micros(wake.saturating_sub(now));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                _ = &mut timer => {
+                    let now = now_us();
+                    if now >= p.retry_list_at {
+                        p.retry_list_at = u64::MAX;
+                        if !self.list(&mut ws, first, None).await {
+                            return Ended::Lost;
+                        }
+                        continue;
+                    }
+                    if let Some(k) = p.retry_history.iter().position(|(at, _)| *at <= now) {
+                        let (_, conv) = p.retry_history.swap_remove(k);
+                        let catch_up = self.catching.is_some();
+                        if self.convs[conv].fetching.is_none()
+                            && !self.history_after(&mut ws, conv, catch_up, 0).await
+                        {
+                            return Ended::Lost;
+                        }
+                        continue;
+                    }
+                    if !talking || self.convs.is_empty() {
+                        continue;
+                    }
+                    if now >= p.churn_at {
+                        if p.leave {
+                            let _ = ws.close(None).await;
+                            return Ended::Left;
+                        }
+                        // no close frame: the socket just goes away, as on a network change
+                        drop(ws);
+                        return Ended::Dropped;
+                    }
+                    if let Some(k) = p.reads.iter().position(|(at, _)| *at <= now) {
+                        let (_, conv) = p.reads.swap_remove(k);
+                        if !self.read(&mut ws, conv).await {
+                            return Ended::Lost;
+                        }
+                        continue;
+                    }
+                    if p.conv.is_none() && now >= p.typing_at {
+                        let conv = self.rng.random_range(0..self.convs.len());
+                        p.conv = Some(conv);
+                        if !self.typing(&mut ws, conv, true).await {
+                            return Ended::Lost;
+                        }
+                        if p.send_at.saturating_sub(now) > 3_000_000 {
+                            p.typing_repeat_at = now + 3_000_000;
+                        }
+                        continue;
+                    }
+                    if now >= p.typing_repeat_at {
+                        p.typing_repeat_at = u64::MAX;
+                        if let Some(conv) = p.conv
+                            && !self.typing(&mut ws, conv, true).await
+                        {
+                            return Ended::Lost;
+                        }
+                        continue;
+                    }
+                    if now >= p.send_at {
+                        let scheduled = p.send_at;
+                        let conv = p.conv.unwrap_or(0);
+                        if p.abandon {
+                            world.count_at(Count::TypingAbandoned, scheduled);
+                            if !self.typing(&mut ws, conv, false).await {
+                                return Ended::Lost;
+                            }
+                        } else {
+                            // opening the conversation to write in it reads it
+                            if self.convs[conv].unread_to > self.convs[conv].read_to
+                                && !self.read(&mut ws, conv).await
+                            {
+                                return Ended::Lost;
+                            }
+                            if !self.send(&mut ws, conv, scheduled, &mut body_pad).await {
+                                return Ended::Lost;
+                            }
+                        }
+                        self.plan_send(&mut p, scheduled);
+                    }
+                }
+                msg = ws.next() => {
+                    let Some(Ok(msg)) = msg else { return Ended::Lost };
+                    let Message::Binary(bytes) = &msg else { continue };
+                    let Ok(f) = rmp_serde::from_slice::<In>(bytes) else { continue };
+                    let now = now_us();
+                    if f.t == "conversations" && !connect_timed {
+                        // every connect is timed, the ramp's too
+                        connect_timed = true;
+                        world.events.borrow_mut().time(Timed::Connect, now.saturating_sub(started));
+                    }
+                    if self.on_frame(&mut ws, f, now, &mut p).await.is_err() {
+                        return Ended::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn typing(&mut self, ws: &mut Ws, conv: usize, on: bool) -> bool {
+        let now = now_us();
+        let id = self.convs[conv].id;
+        if on {
+            self.world.count_at(Count::TypingSent, now);
+            self.world
+                .typing_sent
+                .borrow_mut()
+                .insert((id, self.me), now);
+        }
+        ws.send(frame(
+            &json!({"t": "typing", "conv": id.to_string(), "on": on}),
+        ))
+        .await
+        .is_ok()
+    }
+
+    async fn read(&mut self, ws: &mut Ws, conv: usize) -> bool {
+        let now = now_us();
+        let c = &mut self.convs[conv];
+        if c.unread_to <= c.read_to {
+            return true;
+        }
+        c.read_to = c.unread_to;
+        let (id, seq) = (c.id, c.read_to);
+        self.world.count_at(Count::ReadsSent, now);
+        self.world
+            .reads_sent
+            .borrow_mut()
+            .insert((id, self.me), (seq, now));
+        self.ask(
+            ws,
+            json!({"t": "read", "conv": id.to_string(), "seq": seq}),
+            Asked::Plain("read"),
+        )
+        .await
+    }
+
+    async fn send(&mut self, ws: &mut Ws, conv: usize, scheduled: u64, pad: &mut String) -> bool {
+        let plan = &self.world.plan;
+        if pad.is_empty() {
+            *pad = "x".repeat(plan.body_bytes.saturating_sub(18 + self.node.len()).max(1));
+        }
+        let id = self.id();
+        let body = format!("{scheduled:016}|{}|{pad}", self.node);
+        let conv_id = self.convs[conv].id.to_string();
+        let mid = Uuid::now_v7().to_string();
+        self.asked.insert(id, Asked::Send { conv, scheduled });
+        self.world.count_at(Count::Sent, scheduled);
+        let out = SendOut {
+            t: "send",
+            id,
+            conv: &conv_id,
+            mid: &mid,
+            body: &body,
+        };
+        ws.send(encode(&out)).await.is_ok()
+    }
+
+    fn conv_index(&mut self, id: &str, seq_hint: u64) -> Option<usize> {
+        let id = Uuid::parse_str(id).ok()?;
+        if let Some(i) = self.by_id.get(&id) {
+            return Some(*i);
+        }
+        // a conversation we did not know of (made after our list): hold it from here on
+        self.convs.push(Conv::new(id, seq_hint.saturating_sub(1)));
+        self.by_id.insert(id, self.convs.len() - 1);
+        Some(self.convs.len() - 1)
+    }
+
+    async fn on_frame(
+        &mut self,
+        ws: &mut Ws,
+        f: In<'_>,
+        now: u64,
+        p: &mut Plans,
+    ) -> Result<(), ()> {
+        let world = self.world;
+        match f.t {
+            "message" => {
+                let seq = f.seq.unwrap_or(0);
+                let Some(conv) = f.conv.and_then(|c| self.conv_index(c, seq)) else {
+                    return Ok(());
+                };
+                if f.from == Some(self.me_text.as_str()) {
+                    return Ok(());
+                }
+                let c = &mut self.convs[conv];
+                if c.hold(seq) {
+                    c.unread_to = c.unread_to.max(seq);
+                    if let Some(at) = f
+                        .body
+                        .and_then(|b| b.get(..16))
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        world.count_at(Count::DeliveredLive, at);
+                        let from = f
+                            .body
+                            .and_then(|b| b.get(17..))
+                            .and_then(|b| b.split_once('|'))
+                            .map(|(n, _)| n);
+                        let kind = if from == Some(self.node.as_str()) {
+                            Timed::DeliverySameNode
+                        } else {
+                            Timed::DeliveryCrossNode
+                        };
+                        world.time_at(kind, at, now);
+                    }
+                    // half the receivers are looking at the conversation and read it soon
+                    if self.rng.random_bool(0.5) && !p.reads.iter().any(|(_, c)| *c == conv) {
+                        let after = self.rng.random_range(500_000..5_000_000);
+                        p.reads.push((now + after, conv));
+                    }
+                }
+                if self.convs[conv].mark < seq && self.convs[conv].fetching.is_none() {
+                    world.count_at(Count::GapFetches, now);
+                    if !self.history_after(ws, conv, false, seq).await {
+                        return Err(());
+                    }
+                }
+            }
+            "sent" => {
+                let Some(Asked::Send { conv, scheduled }) =
+                    f.id.and_then(|i| self.asked.remove(&i))
+                else {
+                    return Ok(());
+                };
+                world.count_at(Count::Acked, scheduled);
+                world.time_at(Timed::SendAck, scheduled, now);
+                if let Some(seq) = f.seq {
+                    let c = &mut self.convs[conv];
+                    c.hold(seq);
+                    let mut acked = world.acked_max.borrow_mut();
+                    let e = acked.entry(c.id).or_default();
+                    *e = (*e).max(seq);
+                }
+            }
+            "typing" => {
+                if f.on == Some(true)
+                    && let (Some(conv), Some(user)) = (f.conv, f.user)
+                    && let (Ok(conv), Ok(user)) = (Uuid::parse_str(conv), Uuid::parse_str(user))
+                {
+                    world.count_at(Count::TypingPushes, now);
+                    if let Some(at) = world.typing_sent.borrow().get(&(conv, user)) {
+                        world.time_at(Timed::Typing, *at, now);
+                    }
+                }
+            }
+            "receipt" => {
+                world.count_at(Count::ReceiptPushes, now);
+                if let (Some(conv), Some(user), Some(seq)) = (f.conv, f.user, f.seq)
+                    && let (Ok(conv), Ok(user)) = (Uuid::parse_str(conv), Uuid::parse_str(user))
+                    && let Some((read, at)) = world.reads_sent.borrow().get(&(conv, user))
+                    && *read == seq
+                {
+                    world.time_at(Timed::Receipt, *at, now);
+                }
+            }
+            "presence" if f.id.is_none() => world.count_at(Count::PresencePushes, now),
+            "conversation" if f.id.is_none() => {
+                if let Some(item) = &f.conversation {
+                    self.conv_index(item.id, item.last_seq + 1);
+                }
+            }
+            "error" => {
+                let what = f.id.and_then(|i| self.asked.remove(&i));
+                // by request and code: "history/unavailable"
+                let code = format!(
+                    "{}/{}",
+                    what.as_ref().map_or("push", Asked::name),
+                    f.code.unwrap_or("unknown")
+                );
+                world.events.borrow_mut().error(&code);
+                // a refused read is asked again a little later, as an app does: the catch-up
+                // waits for it
+                let later = now + self.rng.random_range(500_000..2_000_000);
+                match what {
+                    Some(Asked::History { conv, .. }) => {
+                        self.convs[conv].fetching = None;
+                        p.retry_history.push((later, conv));
+                    }
+                    Some(Asked::List { .. }) => p.retry_list_at = later,
+                    _ => {}
+                }
+            }
+            "bye" => return Err(()),
+            "conversations" => {
+                let Some(Asked::List { first, at }) = f.id.and_then(|i| self.asked.remove(&i))
+                else {
+                    return Ok(());
+                };
+                world.time_at(Timed::List, at, now);
+                let mut behind = Vec::new();
+                for item in &f.items {
+                    let Ok(id) = Uuid::parse_str(item.id) else {
+                        continue;
+                    };
+                    match self.by_id.get(&id) {
+                        None => {
+                            // the first sight of a conversation: its past is not ours to hold
+                            self.convs.push(Conv::new(id, item.last_seq));
+                            self.by_id.insert(id, self.convs.len() - 1);
+                        }
+                        Some(i) if self.convs[*i].mark < item.last_seq => {
+                            behind.push((*i, item.last_seq))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let more = f.more == Some(true);
+                if first && !more && !self.open_app(ws, now).await {
+                    return Err(());
+                }
+                let mut asked = 0;
+                for (conv, last_seq) in behind {
+                    // a gap fetch already running for it catches it up too
+                    if self.convs[conv].fetching.is_none() {
+                        if !self
+                            .history_after(ws, conv, self.catching.is_some(), last_seq)
+                            .await
+                        {
+                            return Err(());
+                        }
+                        asked += 1;
+                    }
+                }
+                if more {
+                    let oldest = f.items.last().map(|i| i.last_activity);
+                    if !self.list(ws, first, oldest).await {
+                        return Err(());
+                    }
+                    asked += 1;
+                }
+                if let Some((_, pending)) = &mut self.catching {
+                    *pending += asked;
+                }
+                self.catch_up_done();
+            }
+            "history" => {
+                let Some(Asked::History { conv, at, catch_up }) =
+                    f.id.and_then(|i| self.asked.remove(&i))
+                else {
+                    return Ok(());
+                };
+                world.time_at(Timed::History, at, now);
+                let c = &mut self.convs[conv];
+                let want = c.fetching.take().unwrap_or(0);
+                let mut newly = 0;
+                for m in &f.messages {
+                    if c.hold(m.seq) {
+                        newly += 1;
+                    }
+                }
+                if let Some(top) = f.messages.last() {
+                    c.unread_to = c.unread_to.max(top.seq);
+                }
+                if newly > 0 {
+                    world.events.borrow_mut().add(Count::CaughtUp, newly);
+                }
+                if f.more != Some(true) && c.mark < want {
+                    // everything after `mark` was answered and `want` still not reached: a
+                    // message acknowledged (or pushed) is missing from history
+                    world.count(Count::HistoryHoles);
+                    c.mark = want;
+                    c.ahead.retain(|s| *s > want);
+                }
+                // more pages, or pushes that skipped a seq while this was asked
+                if f.more == Some(true) || !c.ahead.is_empty() {
+                    return if self.history_after(ws, conv, catch_up, want).await {
+                        Ok(())
+                    } else {
+                        Err(())
+                    };
+                }
+                if catch_up {
+                    self.catch_up_done();
+                }
+            }
+            _ => {
+                if let Some(i) = f.id {
+                    self.asked.remove(&i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One request of the catch-up answered; the last one ends it.
+    fn catch_up_done(&mut self) {
+        if let Some((from, pending)) = &mut self.catching {
+            *pending = pending.saturating_sub(1);
+            if *pending == 0 {
+                if *from > 0 {
+                    self.world.time_at(Timed::Reconnect, *from, now_us());
+                }
+                self.catching = None;
+            }
+        }
+    }
+
+    /// What an app does when opened: the newest page of 1–3 conversations, and the contacts
+    /// watched.
+    async fn open_app(&mut self, ws: &mut Ws, now: u64) -> bool {
+        let world = self.world;
+        let pages = self.rng.random_range(1..=3usize).min(self.convs.len());
+        for conv in 0..pages {
+            let id = self.convs[conv].id.to_string();
+            let asked = Asked::History {
+                conv,
+                at: now,
+                catch_up: false,
+            };
+            if !self
+                .ask(ws, json!({"t": "history", "conv": id, "limit": 20}), asked)
+                .await
+            {
+                return false;
+            }
+            self.convs[conv].fetching = Some(0);
+        }
+        let users: Vec<String> = world.pop.watch[self.me_idx as usize]
+            .iter()
+            .map(|u| world.pop.users[*u as usize].to_string())
+            .collect();
+        users.is_empty()
+            || self
+                .ask(
+                    ws,
+                    json!({"t": "watch", "users": users}),
+                    Asked::Plain("watch"),
+                )
+                .await
+    }
+
+    /// At the end: what this connected user holds of each conversation.
+    fn settle(&mut self) {
+        let mut held = self.world.held_min.borrow_mut();
+        for c in self.convs.iter() {
+            let e = held.entry(c.id).or_insert(u64::MAX);
+            *e = (*e).min(c.mark);
+        }
+        *self.world.connected_at_end.borrow_mut() += 1;
+    }
+}
+
+async fn sleep_until_us(at: u64) {
+    sleep_us(at.saturating_sub(now_us())).await;
+}
+
+async fn sleep_us(us: u64) {
+    tokio::time::sleep(Duration::from_micros(us)).await;
+}
