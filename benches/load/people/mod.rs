@@ -191,7 +191,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
         urls.len()
     );
     let made = rt.block_on(setup::create_all(&pop, &urls, &tokens, 64));
-    rt.block_on(system::analyze(args.database_url.as_deref()));
+
     println!(
         "people: {} conversations created in {:.1} s ({} failed)",
         made.conversations, made.seconds, made.failed
@@ -240,7 +240,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
         redis_url: args.redis_url.clone(),
         database_url: args.database_url.clone(),
     };
-    let work = rt.block_on(work_between(&sources, start_us, end_us));
+    let db = args.database_url.as_deref();
+    let (work, ()) = rt.block_on(async {
+        tokio::join!(
+            work_between(&sources, start_us, end_us),
+            system::keep_analyzed(db, end_us)
+        )
+    });
     let seen = watch.finish();
     let mut merged = Merged::new();
     let mut lost_workers = 0;

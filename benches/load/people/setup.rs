@@ -118,10 +118,14 @@ pub(crate) async fn create_all(
     bar.finish_and_clear();
     let failed = failed.load(Ordering::Relaxed);
     if let Ok(Some(why)) = first_failure.lock().map(|f| f.clone()) {
-        eprintln!(
-            "load: {failed} conversations could not be created; the first: {why} (business \
-             chats need a user service that knows the seed's businesses: --print-directory)"
-        );
+        // a business the user service does not know is a 404
+        let hint = if why.starts_with("404") {
+            " (business chats need a user service that knows the seed's businesses: \
+             --print-directory)"
+        } else {
+            ""
+        };
+        eprintln!("load: {failed} conversations could not be created; the first: {why}{hint}");
     }
     Made {
         conversations: pop.convs.len() as u64 - failed,

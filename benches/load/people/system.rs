@@ -87,21 +87,41 @@ async fn redis_commands(url: &str) -> Result<u64, redis::RedisError> {
         .sum())
 }
 
-/// `ANALYZE` of the run's database, when it is PostgreSQL: after a bulk load the planner's
-/// statistics describe empty tables until autovacuum gets to them (and on a server where
-/// autovacuum is off, never), and every list would be planned as a scan of all conversations.
-pub(crate) async fn analyze(database_url: Option<&str>) {
+/// `ANALYZE` of the run's database, when it is PostgreSQL: right after the setup (a bulk load
+/// leaves the planner's statistics describing empty tables), then every 30 s until `until_us`
+/// if the server's autovacuum is off, as it is on some test machines: without it the statistics
+/// never follow the tables' growth, and within minutes every list is planned as scans of whole
+/// message partitions (seen here: PostgreSQL saturated and most requests `unavailable` four
+/// minutes into a 50,000-user run). A production server runs autovacuum; this stands in for it.
+pub(crate) async fn keep_analyzed(database_url: Option<&str>, until_us: u64) {
     use sqlx::Connection;
     let Some(url) = database_url.filter(|u| u.starts_with("postgres")) else {
         return;
     };
-    let done = async {
-        let mut con = sqlx::PgConnection::connect(url).await?;
-        sqlx::query("ANALYZE").execute(&mut con).await?;
-        Ok::<_, sqlx::Error>(())
+    let mut con = match sqlx::PgConnection::connect(url).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("load: ANALYZE of the run's database: {e}");
+            return;
+        }
     };
-    if let Err(e) = done.await {
+    if let Err(e) = sqlx::query("ANALYZE").execute(&mut con).await {
         eprintln!("load: ANALYZE after the setup: {e}");
+        return;
+    }
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&mut con)
+        .await
+        .unwrap_or_else(|_| "on".to_owned());
+    if autovacuum != "off" {
+        return;
+    }
+    eprintln!("load: the server's autovacuum is off: the tester runs ANALYZE every 30 s instead");
+    while now_us() + 30_000_000 < until_us {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if let Err(e) = sqlx::query("ANALYZE").execute(&mut con).await {
+            eprintln!("load: ANALYZE: {e}");
+        }
     }
 }
 

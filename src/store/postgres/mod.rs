@@ -58,6 +58,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool)
             (commits.clone(), vec![GENERIC_PLANS]),
         ]));
     }
+    if let Ok((requests, _)) = &pools {
+        warn_without_autovacuum(requests).await;
+    }
     match pools {
         // The pool says only that it waited: one connection of our own says why.
         Err(sqlx::Error::PoolTimedOut) => Err(unreachable(&bounded).await),
@@ -67,6 +70,21 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<(PgPool, PgPool)
             why: e.to_string(),
         }),
         other => Ok(other?),
+    }
+}
+
+/// Says so in the log when the server's autovacuum is off. Then nothing keeps the planner's
+/// statistics in step with the tables: a week's message partition starts empty, and as it
+/// fills, conversation lists and unread counts stay planned as scans of the whole partition. A
+/// 50,000-user run on such a server saturated PostgreSQL within four minutes
+/// (docs/PERFORMANCE.md, "The seed's 50,000 users").
+async fn warn_without_autovacuum(pool: &PgPool) {
+    let setting: Result<String, _> = sqlx::query_scalar("SHOW autovacuum").fetch_one(pool).await;
+    if matches!(setting.as_deref(), Ok("off")) {
+        tracing::warn!(
+            "PostgreSQL's autovacuum is off: table statistics will not follow the tables' growth \
+             and reads will slow down as they grow; turn it on, or run ANALYZE regularly"
+        );
     }
 }
 

@@ -229,6 +229,18 @@ async fn close(ws: &mut Ws, ending: &Ending) {
     .await;
 }
 
+/// When a connection's first ping is due: somewhere in the second half of the first period or
+/// the first half of the next, drawn from the session's random id. Connections opened in the
+/// same seconds (a ramp, a node's restart, a reconnect herd) would otherwise ping in the same
+/// seconds for as long as they stay, a burst each heartbeat; drawn phases spread a node's pings
+/// evenly over the period.
+fn first_ping(heartbeat: Duration, session: SessionId) -> Duration {
+    // the UUID's last 48 bits are random (its version and variant bits lie above them)
+    let bits = (session.uuid().as_u128() & 0xffff_ffff_ffff) as f64;
+    let phase = bits / (1u64 << 48) as f64;
+    heartbeat / 2 + heartbeat.mul_f64(phase)
+}
+
 impl Session {
     async fn serve(&mut self, ws: &mut Ws, mut rx: mpsc::Receiver<Arc<SharedFrame>>) -> Ending {
         let hello = ServerFrame::Hello {
@@ -249,8 +261,10 @@ impl Session {
             };
         }
         let heartbeat = self.t.ws.heartbeat;
-        let mut ticks =
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + first_ping(heartbeat, self.id),
+            heartbeat,
+        );
         let mut last_heard = Instant::now();
         let mut in_flight: FuturesUnordered<Reply> = FuturesUnordered::new();
         let expiry = tokio::time::sleep_until(self.expires);
@@ -493,4 +507,26 @@ fn read_failed(e: &WsError) -> Ending {
         _ => CloseCode::Abnormal,
     };
     Ending { bye: None, code }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_pings_fall_within_half_a_period_of_the_first_and_spread_over_it() {
+        let h = Duration::from_secs(30);
+        let firsts: Vec<Duration> = (0..2_000)
+            .map(|_| first_ping(h, SessionId::random()))
+            .collect();
+        assert!(firsts.iter().all(|f| *f >= h / 2 && *f <= h * 3 / 2));
+        // sessions opened together ping at phases spread over the whole period: each tenth of
+        // it gets its share (200 of 2,000 expected; a burst would put them all in one)
+        let mut tenths = [0u32; 10];
+        for f in &firsts {
+            let k = (((*f - h / 2).as_secs_f64() / h.as_secs_f64()) * 10.0) as usize;
+            tenths[k.min(9)] += 1;
+        }
+        assert!(tenths.iter().all(|n| (120..=280).contains(n)), "{tenths:?}");
+    }
 }
