@@ -58,6 +58,15 @@ pub(crate) fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Points `timer` at `wake_us` (µs since the epoch, the clock every schedule here keeps).
+pub(crate) fn aim(timer: std::pin::Pin<&mut tokio::time::Sleep>, wake_us: u64, now_us: u64) {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_micros(wake_us.saturating_sub(now_us));
+    if timer.deadline() != deadline {
+        timer.reset(deadline);
+    }
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::client::{InFrame, ReadFrame, SendFrame, Ws, call, connect, encode, token};
 use crate::plan::{Kind, Plan, plan_rooms};
-use crate::tally::{Counts, Tally, histogram, now_us, pairs};
+use crate::tally::{Counts, Tally, aim, histogram, now_us, pairs};
 
 struct Conn {
     user: Uuid,
@@ -306,11 +306,7 @@ async fn connection(
         } else {
             drain_until.min(now + 100_000)
         };
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_micros(wake.saturating_sub(now));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
+        aim(timer.as_mut(), wake, now);
         tokio::select! {
             _ = &mut timer => {
                 if !sending {

@@ -40,6 +40,9 @@ pub(crate) struct SystemFigures {
     pub(crate) nodes_rss_kib: u64,
     pub(crate) nodes_rss_kib_per_user: f64,
     pub(crate) nodes_rss_slope_pct_per_min: f64,
+    /// The same over the window's second half, once the conversations that talk have their
+    /// actors (they stop two minutes after their last use) and the caches are warm.
+    pub(crate) nodes_rss_slope_pct_per_min_second_half: f64,
     pub(crate) nodes_rss_series: Vec<(f64, u64)>,
     pub(crate) postgres_pss_kib: u64,
     pub(crate) redis_pss_kib: u64,
@@ -143,6 +146,9 @@ impl PeopleReport {
                 nodes_rss_kib: seen.nodes_rss_kib,
                 nodes_rss_kib_per_user: seen.nodes_rss_kib as f64 / users.max(1) as f64,
                 nodes_rss_slope_pct_per_min: slope_pct_per_min(&seen.nodes_rss_series),
+                nodes_rss_slope_pct_per_min_second_half: slope_pct_per_min(
+                    &seen.nodes_rss_series[seen.nodes_rss_series.len() / 2..],
+                ),
                 nodes_rss_series: seen.nodes_rss_series,
                 postgres_pss_kib: seen.postgres_pss_kib,
                 redis_pss_kib: seen.redis_pss_kib,
@@ -222,11 +228,12 @@ impl PeopleReport {
             s.ramp_cpu_us_per_connect
         );
         println!(
-            "memory      {} node(s) {} KiB ({:.1} KiB per user, slope {:+.2} %/min); PSS: PostgreSQL {} KiB, Redis {} KiB, nginx {} KiB",
+            "memory      {} node(s) {} KiB ({:.1} KiB per user, slope {:+.2} %/min, {:+.2} over the second half); PSS: PostgreSQL {} KiB, Redis {} KiB, nginx {} KiB",
             s.nodes,
             s.nodes_rss_kib,
             s.nodes_rss_kib_per_user,
             s.nodes_rss_slope_pct_per_min,
+            s.nodes_rss_slope_pct_per_min_second_half,
             s.postgres_pss_kib,
             s.redis_pss_kib,
             s.nginx_pss_kib

@@ -24,7 +24,7 @@ use super::PeoplePlan;
 use super::events::{Count, Events, Timed};
 use super::population::Population;
 use crate::client::{Ws, connect, encode, frame, token};
-use crate::tally::now_us;
+use crate::tally::{aim, now_us};
 
 /// What every user task of a worker shares.
 pub(crate) struct World {
@@ -458,11 +458,7 @@ impl Session<'_> {
                     wake = wake.min(*at);
                 }
             }
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_micros(wake.saturating_sub(now));
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
+            aim(timer.as_mut(), wake, now);
             tokio::select! {
                 _ = &mut timer => {
                     let now = now_us();
