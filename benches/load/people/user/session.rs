@@ -1,304 +1,42 @@
-//! One person's life in a people run: connect (on the ramp), read the list and a few
-//! conversations, watch contacts, then type and send at a Poisson rate, read what arrives, drop
-//! off the network or leave and come back (catching up with `history` `after`), until the end,
-//! when a last catch-up shows whether anything acknowledged is missing.
-//!
-//! Each user is one task; the worker's tasks share the `World` (one thread, so `RefCell`s
-//! borrowed briefly, never across an await).
+//! One connected stretch of a person's life: what it plans (typing, sends, reads, churn,
+//! retries) and what it does with each frame, until it drops, leaves, is lost or the run ends.
 
-use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
-use std::rc::Rc;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use rand::RngExt;
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::PeoplePlan;
-use super::events::{Count, Events, Timed};
-use super::population::Population;
-use crate::client::{Ws, connect, encode, frame, token};
+use super::conv::Conv;
+use super::frames::{Asked, In, SendOut};
+use super::{Ended, World};
+use crate::client::{Ws, encode, frame};
+use crate::people::events::{Count, Timed};
 use crate::tally::{aim, now_us};
 
-/// What every user task of a worker shares.
-pub(crate) struct World {
-    pub(crate) plan: PeoplePlan,
-    pub(crate) pop: Population,
-    pub(crate) events: RefCell<Events>,
-    /// (conversation, typist) → when its `typing` was sent.
-    pub(crate) typing_sent: RefCell<HashMap<(Uuid, Uuid), u64>>,
-    /// (conversation, reader) → the `seq` read and when.
-    pub(crate) reads_sent: RefCell<HashMap<(Uuid, Uuid), (u64, u64)>>,
-    /// Limits handshakes in progress, as a phone's OS does not but a generator must.
-    pub(crate) gate: Semaphore,
-    /// Per conversation: the highest `seq` acknowledged to a sender here.
-    pub(crate) acked_max: RefCell<HashMap<Uuid, u64>>,
-    /// Per conversation: the lowest `seq` held by a connected member here at the end.
-    pub(crate) held_min: RefCell<HashMap<Uuid, u64>>,
-    pub(crate) connected_at_end: RefCell<u64>,
-    /// Users connected now (for the live line).
-    pub(crate) online: RefCell<i64>,
-}
-
-impl World {
-    fn measuring(&self, at_us: u64) -> bool {
-        at_us >= self.plan.start_us && at_us < self.plan.end_us
-    }
-
-    fn count(&self, kind: Count) {
-        self.events.borrow_mut().count(kind);
-    }
-
-    /// Counts `kind` if `at_us` lies in the measured window.
-    fn count_at(&self, kind: Count, at_us: u64) {
-        if self.measuring(at_us) {
-            self.count(kind);
-        }
-    }
-
-    fn time_at(&self, kind: Timed, at_us: u64, now: u64) {
-        if self.measuring(at_us) {
-            self.events
-                .borrow_mut()
-                .time(kind, now.saturating_sub(at_us));
-        }
-    }
-}
-
-/// One conversation as a member's app holds it.
-struct Conv {
-    id: Uuid,
-    /// Every message up to here is held.
-    mark: u64,
-    /// Held messages above `mark` (a push that skipped one, or our own `sent` arriving early).
-    ahead: BTreeSet<u64>,
-    /// A `history` `after` in flight for this conversation, and the highest seq it must reach.
-    fetching: Option<u64>,
-    /// The newest seq of others' messages seen, and the newest we said we read.
-    unread_to: u64,
-    read_to: u64,
-}
-
-impl Conv {
-    fn new(id: Uuid, mark: u64) -> Conv {
-        Conv {
-            id,
-            mark,
-            ahead: BTreeSet::new(),
-            fetching: None,
-            unread_to: mark,
-            read_to: mark,
-        }
-    }
-
-    /// Takes in a held seq; true if it was new.
-    fn hold(&mut self, seq: u64) -> bool {
-        if seq <= self.mark || self.ahead.contains(&seq) {
-            return false;
-        }
-        if seq == self.mark + 1 {
-            self.mark = seq;
-            while self.ahead.remove(&(self.mark + 1)) {
-                self.mark += 1;
-            }
-        } else {
-            self.ahead.insert(seq);
-        }
-        true
-    }
-}
-
-/// What a request in flight was for.
-enum Asked {
-    List {
-        first: bool,
-        at: u64,
-    },
-    History {
-        conv: usize,
-        at: u64,
-        catch_up: bool,
-    },
-    Send {
-        conv: usize,
-        scheduled: u64,
-    },
-    /// Answered `ok`: a `read` or a `watch`.
-    Plain(&'static str),
-}
-
-impl Asked {
-    fn name(&self) -> &'static str {
-        match self {
-            Asked::List { .. } => "conversations",
-            Asked::History { .. } => "history",
-            Asked::Send { .. } => "send",
-            Asked::Plain(t) => t,
-        }
-    }
-}
-
-/// A server frame, the fields this client reads, borrowed from the frame's bytes.
-#[derive(Deserialize)]
-struct In<'a> {
-    t: &'a str,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default)]
-    conv: Option<&'a str>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    user: Option<&'a str>,
-    #[serde(default)]
-    from: Option<&'a str>,
-    #[serde(default)]
-    body: Option<&'a str>,
-    #[serde(default)]
-    code: Option<&'a str>,
-    #[serde(default)]
-    on: Option<bool>,
-    #[serde(default)]
-    more: Option<bool>,
-    #[serde(default, borrow)]
-    items: Vec<Item<'a>>,
-    #[serde(default)]
-    messages: Vec<Seq>,
-    #[serde(default, borrow)]
-    conversation: Option<Item<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Item<'a> {
-    id: &'a str,
-    #[serde(default)]
-    last_seq: u64,
-    #[serde(default)]
-    last_activity: u64,
-}
-
-#[derive(Deserialize)]
-struct Seq {
-    seq: u64,
-}
-
-#[derive(Serialize)]
-struct SendOut<'a> {
-    t: &'static str,
-    id: u64,
-    conv: &'a str,
-    mid: &'a str,
-    body: &'a str,
-}
-
-/// How a connected stretch ended.
-enum Ended {
-    /// Lost the network (no close frame): back in seconds.
-    Dropped,
-    /// Closed the app: back in minutes.
-    Left,
-    /// The server closed it (or it failed): back in a few seconds.
-    Lost,
-    /// The run is over.
-    Over,
-}
-
-/// A user's whole life in the run.
-pub(crate) async fn live(world: Rc<World>, me: u32) {
-    let plan = &world.plan;
-    let uuid = world.pop.users[me as usize];
-    let url = plan.urls[me as usize % plan.urls.len()].clone();
-    let mut rng = StdRng::seed_from_u64(plan.shape.nonce ^ ((me as u64) << 20) ^ 0x5eed);
-    let mut tok = token(&plan.tokens, uuid);
-    let mut convs: Vec<Conv> = Vec::new();
-    let mut by_id: HashMap<Uuid, usize> = HashMap::new();
-    let ramp_at = plan.ramp_start_us + plan.ramp_us * me as u64 / world.pop.users.len() as u64;
-    sleep_until_us(ramp_at).await;
-    let mut first = true;
-    let mut reconnect_from = None;
-    loop {
-        if now_us() >= plan.end_us {
-            break;
-        }
-        let started = now_us();
-        let connected = {
-            let _permit = world.gate.acquire().await;
-            connect(&url, &tok).await
-        };
-        let Ok((ws, node)) = connected else {
-            world.count(Count::ConnectFailures);
-            sleep_us(rng.random_range(1_000_000..5_000_000)).await;
-            continue;
-        };
-        let session = Session {
-            world: &world,
-            me: uuid,
-            me_text: uuid.to_string(),
-            me_idx: me,
-            node,
-            convs: &mut convs,
-            by_id: &mut by_id,
-            rng: &mut rng,
-            next_id: 1,
-            asked: HashMap::new(),
-            catching: None,
-        };
-        *world.online.borrow_mut() += 1;
-        let ended = session.run(ws, started, first, reconnect_from.take()).await;
-        *world.online.borrow_mut() -= 1;
-        first = false;
-        let pause = match ended {
-            Ended::Over => break,
-            Ended::Dropped => {
-                world.count_at(Count::Drops, now_us());
-                rng.random_range(1_000_000..10_000_000)
-            }
-            Ended::Left => {
-                world.count_at(Count::Leaves, now_us());
-                rng.random_range(60_000_000..300_000_000)
-            }
-            Ended::Lost => rng.random_range(1_000_000..3_000_000),
-        };
-        // whoever is away when the run ends stays away
-        sleep_us(pause.min(plan.end_us.saturating_sub(now_us()))).await;
-        if now_us() >= plan.end_us {
-            break;
-        }
-        world.count_at(Count::Reconnects, now_us());
-        reconnect_from = Some(now_us());
-        // now and then the app fetches a fresh token
-        if rng.random_bool(0.25) {
-            tok = token(&plan.tokens, uuid);
-            world.count_at(Count::TokenRefreshes, now_us());
-        }
-    }
-}
-
-struct Session<'a> {
-    world: &'a World,
-    me: Uuid,
+pub(super) struct Session<'a> {
+    pub(super) world: &'a World,
+    pub(super) me: Uuid,
     /// `me` as the frames spell it.
-    me_text: String,
-    me_idx: u32,
-    node: String,
-    convs: &'a mut Vec<Conv>,
-    by_id: &'a mut HashMap<Uuid, usize>,
-    rng: &'a mut StdRng,
-    next_id: u64,
-    asked: HashMap<u64, Asked>,
+    pub(super) me_text: String,
+    pub(super) me_idx: u32,
+    pub(super) node: String,
+    pub(super) convs: &'a mut Vec<Conv>,
+    pub(super) by_id: &'a mut HashMap<Uuid, usize>,
+    pub(super) rng: &'a mut StdRng,
+    pub(super) next_id: u64,
+    pub(super) asked: HashMap<u64, Asked>,
     /// A catch-up in progress: since when (0: the final one, not timed) and the requests it
     /// still waits for (list pages and `history` fetches).
-    catching: Option<(u64, usize)>,
+    pub(super) catching: Option<(u64, usize)>,
 }
 
 /// What the session plans to do next, and when.
-struct Plans {
+pub(super) struct Plans {
     typing_at: u64,
     typing_repeat_at: u64,
     send_at: u64,
@@ -365,7 +103,7 @@ impl Session<'_> {
         p.abandon = self.rng.random_bool(0.1);
     }
 
-    async fn run(
+    pub(super) async fn run(
         mut self,
         mut ws: Ws,
         started: u64,
@@ -901,12 +639,4 @@ impl Session<'_> {
         }
         *self.world.connected_at_end.borrow_mut() += 1;
     }
-}
-
-async fn sleep_until_us(at: u64) {
-    sleep_us(at.saturating_sub(now_us())).await;
-}
-
-async fn sleep_us(us: u64) {
-    tokio::time::sleep(Duration::from_micros(us)).await;
 }
