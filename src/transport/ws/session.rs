@@ -250,11 +250,13 @@ fn first_ping_at(
     let due = now + heartbeat / 2 + heartbeat.mul_f64(phase);
     let origin = *PING_GRID_ORIGIN.get_or_init(|| now);
     let slot = (heartbeat / PING_SLOTS).max(Duration::from_millis(1));
-    let slots = due
+    let slot_ns = slot.as_nanos();
+    let on_grid = due
         .saturating_duration_since(origin)
         .as_nanos()
-        .div_ceil(slot.as_nanos());
-    origin + slot * u32::try_from(slots).unwrap_or(u32::MAX)
+        .div_ceil(slot_ns)
+        * slot_ns;
+    origin + Duration::from_nanos(u64::try_from(on_grid).unwrap_or(u64::MAX))
 }
 
 /// Slots of a heartbeat period the pings are gathered in.
