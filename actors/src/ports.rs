@@ -156,6 +156,17 @@ pub struct AppendBatch {
     pub messages: Vec<NewMessage>,
 }
 
+/// A member's read pointer, to move forward to `seq` (never back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadMark {
+    /// The conversation.
+    pub conv: ConversationId,
+    /// The member.
+    pub user: UserId,
+    /// The newest seq read.
+    pub seq: Seq,
+}
+
 /// A change of members, committed with its system message in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct MembershipChange {
@@ -226,13 +237,9 @@ pub trait Store: Send + Sync + 'static {
         conv: ConversationId,
         change: &MembershipChange,
     ) -> Result<(), StoreError>;
-    /// Moves a read pointer forward (never back).
-    async fn set_read(
-        &self,
-        conv: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<(), StoreError>;
+    /// Moves read pointers forward (never back), in one transaction: each pair of
+    /// conversation and member at most once.
+    async fn set_reads(&self, marks: &[ReadMark]) -> Result<(), StoreError>;
     /// Sets a member's mute flag.
     async fn set_muted(
         &self,
@@ -285,10 +292,13 @@ pub struct Purged {
     pub partitions: u64,
 }
 
-/// The batching writer: takes a conversation's batch, calls `done` after its commit (or failure).
+/// The batching writer: takes a conversation's batch or a read pointer, calls `done` after its
+/// commit (or failure).
 pub trait Writer: Send + Sync + 'static {
     /// Queues `batch`; `done` runs on the writer's task once the outcome is known.
     fn submit(&self, batch: AppendBatch, done: Box<dyn FnOnce(Result<(), StoreError>) + Send>);
+    /// Queues a read pointer; `done` runs on the writer's task once it is committed (or not).
+    fn submit_read(&self, mark: ReadMark, done: Box<dyn FnOnce(Result<(), StoreError>) + Send>);
 }
 
 /// A failure of the user service.

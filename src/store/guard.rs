@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, Purged, Store, StoreError,
+    NewConversation, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 use tokio::sync::Semaphore;
@@ -222,13 +222,8 @@ impl Store for GuardedStore {
         self.write(self.inner.change_members(conv, change)).await
     }
 
-    async fn set_read(
-        &self,
-        conv: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<(), StoreError> {
-        self.write(self.inner.set_read(conv, user, seq)).await
+    async fn set_reads(&self, marks: &[ReadMark]) -> Result<(), StoreError> {
+        self.write(self.inner.set_reads(marks)).await
     }
 
     async fn set_muted(

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, NewMessage, Purged, Store, StoreError,
+    NewConversation, NewMessage, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 
@@ -99,13 +99,8 @@ impl Store for SealedStore {
         self.inner.change_members(conv, &sealed).await
     }
 
-    async fn set_read(
-        &self,
-        conv: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<(), StoreError> {
-        self.inner.set_read(conv, user, seq).await
+    async fn set_reads(&self, marks: &[ReadMark]) -> Result<(), StoreError> {
+        self.inner.set_reads(marks).await
     }
 
     async fn set_muted(

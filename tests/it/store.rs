@@ -3,7 +3,7 @@
 use chat_actors::ids::{ConversationId, Mid, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, MemberRecord, MembershipChange,
-    NewConversation, NewMessage, Purged, Store, StoreError,
+    NewConversation, NewMessage, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::Role;
 use chat_backend::store::{self, SqlStore};
@@ -239,12 +239,27 @@ async fn read_pointers_only_move_forward_and_unread_counts_only_others_live_mess
     backend: Backend,
 ) {
     let (s, _db) = open(backend).await;
-    let (conv, msgs, _, b) = with_history(&s).await;
-    s.set_read(conv.id, b, 5).await.unwrap();
-    s.set_read(conv.id, b, 3).await.unwrap();
+    let (conv, msgs, a, b) = with_history(&s).await;
+    let (other, _, _, d) = with_history(&s).await;
+    let mark = |conv, user, seq| ReadMark { conv, user, seq };
+    // one statement for several members of several conversations
+    s.set_reads(&[
+        mark(conv.id, b, 5),
+        mark(conv.id, a, 2),
+        mark(other.id, d, 7),
+    ])
+    .await
+    .unwrap();
+    // a mark behind the stored pointer leaves it; the other moves in the same statement
+    s.set_reads(&[mark(conv.id, b, 3), mark(other.id, d, 9)])
+        .await
+        .unwrap();
+    let read =
+        |r: &ConversationRecord, user| r.members.iter().find(|m| m.user == user).unwrap().last_read;
     let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
-    let read = loaded.members.iter().find(|m| m.user == b).unwrap();
-    assert_eq!(read.last_read, 5);
+    assert_eq!((read(&loaded, b), read(&loaded, a)), (5, 2));
+    let loaded_other = s.load_conversation(other.id).await.unwrap().unwrap();
+    assert_eq!(read(&loaded_other, d), 9);
     s.mark_deleted(msgs[11].mid, 5000).await.unwrap();
     let (last, unread) = s.last_message_and_unread(conv.id, b, 5).await.unwrap();
     let last = last.unwrap();
@@ -433,6 +448,43 @@ async fn writer_commits_concurrently_in_order(backend: Backend) {
     match rx.await.unwrap() {
         Err(StoreError::DuplicateMids(hits)) => assert_eq!(hits[0].seq, rounds * 3 + 1),
         other => panic!("expected the stored mid, got {other:?}"),
+    }
+
+    // Read pointers through their lane: a burst of marks, some for one member twice and one
+    // behind, all answered, each member's newest kept; a flush waits for them too.
+    let mut readers = Vec::new();
+    for conv in &convs {
+        let r = store.load_conversation(*conv).await.unwrap().unwrap();
+        let reader = r.members.iter().find(|m| m.user != sender).unwrap().user;
+        readers.push((*conv, reader));
+    }
+    let marked = Arc::new(AtomicUsize::new(0));
+    for (k, (conv, user)) in readers.iter().enumerate() {
+        for seq in [(k % 5) as i64 + 3, 2, (k % 5) as i64 + 5] {
+            let (marked, failed) = (marked.clone(), failed.clone());
+            let mark = ReadMark {
+                conv: *conv,
+                user: *user,
+                seq,
+            };
+            writer.submit_read(
+                mark,
+                Box::new(move |r| {
+                    if r.is_err() {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    marked.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+        }
+    }
+    writer.flush().await;
+    assert_eq!(marked.load(Ordering::SeqCst), readers.len() * 3);
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    for (k, (conv, user)) in readers.iter().enumerate() {
+        let record = store.load_conversation(*conv).await.unwrap().unwrap();
+        let m = record.members.iter().find(|m| m.user == *user).unwrap();
+        assert_eq!(m.last_read, (k % 5) as i64 + 5);
     }
     drop(writer);
     task.await.unwrap();
@@ -629,4 +681,57 @@ async fn sqlite_acknowledges_only_what_is_on_disk_unless_the_operator_chose_norm
     }
     assert_eq!(Durability::parse("FULL"), Some(Durability::Full));
     assert_eq!(Durability::parse("off"), None);
+}
+
+/// Read pointers that closely follow a commit of read pointers wait out the reads' window and
+/// move together in one later statement, instead of one transaction each (what each `read`
+/// cost PostgreSQL before: a transaction and a WAL flush).
+#[tokio::test]
+async fn read_marks_that_follow_a_commit_closely_wait_for_the_reads_window() {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use chat_actors::ports::Writer;
+    use chat_backend::store::writer::{BatchingWriter, READS_WINDOW};
+
+    let (s, _db) = open(Backend::Postgres).await;
+    let store: Arc<dyn Store> = Arc::new(s.clone());
+    let (writer, task) =
+        BatchingWriter::start(store.clone(), s.write_concurrency(), Duration::ZERO);
+    let sender = UserId::random();
+    let convs = direct_convs(store.as_ref(), sender, 6).await;
+    let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let mark = |conv| {
+        let answered = answered.clone();
+        writer.submit_read(
+            ReadMark {
+                conv,
+                user: sender,
+                seq: 1,
+            },
+            Box::new(move |r| {
+                assert!(r.is_ok(), "{r:?}");
+                answered.lock().unwrap().push(Instant::now());
+            }),
+        );
+    };
+    // The first mark after a quiet spell commits at once; the others trickle in behind it.
+    let first_commit = Instant::now();
+    mark(convs[0]);
+    for conv in &convs[1..] {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        mark(*conv);
+    }
+    writer.flush().await;
+    let answered = answered.lock().unwrap().clone();
+    assert_eq!(answered.len(), convs.len());
+    for at in &answered[1..] {
+        assert!(
+            at.duration_since(first_commit) >= READS_WINDOW,
+            "a mark committed {:?} after the first commit started, inside the {READS_WINDOW:?} window",
+            at.duration_since(first_commit)
+        );
+    }
+    drop(writer);
+    task.await.unwrap();
 }

@@ -151,7 +151,7 @@ pub(super) struct Typist {
     pub(super) told: Instant,
 }
 
-/// A per-member setting written outside the batching writer.
+/// A per-member setting: the read pointer (through the batching writer) or the mute flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberFlag {
     /// The read pointer, moved forward to this seq.

@@ -1,6 +1,7 @@
 //! Requests answered beside the send queue: read pointers, mute, typing, delete, history, get.
-//! Their writes go to the store directly (not through the batching writer); what they change in
-//! the conversation moves only after the store answers.
+//! Read pointers go to the batching writer, which commits many of them at once (a reader moves
+//! one about as often as a message is sent); the other writes go to the store directly. What
+//! they change in the conversation moves only after the store answers.
 
 use ractor::ActorRef;
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use super::state;
 use super::view;
 use crate::clock::now_ms;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
-use crate::ports::{HistoryRange, StoreError};
+use crate::ports::{HistoryRange, ReadMark, StoreError};
 use crate::protocol::{MessageObject, Rejection, ServerFrame};
 use crate::rules::limits::SYSTEM_KIND;
 
@@ -74,17 +75,24 @@ impl ConversationActor {
         flag: MemberFlag,
         reply: Reply,
     ) {
-        let deps = self.deps.clone();
         let me = myself.clone();
-        self.deps.tasks.spawn(async move {
-            let outcome = match flag {
-                MemberFlag::Read(seq) => deps.store.set_read(conv, user, seq).await,
-                MemberFlag::Muted(on) => deps.store.set_muted(conv, user, on).await,
-            };
+        let saved = move |outcome| {
             let _ = me.cast(ConversationMessage::MemberFlagSaved(
                 user, flag, outcome, reply,
             ));
-        });
+        };
+        match flag {
+            MemberFlag::Read(seq) => self
+                .deps
+                .writer
+                .submit_read(ReadMark { conv, user, seq }, Box::new(saved)),
+            MemberFlag::Muted(on) => {
+                let deps = self.deps.clone();
+                self.deps.tasks.spawn(async move {
+                    saved(deps.store.set_muted(conv, user, on).await);
+                });
+            }
+        }
     }
 
     /// Applies a committed read pointer or mute flag, answers, and pushes the receipt.

@@ -21,7 +21,7 @@ use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{
     AppendBatch, Bus, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
     MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles, ProfilesError, Purged,
-    Store, StoreError, Writer,
+    ReadMark, Store, StoreError, Writer,
 };
 use crate::protocol::{ConversationKind, ErrorCode, MessageObject, Profile, Rejection, Role};
 use crate::rules::Limits;
@@ -132,7 +132,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         Err(not_here())
     }
-    async fn set_read(&self, _: ConversationId, _: UserId, _: Seq) -> Result<(), StoreError> {
+    async fn set_reads(&self, _: &[ReadMark]) -> Result<(), StoreError> {
         Err(not_here())
     }
     async fn set_muted(&self, _: ConversationId, _: UserId, _: bool) -> Result<(), StoreError> {
@@ -207,6 +207,9 @@ impl HeldWriter {
 impl Writer for HeldWriter {
     fn submit(&self, batch: AppendBatch, done: Done) {
         self.held.lock().unwrap().push((batch, done));
+    }
+    fn submit_read(&self, _: ReadMark, done: Done) {
+        done(Err(not_here()));
     }
 }
 

@@ -14,7 +14,7 @@ use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, Purged, Store, StoreError,
+    NewConversation, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 use sqlx::{PgPool, SqlitePool};
@@ -141,13 +141,8 @@ impl Store for SqlStore {
         SqlStore::change_members(self, conv, change).await
     }
 
-    async fn set_read(
-        &self,
-        conv: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<(), StoreError> {
-        SqlStore::set_read(self, conv, user, seq).await
+    async fn set_reads(&self, marks: &[ReadMark]) -> Result<(), StoreError> {
+        SqlStore::set_reads(self, marks).await
     }
 
     async fn set_muted(

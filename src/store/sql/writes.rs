@@ -4,9 +4,9 @@
 //! well as by its owner: `last_seq` moves only from the seq a write follows.
 
 use chat_actors::clock::now_ms;
-use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
+use chat_actors::ids::{ConversationId, Mid, UserId};
 use chat_actors::ports::{
-    AppendBatch, ConversationRecord, MembershipChange, NewConversation, StoreError,
+    AppendBatch, ConversationRecord, MembershipChange, NewConversation, ReadMark, StoreError,
 };
 use sqlx::QueryBuilder;
 use uuid::Uuid;
@@ -205,24 +205,55 @@ impl SqlStore {
         })
     }
 
-    pub(super) async fn set_read(
-        &self,
-        conv: ConversationId,
-        user: UserId,
-        seq: Seq,
-    ) -> Result<(), StoreError> {
-        on_pool!(self, |p, d| {
-            sqlx::query(
-            "UPDATE members SET last_read = $1 WHERE conv_id = $2 AND user_id = $3 AND last_read < $1"
-        )
-        .bind(seq)
-        .bind(conv.0)
-        .bind(user.0)
-        .execute(p)
-        .await
-        .map(|_| ())
-        .map_err(classify)
-        })
+    pub(super) async fn set_reads(&self, marks: &[ReadMark]) -> Result<(), StoreError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        match &self.pool {
+            // One statement (its own transaction, one WAL flush) for the whole lot; the columns
+            // bound as arrays keep the text the same whatever their number, prepared once.
+            Pool::Pg(p) => {
+                let (mut convs, mut users, mut seqs) = (
+                    Vec::with_capacity(marks.len()),
+                    Vec::with_capacity(marks.len()),
+                    Vec::with_capacity(marks.len()),
+                );
+                for m in marks {
+                    convs.push(m.conv.0);
+                    users.push(m.user.0);
+                    seqs.push(m.seq);
+                }
+                sqlx::query(
+                    "UPDATE members AS m SET last_read = r.seq \
+                     FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[]) AS r(conv_id, user_id, seq) \
+                     WHERE m.conv_id = r.conv_id AND m.user_id = r.user_id AND m.last_read < r.seq",
+                )
+                .bind(&convs)
+                .bind(&users)
+                .bind(&seqs)
+                .execute(p)
+                .await
+                .map(|_| ())
+                .map_err(classify)
+            }
+            // SQLite has no arrays to bind; statements are cheap in-process, the commit is not.
+            Pool::Lite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+                for m in marks {
+                    sqlx::query(
+                        "UPDATE members SET last_read = $1 \
+                         WHERE conv_id = $2 AND user_id = $3 AND last_read < $1",
+                    )
+                    .bind(m.seq)
+                    .bind(m.conv.0)
+                    .bind(m.user.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+                }
+                tx.commit().await.map_err(classify)
+            }
+        }
     }
 
     pub(super) async fn set_muted(

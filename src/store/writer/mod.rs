@@ -1,4 +1,5 @@
-//! The per-node batching writer: many conversations' batches, one transaction, one commit.
+//! The per-node batching writer: many conversations' batches, one transaction, one commit;
+//! and, in a lane of its own ([`reads`]), many read pointers in one statement.
 //!
 //! Conversation actors hand it their batch and get the outcome back through a callback, so no
 //! actor ever waits on the database. While commits are in flight, the next batches queue up
@@ -10,13 +11,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_actors::ports::{AppendBatch, Store, StoreError, Writer};
+use chat_actors::ports::{AppendBatch, ReadMark, Store, StoreError, Writer};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use self::reads::ReadJob;
+
+mod reads;
+
+pub use reads::READS_WINDOW;
 
 /// The most messages in one transaction.
 const MAX_MESSAGES_PER_COMMIT: usize = 4096;
@@ -35,6 +42,7 @@ enum Job {
 /// The writer's handle: the `Writer` port.
 pub struct BatchingWriter {
     jobs: mpsc::UnboundedSender<Job>,
+    reads: mpsc::UnboundedSender<ReadJob>,
 }
 
 impl BatchingWriter {
@@ -57,18 +65,34 @@ impl BatchingWriter {
     ) -> (Arc<BatchingWriter>, JoinHandle<()>) {
         // Unbounded on purpose: each conversation has at most one batch here at a time, so the
         // queue is bounded by the number of live conversations.
+        // The read lane's queue likewise: a member has at most one mark here per conversation.
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx, concurrency.max(1), window));
-        (Arc::new(BatchingWriter { jobs: tx }), task)
+        let (reads_tx, reads_rx) = mpsc::unbounded_channel();
+        let messages = tokio::spawn(run(store.clone(), rx, concurrency.max(1), window));
+        let reads = tokio::spawn(reads::run(store, reads_rx));
+        let task = tokio::spawn(async move {
+            let _ = tokio::join!(messages, reads);
+        });
+        let writer = BatchingWriter {
+            jobs: tx,
+            reads: reads_tx,
+        };
+        (Arc::new(writer), task)
     }
 }
 
 impl BatchingWriter {
-    /// Waits until every batch submitted so far is committed (or failed).
+    /// Waits until every batch and read pointer submitted so far is committed (or failed).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send(Job::Flush(tx)).is_ok() {
+        let (reads_tx, reads_rx) = oneshot::channel();
+        let messages = self.jobs.send(Job::Flush(tx)).is_ok();
+        let reads = self.reads.send(ReadJob::Flush(reads_tx)).is_ok();
+        if messages {
             let _ = rx.await;
+        }
+        if reads {
+            let _ = reads_rx.await;
         }
     }
 }
@@ -80,6 +104,16 @@ impl Writer for BatchingWriter {
             self.jobs.send(Job::Append { batch, done })
         {
             crate::metrics::hot().writer_queue.decrement(1.0);
+            done(Err(StoreError::Unavailable(
+                "the writer has stopped".into(),
+            )));
+        }
+    }
+
+    fn submit_read(&self, mark: ReadMark, done: Done) {
+        if let Err(mpsc::error::SendError(ReadJob::Mark { done, .. })) =
+            self.reads.send(ReadJob::Mark { mark, done })
+        {
             done(Err(StoreError::Unavailable(
                 "the writer has stopped".into(),
             )));
