@@ -18,34 +18,39 @@ use crate::store::postgres::partitions;
 use crate::store::rows::{MESSAGE_COLUMNS, classify, conversation, member, message};
 
 impl SqlStore {
+    /// The conversation and its members in one statement: one round trip and one snapshot. A
+    /// conversation is loaded each time its actor starts, which at people's pace is about once
+    /// a message (a conversation rests longer between messages than its actor stays up).
     pub(super) async fn load_conversation(
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationRecord>, StoreError> {
-        let found = on_pool!(self, |p, d| {
-            let row = sqlx::query(
-                "SELECT id, kind, name, business, created_at, last_seq, last_activity \
-                 FROM conversations WHERE id = $1",
+        on_pool!(self, |p, d| {
+            let rows = sqlx::query(
+                "SELECT c.id, c.kind, c.name, c.business, c.created_at, c.last_seq, c.last_activity, \
+                 m.user_id, m.role, m.last_read, m.muted, m.joined \
+                 FROM conversations c LEFT JOIN members m ON m.conv_id = c.id \
+                 WHERE c.id = $1 ORDER BY m.joined",
             )
             .bind(id.0)
-            .fetch_optional(p)
+            .fetch_all(p)
             .await
             .map_err(classify)?;
-            match row {
-                Some(row) => {
-                    let read =
-                        || -> Result<ConversationRecord, sqlx::Error> { Ok(conversation!(&row)) };
-                    Some(read().map_err(classify)?)
+            let read = || -> Result<Option<ConversationRecord>, sqlx::Error> {
+                let Some(first) = rows.first() else {
+                    return Ok(None);
+                };
+                let mut record = conversation!(first);
+                for row in &rows {
+                    // a conversation without members has one row, its member columns NULL
+                    if row.try_get::<Option<Uuid>, _>(7)?.is_some() {
+                        record.members.push(member!(row, 7));
+                    }
                 }
-                None => None,
-            }
-        });
-        let Some(mut record) = found else {
-            return Ok(None);
-        };
-        let mut members = self.load_members(&[id]).await.map_err(classify)?;
-        record.members = members.remove(&id).unwrap_or_default();
-        Ok(Some(record))
+                Ok(Some(record))
+            };
+            read().map_err(classify)
+        })
     }
 
     pub(super) async fn history(
