@@ -270,6 +270,7 @@ fn node_config(config: &Config, node_id: &str) -> NodeConfig {
             requests: (config.rate_requests, config.rate_requests_burst),
             max_in_flight: config.max_in_flight_per_user,
         },
+        conversation_idle: Duration::from_millis(config.conversation_idle_ms),
     }
 }
 

@@ -173,6 +173,9 @@ settings! {
     max_connections: usize = 50_000, "CHAT_MAX_CONNECTIONS";
     /// WebSocket ping interval; a connection silent for twice this is closed.
     heartbeat_ms: u64 = 30_000, "CHAT_HEARTBEAT_MS";
+    /// A conversation's actor stops after this long unused (its state reloads in one statement
+    /// when it is next needed): memory held against database reads.
+    conversation_idle_ms: u64 = 120_000, "CHAT_CONVERSATION_IDLE_MS";
     /// The largest WebSocket frame accepted; a larger one closes the connection with 1009.
     max_frame_bytes: usize = 65_536, "CHAT_MAX_FRAME_BYTES";
     /// Pushes queued per connection before a client that stopped reading is dropped.
@@ -289,6 +292,7 @@ impl Config {
                 self.max_connections_per_user as u64,
             ),
             ("heartbeat_ms", self.heartbeat_ms),
+            ("conversation_idle_ms", self.conversation_idle_ms),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("outbound_queue", self.outbound_queue as u64),
             ("db_max_connections", u64::from(self.db_max_connections)),

@@ -1,4 +1,4 @@
-//! The real binary: signals and exit codes.
+//! The real binary: signals, exit codes, and settings that only the whole node shows.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -307,4 +307,46 @@ fn each_mistake_at_start_names_its_cause_once() {
         ],
     );
     assert_eq!(err.matches("refused").count(), 1, "{err}");
+}
+
+/// `CHAT_CONVERSATION_IDLE_MS` reaches the conversation actors: one that served a message
+/// stops once unused that long (by default it stays two minutes), and the next message
+/// starts it again from the store.
+#[tokio::test]
+async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_back() {
+    let b = Binary::start(Backend::Sqlite, &[("CHAT_CONVERSATION_IDLE_MS", "1500")]).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = b.client(alice).await;
+    let mut bo = b.client(bob).await;
+    let r = a
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [bob.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let sent = a.call("send", json!({"conv": conv, "body": "one"})).await;
+    assert_eq!(sent["t"], "sent", "{sent}");
+    assert!(b.metric("chat_conversation_actors").await >= 1.0);
+    eventually(
+        SECONDS_10,
+        POLL,
+        "the idle conversation's actor stops",
+        async || (b.metric("chat_conversation_actors").await == 0.0).then_some(()),
+    )
+    .await;
+    let again = a.call("send", json!({"conv": conv, "body": "two"})).await;
+    assert_eq!(
+        (again["t"].as_str(), again["seq"].as_i64()),
+        (Some("sent"), Some(2)),
+        "{again}"
+    );
+    let history = bo.call("history", json!({"conv": conv, "after": 0})).await;
+    let bodies: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["one", "two"], "{history}");
 }

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Per-user rates and in-flight budget.
     pub budgets: BudgetConfig,
+    /// How long a conversation's actor stays up unused.
+    pub conversation_idle: Duration,
 }
 
 impl Node {
@@ -74,7 +76,10 @@ impl Node {
             delivery: Arc::new(Delivery::new(bus, config.node_id.clone())),
             profiles,
             limits: config.limits,
-            timing: Timing::default(),
+            timing: Timing {
+                idle_after: config.conversation_idle,
+                ..Timing::default()
+            },
             directory: conversations.clone(),
             tasks: TaskTracker::new(),
         });
