@@ -495,8 +495,8 @@ async fn writer_commits_concurrently_in_order(backend: Backend) {
 /// is what made a quiet PostgreSQL burn the most CPU per message).
 #[tokio::test]
 async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use chat_actors::ports::Writer;
     use chat_backend::store::writer::BatchingWriter;
@@ -507,26 +507,42 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
     let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency(), window);
     let sender = UserId::random();
     let convs = direct_convs(store.as_ref(), sender, 6).await;
+    let gap = Duration::from_millis(10);
+    trickle_waits_out(&writer, &convs, gap, window, |conv, done| {
+        let messages = vec![msg(1, sender, false)];
+        writer.submit(AppendBatch { conv, messages }, done);
+    })
+    .await;
+    drop(writer);
+    task.await.unwrap();
+}
+
+/// Submits a job for each of `convs` through `submit`, the first after a quiet spell and the
+/// others `gap` apart, and checks each but the first was answered `window` or more after the
+/// first went: they waited out the window behind the first commit, to go together.
+async fn trickle_waits_out(
+    writer: &chat_backend::store::writer::BatchingWriter,
+    convs: &[ConversationId],
+    gap: std::time::Duration,
+    window: std::time::Duration,
+    submit: impl Fn(ConversationId, Box<dyn FnOnce(Result<(), StoreError>) + Send>),
+) {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
     let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
-    let submit = |conv| {
+    let done = || -> Box<dyn FnOnce(Result<(), StoreError>) + Send> {
         let answered = answered.clone();
-        writer.submit(
-            AppendBatch {
-                conv,
-                messages: vec![msg(1, sender, false)],
-            },
-            Box::new(move |r| {
-                assert!(r.is_ok(), "{r:?}");
-                answered.lock().unwrap().push(Instant::now());
-            }),
-        );
+        Box::new(move |r| {
+            assert!(r.is_ok(), "{r:?}");
+            answered.lock().unwrap().push(Instant::now());
+        })
     };
-    // The first batch after a quiet spell starts a commit; the others trickle in behind it.
     let first_commit = Instant::now();
-    submit(convs[0]);
+    submit(convs[0], done());
     for conv in &convs[1..] {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        submit(*conv);
+        tokio::time::sleep(gap).await;
+        submit(*conv, done());
     }
     writer.flush().await;
     let answered = answered.lock().unwrap().clone();
@@ -534,12 +550,10 @@ async fn batches_that_follow_a_commit_closely_wait_for_the_commit_window() {
     for at in &answered[1..] {
         assert!(
             at.duration_since(first_commit) >= window,
-            "a batch committed {:?} after the first commit started, inside the {window:?} window",
+            "a job committed {:?} after the first commit started, inside the {window:?} window",
             at.duration_since(first_commit)
         );
     }
-    drop(writer);
-    task.await.unwrap();
 }
 
 /// The expiry job on a backlog bigger than one of its rounds: every message past retention goes,
@@ -688,8 +702,8 @@ async fn sqlite_acknowledges_only_what_is_on_disk_unless_the_operator_chose_norm
 /// cost PostgreSQL before: a transaction and a WAL flush).
 #[tokio::test]
 async fn read_marks_that_follow_a_commit_closely_wait_for_the_reads_window() {
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use chat_actors::ports::Writer;
     use chat_backend::store::writer::{BatchingWriter, READS_WINDOW};
@@ -700,38 +714,19 @@ async fn read_marks_that_follow_a_commit_closely_wait_for_the_reads_window() {
         BatchingWriter::start(store.clone(), s.write_concurrency(), Duration::ZERO);
     let sender = UserId::random();
     let convs = direct_convs(store.as_ref(), sender, 6).await;
-    let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
-    let mark = |conv| {
-        let answered = answered.clone();
+    let gap = Duration::from_millis(2);
+    trickle_waits_out(&writer, &convs, gap, READS_WINDOW, |conv, done| {
+        let seq = 1;
         writer.submit_read(
             ReadMark {
                 conv,
                 user: sender,
-                seq: 1,
+                seq,
             },
-            Box::new(move |r| {
-                assert!(r.is_ok(), "{r:?}");
-                answered.lock().unwrap().push(Instant::now());
-            }),
+            done,
         );
-    };
-    // The first mark after a quiet spell commits at once; the others trickle in behind it.
-    let first_commit = Instant::now();
-    mark(convs[0]);
-    for conv in &convs[1..] {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        mark(*conv);
-    }
-    writer.flush().await;
-    let answered = answered.lock().unwrap().clone();
-    assert_eq!(answered.len(), convs.len());
-    for at in &answered[1..] {
-        assert!(
-            at.duration_since(first_commit) >= READS_WINDOW,
-            "a mark committed {:?} after the first commit started, inside the {READS_WINDOW:?} window",
-            at.duration_since(first_commit)
-        );
-    }
+    })
+    .await;
     drop(writer);
     task.await.unwrap();
 }
