@@ -30,18 +30,26 @@ impl ConversationDeps {
         except: Option<SessionId>,
     ) {
         let profiles = view::profiles_for(self.profiles.as_ref(), [record]).await;
-        // Asked together: on a standby the reads share one wait for it to be current.
-        let seen = futures_util::future::join_all(record.members.iter().map(|m| {
-            self.store
-                .last_message_and_unread(record.id, m.user, m.last_read)
-        }))
-        .await;
+        // A conversation without messages has no newest message and nothing unread: a new one
+        // is pushed without a read per member (a burst of creations had used up the node's
+        // read budget, and the pushes were lost). Otherwise asked together: on a standby the
+        // reads share one wait for it to be current.
+        let seen = if record.last_seq == 0 {
+            record.members.iter().map(|_| Ok((None, 0))).collect()
+        } else {
+            futures_util::future::join_all(record.members.iter().map(|m| {
+                self.store
+                    .last_message_and_unread(record.id, m.user, m.last_read)
+            }))
+            .await
+        };
         for (m, seen) in record.members.iter().zip(seen) {
             let (last, unread) = match seen {
                 Ok(found) => found,
                 Err(e) => {
-                    tracing::warn!(conv = %record.id.masked(), error = %e, "conversation push skipped");
-                    return;
+                    // this member learns of it from the list; the others are still told
+                    tracing::warn!(conv = %record.id.masked(), error = %e, "conversation push skipped for a member");
+                    continue;
                 }
             };
             let object = view::object(record, last, unread, &profiles);

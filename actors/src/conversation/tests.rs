@@ -437,3 +437,54 @@ async fn queued_sends_are_answered_by_their_deadline_while_the_store_hangs() {
         .expect("answered by the deadline");
     assert_eq!(answer.unwrap_err().code, ErrorCode::Unavailable);
 }
+
+/// A conversation without messages is pushed to each member without asking the store for
+/// their newest message and unread count (it has none), so a burst of creations that uses up
+/// the node's reads loses no push. (The memory store refuses that read.)
+#[tokio::test]
+async fn a_new_conversation_is_pushed_to_its_members_without_a_read() {
+    use crate::delivery::outbound::Outbound;
+    use crate::ids::SessionId;
+
+    let store = Arc::new(MemoryStore::default());
+    let deps = ConversationDeps {
+        store: store.clone(),
+        writer: Arc::new(HeldWriter {
+            store,
+            held: Mutex::new(Vec::new()),
+        }),
+        delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
+        profiles: Arc::new(NoProfiles),
+        limits: Limits::default(),
+        timing: Timing::default(),
+        directory: Arc::new(NoDirectory),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
+    let (alice, bob) = (UserId::random(), UserId::random());
+    let (outbound, mut pushed) = Outbound::new(
+        bob,
+        SessionId::random(),
+        8,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    deps.delivery.attach(outbound);
+    let member = |user, joined| MemberRecord::new(user, Role::Member, joined);
+    let record = ConversationRecord {
+        id: ConversationId::random(),
+        kind: ConversationKind::Direct,
+        name: None,
+        business: None,
+        created_at: 1,
+        last_seq: 0,
+        last_activity: 1,
+        members: vec![member(alice, 0), member(bob, 1)],
+    };
+    deps.push_conversation(&record, None).await;
+    let frame = pushed
+        .try_recv()
+        .expect("bob was told of the new conversation");
+    let json = frame.bytes(crate::protocol::encode::Format::Json);
+    let text = String::from_utf8_lossy(&json);
+    assert!(text.contains("\"t\":\"conversation\""), "{text}");
+    assert!(text.contains("\"unread\":0"), "{text}");
+}
