@@ -256,35 +256,20 @@ impl Harness {
     /// With the clock's waits shortened.
     async fn start_with(timing: Timing) -> Harness {
         let store = Arc::new(MemoryStore::default());
-        let (conv, alice, bob) = (ConversationId::random(), UserId::random(), UserId::random());
-        let member = |user, joined| MemberRecord::new(user, Role::Member, joined);
-        store.tables.lock().unwrap().conversations.insert(
-            conv,
-            ConversationRecord {
-                id: conv,
-                kind: ConversationKind::Direct,
-                name: None,
-                business: None,
-                created_at: 1,
-                last_seq: 0,
-                last_activity: 1,
-                members: vec![member(alice, 0), member(bob, 1)],
-            },
-        );
+        let (alice, bob) = (UserId::random(), UserId::random());
+        let record = direct_record(alice, bob);
+        let conv = record.id;
+        store
+            .tables
+            .lock()
+            .unwrap()
+            .conversations
+            .insert(conv, record);
         let writer = Arc::new(HeldWriter {
             store: store.clone(),
             held: Mutex::new(Vec::new()),
         });
-        let deps = Arc::new(ConversationDeps {
-            store: store.clone(),
-            writer: writer.clone(),
-            delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
-            profiles: Arc::new(NoProfiles),
-            limits: Limits::default(),
-            timing,
-            directory: Arc::new(NoDirectory),
-            tasks: tokio_util::task::TaskTracker::new(),
-        });
+        let deps = Arc::new(memory_deps(store.clone(), writer.clone(), timing));
         let (actor, _) = Actor::spawn(None, ConversationActor { deps }, conv)
             .await
             .unwrap();
@@ -320,6 +305,39 @@ impl Harness {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             self.writer.release();
         }
+    }
+}
+
+/// A direct conversation of `alice` and `bob` without messages yet.
+fn direct_record(alice: UserId, bob: UserId) -> ConversationRecord {
+    let member = |user, joined| MemberRecord::new(user, Role::Member, joined);
+    ConversationRecord {
+        id: ConversationId::random(),
+        kind: ConversationKind::Direct,
+        name: None,
+        business: None,
+        created_at: 1,
+        last_seq: 0,
+        last_activity: 1,
+        members: vec![member(alice, 0), member(bob, 1)],
+    }
+}
+
+/// What a conversation actor shares, over the memory store and a held writer, alone on its node.
+fn memory_deps(
+    store: Arc<MemoryStore>,
+    writer: Arc<HeldWriter>,
+    timing: Timing,
+) -> ConversationDeps {
+    ConversationDeps {
+        store,
+        writer,
+        delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
+        profiles: Arc::new(NoProfiles),
+        limits: Limits::default(),
+        timing,
+        directory: Arc::new(NoDirectory),
+        tasks: tokio_util::task::TaskTracker::new(),
     }
 }
 
@@ -447,19 +465,11 @@ async fn a_new_conversation_is_pushed_to_its_members_without_a_read() {
     use crate::ids::SessionId;
 
     let store = Arc::new(MemoryStore::default());
-    let deps = ConversationDeps {
+    let writer = Arc::new(HeldWriter {
         store: store.clone(),
-        writer: Arc::new(HeldWriter {
-            store,
-            held: Mutex::new(Vec::new()),
-        }),
-        delivery: Arc::new(Delivery::new(Arc::new(NoBus), "test".to_owned())),
-        profiles: Arc::new(NoProfiles),
-        limits: Limits::default(),
-        timing: Timing::default(),
-        directory: Arc::new(NoDirectory),
-        tasks: tokio_util::task::TaskTracker::new(),
-    };
+        held: Mutex::new(Vec::new()),
+    });
+    let deps = memory_deps(store, writer, Timing::default());
     let (alice, bob) = (UserId::random(), UserId::random());
     let (outbound, mut pushed) = Outbound::new(
         bob,
@@ -468,17 +478,7 @@ async fn a_new_conversation_is_pushed_to_its_members_without_a_read() {
         tokio_util::sync::CancellationToken::new(),
     );
     deps.delivery.attach(outbound);
-    let member = |user, joined| MemberRecord::new(user, Role::Member, joined);
-    let record = ConversationRecord {
-        id: ConversationId::random(),
-        kind: ConversationKind::Direct,
-        name: None,
-        business: None,
-        created_at: 1,
-        last_seq: 0,
-        last_activity: 1,
-        members: vec![member(alice, 0), member(bob, 1)],
-    };
+    let record = direct_record(alice, bob);
     deps.push_conversation(&record, None).await;
     let frame = pushed
         .try_recv()

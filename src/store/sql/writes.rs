@@ -238,7 +238,7 @@ impl SqlStore {
             }
             // SQLite has no arrays to bind; statements are cheap in-process, the commit is not.
             Pool::Lite(p) => {
-                let mut tx = p.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
+                let mut tx = begin_write!(p, Dialect::Lite).map_err(classify)?;
                 for m in marks {
                     sqlx::query(
                         "UPDATE members SET last_read = $1 \

@@ -65,7 +65,8 @@ impl BatchingWriter {
     ) -> (Arc<BatchingWriter>, JoinHandle<()>) {
         // Unbounded on purpose: each conversation has at most one batch here at a time, so the
         // queue is bounded by the number of live conversations.
-        // The read lane's queue likewise: a member has at most one mark here per conversation.
+        // The read lane's queue is bounded by the reads in flight, which each user's in-flight
+        // budget bounds.
         let (tx, rx) = mpsc::unbounded_channel();
         let (reads_tx, reads_rx) = mpsc::unbounded_channel();
         let messages = tokio::spawn(run(store.clone(), rx, concurrency.max(1), window));
