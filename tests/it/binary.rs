@@ -350,3 +350,71 @@ async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_ba
         .collect();
     assert_eq!(bodies, ["one", "two"], "{history}");
 }
+
+/// A connection keeps no room for the largest frame it was ever sent. 150 connections each fetch
+/// a page of 200 messages of 4,000 bytes (a frame of ~830 KB) and stay open: the node's memory
+/// grows by what idle connections hold, not by a page each (~125 MB when every connection kept
+/// its WebSocket write buffer at the size of its largest frame).
+#[tokio::test]
+async fn connections_do_not_keep_the_room_of_the_largest_frame_they_were_sent() {
+    const CONNECTIONS: usize = 150;
+    let b = Binary::start(
+        Backend::Sqlite,
+        &[
+            ("CHAT_MAX_CONNECTIONS_PER_USER", "1000"),
+            ("CHAT_RATE_MESSAGES", "1000"),
+            ("CHAT_RATE_BURST", "1000"),
+        ],
+    )
+    .await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = b.client(alice).await;
+    let r = a
+        .call(
+            "create",
+            json!({"kind": "direct", "members": [bob.to_string()]}),
+        )
+        .await;
+    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let body = "x".repeat(4000);
+    for _ in 0..200 {
+        let sent = a.call("send", json!({"conv": conv, "body": body})).await;
+        assert_eq!(sent["t"], "sent", "{}", sent["t"]);
+    }
+    // The first page warms what every page shares (the database's cache, the allocator's pools).
+    newest_page(&mut a, &conv).await;
+    let rss_before = b.rss_kib();
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut c = b.client(bob).await;
+        newest_page(&mut c, &conv).await;
+        open.push(c);
+    }
+    let rss_after = b.rss_kib();
+    println!(
+        "{CONNECTIONS} connections sent a page of ~830 KB each: RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert!(
+        rss_after < rss_before + 40 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB with {CONNECTIONS} connections open"
+    );
+    for c in &mut open {
+        assert_eq!(c.call("ping", json!({})).await["t"], "pong");
+    }
+}
+
+/// Fetches the newest 200 messages of `conv`, which must hold at least 200.
+async fn newest_page(c: &mut Client, conv: &str) {
+    let h = c
+        .call(
+            "history",
+            json!({"conv": conv, "before": 1000, "limit": 200}),
+        )
+        .await;
+    assert_eq!(
+        h["messages"].as_array().map(Vec::len),
+        Some(200),
+        "{}",
+        h["t"]
+    );
+}

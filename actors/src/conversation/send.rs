@@ -4,6 +4,8 @@
 //! submitted, so a batch that fails can be renumbered without a gap: nothing uncommitted was ever
 //! acknowledged.
 
+use std::collections::VecDeque;
+
 use ractor::ActorRef;
 use tokio::time::Instant;
 
@@ -97,6 +99,11 @@ impl ConversationActor {
             p.seq = seq;
             p.at = at;
             batch.push(p);
+        }
+        if live.queue.is_empty() {
+            // At people's pace a conversation rests minutes between sends while its actor stays
+            // up: the queue's room (~0.5 KiB) is not kept for that rest.
+            live.queue = VecDeque::new();
         }
         if batch.is_empty() {
             return;
