@@ -17,18 +17,23 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// The filter for `RUST_LOG`'s value (`info` when empty or unset). The WebSocket library logs
 /// whole frames, message bodies included, at debug and trace: its lines stay at info and above
-/// unless `RUST_LOG` names it (an operator chasing a protocol problem on a test node).
+/// unless `RUST_LOG` names it (an operator chasing a protocol problem on a test node). The actor
+/// library opens an info span for every actor's life and enters it on every poll: ~6 % of a
+/// node's CPU per message (docs/PERFORMANCE.md) for a prefix naming an internal actor id, so it
+/// stays at warn unless `RUST_LOG` names it.
 fn filter_directives(rust_log: &str) -> String {
-    let base = if rust_log.trim().is_empty() {
-        "info,sqlx::postgres::notice=warn,redis=error"
+    let mut filter = if rust_log.trim().is_empty() {
+        "info,sqlx::postgres::notice=warn,redis=error".to_owned()
     } else {
-        rust_log
+        rust_log.to_owned()
     };
-    if base.contains("tungstenite") {
-        base.to_owned()
-    } else {
-        format!("{base},tungstenite=info,tokio_tungstenite=info")
+    if !rust_log.contains("tungstenite") {
+        filter.push_str(",tungstenite=info,tokio_tungstenite=info");
     }
+    if !rust_log.contains("ractor") {
+        filter.push_str(",ractor=warn");
+    }
+    filter
 }
 
 /// Installs the global subscriber once.
@@ -133,13 +138,33 @@ mod tests {
     fn the_websocket_librarys_frame_dumps_stay_out_unless_asked_for() {
         assert_eq!(
             filter_directives(""),
-            "info,sqlx::postgres::notice=warn,redis=error,tungstenite=info,tokio_tungstenite=info"
+            "info,sqlx::postgres::notice=warn,redis=error,tungstenite=info,tokio_tungstenite=info,ractor=warn"
         );
         assert_eq!(
             filter_directives("trace"),
-            "trace,tungstenite=info,tokio_tungstenite=info"
+            "trace,tungstenite=info,tokio_tungstenite=info,ractor=warn"
         );
-        assert_eq!(filter_directives("tungstenite=trace"), "tungstenite=trace");
+        assert_eq!(
+            filter_directives("tungstenite=trace"),
+            "tungstenite=trace,ractor=warn"
+        );
+    }
+
+    #[test]
+    fn the_actor_librarys_per_actor_spans_stay_off_unless_asked_for() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let actor_span_enabled = |rust_log: &str| {
+            let filter = EnvFilter::try_new(filter_directives(rust_log)).expect("filter parses");
+            let subscriber = tracing_subscriber::registry().with(filter);
+            tracing::subscriber::with_default(subscriber, || {
+                // What ractor opens for every actor: `#[instrument(name = "Actor")]`, info.
+                !tracing::info_span!(target: "ractor::actor", "Actor").is_disabled()
+                    && tracing::enabled!(target: "chat_backend::app", tracing::Level::INFO)
+            })
+        };
+        assert!(!actor_span_enabled(""));
+        assert!(!actor_span_enabled("info"));
+        assert!(actor_span_enabled("info,ractor=info"));
     }
 
     #[test]
