@@ -318,13 +318,7 @@ async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_ba
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let mut a = b.client(alice).await;
     let mut bo = b.client(bob).await;
-    let r = a
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [bob.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = a.direct_with(bob).await;
     let sent = a.call("send", json!({"conv": conv, "body": "one"})).await;
     assert_eq!(sent["t"], "sent", "{sent}");
     assert!(b.metric("chat_conversation_actors").await >= 1.0);
@@ -369,17 +363,11 @@ async fn connections_do_not_keep_the_room_of_the_largest_frame_they_were_sent() 
     .await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let mut a = b.client(alice).await;
-    let r = a
-        .call(
-            "create",
-            json!({"kind": "direct", "members": [bob.to_string()]}),
-        )
-        .await;
-    let conv = r["conversation"]["id"].as_str().unwrap().to_owned();
+    let conv = a.direct_with(bob).await;
     let body = "x".repeat(4000);
     for _ in 0..200 {
         let sent = a.call("send", json!({"conv": conv, "body": body})).await;
-        assert_eq!(sent["t"], "sent", "{}", sent["t"]);
+        assert_eq!(sent["t"], "sent", "{sent}");
     }
     // The first page warms what every page shares (the database's cache, the allocator's pools).
     newest_page(&mut a, &conv).await;
