@@ -240,7 +240,8 @@ pub async fn http_status(port: u16, method: &str, path: &str, token: Option<&str
 /// A free local port (free when asked: bind to it soon), chosen below the kernel's ephemeral
 /// range: every outgoing connection of every test takes its local port from that range, and
 /// could take a port picked there before its server (a node, nginx) binds it ("Address already
-/// in use"). Below the range only another `free_port` could pick it, at random.
+/// in use"). Below the range only another `free_port` could pick it, and within this process
+/// none gives a port twice.
 pub fn free_port() -> u16 {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -251,8 +252,16 @@ pub fn free_port() -> u16 {
     loop {
         let offset = u16::try_from(Uuid::new_v4().as_u128() % span).unwrap_or(0);
         let port = from + offset;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
 }
+
+/// Every port [`free_port`] gave in this test process. A node restarted under its own port (a
+/// rolling restart) leaves it unbound for a moment: a test running beside it must not be
+/// given that port then (it was, once, and the restart failed with "address in use").
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
