@@ -345,6 +345,40 @@ async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_ba
     assert_eq!(bodies, ["one", "two"], "{history}");
 }
 
+/// A conversation only looked at does not keep its actor for the two minutes of one in use: after
+/// a burst of creations and a page of each (what a returning user's catch-up reads), the node is
+/// back to the one conversation that talked within seconds, at the default settings.
+#[tokio::test]
+async fn conversations_only_looked_at_give_their_actors_back_within_seconds() {
+    let b = Binary::start(Backend::Sqlite, &[]).await;
+    let alice = Uuid::new_v4();
+    let mut a = b.client(alice).await;
+    let mut looked_at = Vec::new();
+    for _ in 0..30 {
+        let conv = a.direct_with(Uuid::new_v4()).await;
+        let page = a.call("history", json!({"conv": conv, "after": 0})).await;
+        assert_eq!(page["t"], "history", "{page}");
+        looked_at.push(conv);
+    }
+    let talked = a.direct_with(Uuid::new_v4()).await;
+    let sent = a.call("send", json!({"conv": talked, "body": "hi"})).await;
+    assert_eq!(sent["t"], "sent", "{sent}");
+    assert!(b.metric("chat_conversation_actors").await >= 31.0);
+    // A glance holds an actor ten seconds; a send two minutes.
+    eventually(
+        SECONDS_10 * 2,
+        POLL,
+        "only the conversation in use keeps its actor",
+        async || (b.metric("chat_conversation_actors").await == 1.0).then_some(()),
+    )
+    .await;
+    // The ones that rested load again when next read.
+    let page = a
+        .call("history", json!({"conv": looked_at[0], "after": 0}))
+        .await;
+    assert_eq!(page["t"], "history", "{page}");
+}
+
 /// A connection keeps no room for the largest frame it was ever sent. 150 connections each fetch
 /// a page of 200 messages of 4,000 bytes (a frame of ~830 KB) and stay open: the node's memory
 /// grows by what idle connections hold, not by a page each (~125 MB when every connection kept

@@ -73,7 +73,7 @@ impl ConversationActor {
             && live.queue.is_empty()
             && live.pushes.settled()
             && live.typing.is_empty()
-            && live.last_used.elapsed() >= self.deps.timing.idle_after
+            && Instant::now() >= live.rest_from
     }
 
     pub(super) fn expire_queue(&self, live: &mut Live) {
@@ -97,9 +97,7 @@ fn next_due(live: &Live, timing: &Timing) -> Instant {
         .queue
         .iter()
         .map(|w| work_queued_at(w) + timing.request_deadline);
-    typing
-        .chain(queued)
-        .fold(live.last_used + timing.idle_after, Instant::min)
+    typing.chain(queued).fold(live.rest_from, Instant::min)
 }
 
 impl ConversationActor {

@@ -27,8 +27,14 @@ use crate::rules::Limits;
 pub struct Timing {
     /// The least time between two looks at the clock.
     pub least_look: Duration,
-    /// A conversation with nothing to do for this long stops.
+    /// A conversation in use (a send, a read mark, typing, a change of its members) with nothing
+    /// more to do for this long stops.
     pub idle_after: Duration,
+    /// A conversation only looked at (a page of its history, the object, its creation's push)
+    /// stops this long after, unless it was in use (at most `idle_after`). A returning user's
+    /// catch-up reads every one of their conversations and a burst of creations starts one actor
+    /// each: held for `idle_after`, those idle actors were most of a node's memory.
+    pub glance_after: Duration,
     /// A request waiting longer than this is answered `unavailable` (PROTOCOL §4: at most 5 s).
     pub request_deadline: Duration,
 }
@@ -38,8 +44,25 @@ impl Default for Timing {
         Timing {
             least_look: Duration::from_secs(1),
             idle_after: Duration::from_secs(120),
+            glance_after: Duration::from_secs(10),
             request_deadline: Duration::from_millis(4500),
         }
+    }
+}
+
+impl Timing {
+    /// How long after `request` the conversation stays up for it.
+    pub(super) fn hold(&self, request: &ConversationRequest) -> Duration {
+        if request.only_looks() {
+            self.glance()
+        } else {
+            self.idle_after
+        }
+    }
+
+    /// How long a look keeps the conversation up.
+    pub(super) fn glance(&self) -> Duration {
+        self.glance_after.min(self.idle_after)
     }
 }
 
@@ -132,12 +155,20 @@ pub struct Live {
     pub(super) inflight: InFlight,
     pub(super) recent: RecentMids,
     pub(super) typing: Vec<Typist>,
-    pub(super) last_used: Instant,
+    /// When it may stop if nothing else comes: the latest moment any use so far holds it to.
+    pub(super) rest_from: Instant,
     /// The one pending look at the clock: when, and its timer (aborted when an earlier look is
     /// needed, and when the actor stops).
     pub(super) clock: Option<(Instant, ClockTimer)>,
     /// Pushes held behind a `conversation` push being built.
     pub(super) pushes: Pushes,
+}
+
+impl Live {
+    /// Keeps the conversation up for at least `hold` from now (never less than it already was).
+    pub(super) fn keep_for(&mut self, hold: Duration) {
+        self.rest_from = self.rest_from.max(Instant::now() + hold);
+    }
 }
 
 /// A member typing now.

@@ -79,7 +79,8 @@ impl Actor for ConversationActor {
             inflight: InFlight::Idle,
             recent: RecentMids::default(),
             typing: Vec::new(),
-            last_used: Instant::now(),
+            // The request that started it holds it as long as it needs (see `handle`).
+            rest_from: Instant::now() + self.deps.timing.glance(),
             clock: None,
             pushes: Pushes::default(),
         });
@@ -128,8 +129,13 @@ impl Actor for ConversationActor {
                 return Ok(());
             }
         };
-        if !matches!(message, ConversationMessage::Tick) {
-            live.last_used = Instant::now();
+        match &message {
+            ConversationMessage::Tick => {}
+            ConversationMessage::Request(request, _) => {
+                live.keep_for(self.deps.timing.hold(request));
+            }
+            // The actor's own work coming back: held by the request that began it.
+            _ => live.keep_for(self.deps.timing.glance()),
         }
         match message {
             ConversationMessage::Request(request, reply) => {

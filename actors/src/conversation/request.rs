@@ -87,6 +87,19 @@ pub enum ConversationRequest {
     },
 }
 
+impl ConversationRequest {
+    /// Whether the request only looks at the conversation (a page, the object, the creation's
+    /// push): it keeps the conversation's actor up for a glance, not for a conversation in use.
+    pub fn only_looks(&self) -> bool {
+        matches!(
+            self,
+            ConversationRequest::History { .. }
+                | ConversationRequest::Get { .. }
+                | ConversationRequest::Announce { .. }
+        )
+    }
+}
+
 /// A send as the owner gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRequest {

@@ -299,6 +299,17 @@ impl Harness {
         rx
     }
 
+    /// Asks for the conversation as alice sees it (a look: the fake store has no unread counts,
+    /// so the answer is a refusal, which is all the same to the conversation's clock).
+    async fn look(&self) {
+        let (tx, rx) = oneshot::channel();
+        let request = ConversationRequest::Get { user: self.alice };
+        let msg =
+            ConversationMessage::Request(Box::new(request), Reply::to(RpcReplyPort::from(tx)));
+        self.actor.cast(msg).unwrap();
+        let _ = rx.await;
+    }
+
     /// Lets the writer commit until nothing is submitted any more.
     async fn settle(&self) {
         for _ in 0..50 {
@@ -418,6 +429,7 @@ fn quick() -> Timing {
     Timing {
         least_look: Duration::from_millis(20),
         idle_after: Duration::from_millis(3000),
+        glance_after: Duration::from_millis(500),
         request_deadline: Duration::from_millis(300),
     }
 }
@@ -440,6 +452,26 @@ async fn a_conversation_stops_idle_after_its_last_use() {
     assert_eq!(h.actor.get_status(), ActorStatus::Running);
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(h.actor.get_status(), ActorStatus::Stopped);
+}
+
+/// A conversation only looked at (a page, the object, its creation's push) stops a glance after;
+/// one in use stays `idle_after` after its last use, looks since or not.
+#[tokio::test]
+async fn a_conversation_only_looked_at_stops_sooner_than_one_in_use() {
+    use ractor::ActorStatus;
+    let looked_at = Harness::start_with(quick()).await;
+    looked_at.look().await;
+    let in_use = Harness::start_with(quick()).await;
+    let first = in_use.send(Mid::random());
+    in_use.settle().await;
+    sent(first).await.unwrap();
+    in_use.look().await;
+    // Past the glance (500 ms) and the clock's least look, well short of `idle_after`.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(looked_at.actor.get_status(), ActorStatus::Stopped);
+    assert_eq!(in_use.actor.get_status(), ActorStatus::Running);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(in_use.actor.get_status(), ActorStatus::Stopped);
 }
 
 /// Work queued behind a commit that never comes back is answered `unavailable` by its deadline.
