@@ -98,14 +98,21 @@ pub(crate) fn process_cpu_s(pid: &str) -> f64 {
     cpu_and_parent(pid).map_or(0.0, |(cpu, _)| cpu)
 }
 
-/// CPU seconds (user + system) of one process, and its parent's pid.
+/// CPU seconds (user + system) of one process and of its children that have exited (the
+/// kernel adds a child's time to its parent's when the parent reaps it), and its parent's pid.
+/// The children's share is what keeps a sum over PostgreSQL's processes from going down when a
+/// backend exits between two samples: its time moves to the postmaster's.
 fn cpu_and_parent(pid: &str) -> Option<(f64, u32)> {
     let ticks = 100.0; // USER_HZ on Linux
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit_once(')')?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
-    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
-    Some((cpu, f.get(1)?.parse().ok()?))
+    // utime, stime, cutime, cstime
+    let mut cpu = 0.0;
+    for i in 11..=14 {
+        cpu += f.get(i)?.parse::<f64>().ok()?;
+    }
+    Some((cpu / ticks, f.get(1)?.parse().ok()?))
 }
 
 /// CPU so far of the node processes `pids`, of every PostgreSQL and Redis process this user can
