@@ -185,7 +185,12 @@ async fn a_stopping_node_answers_every_send_it_commits() {
     println!("stopping under a stream of sends: {stored} committed, {answered} answered `sent`");
     // 0 == 0 would pass too: the stop must have struck a stream that was flowing.
     assert!(answered > 0, "no send was answered before the stop");
-    assert_eq!(answered, stored, "committed sends left unanswered");
+    assert_eq!(
+        answered,
+        stored,
+        "committed sends left unanswered; the node's log:\n{}",
+        b.log()
+    );
 }
 
 /// A send that must be refused `unavailable` within PROTOCOL's 5 s (never hang, never `sent`),
@@ -300,7 +305,13 @@ async fn a_full_disk_under_sqlite_fails_sends_clearly_and_recovers_without_corru
         refused.push(mid);
     }
     let (h, took) = timed(&mut ca, "history", json!({"conv": conv})).await;
-    assert_eq!(h["t"], "history", "reads stop on a full disk: {h}");
+    // The node's log on failure: this has failed now and then in full runs only.
+    assert_eq!(
+        h["t"],
+        "history",
+        "reads stop on a full disk: {h}\nthe node's log:\n{}",
+        b.log()
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
 
     prlimit("unlimited");
