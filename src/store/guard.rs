@@ -119,7 +119,12 @@ impl GuardedStore {
                 return Err(StoreError::Unavailable(Box::new(Refused::Busy(READ_WAIT))));
             }
         };
-        self.observe(call.await)
+        let outcome = call.await;
+        if let Err(e) = &outcome {
+            // The client hears only `unavailable`; the operator needs the store's reason.
+            tracing::warn!(error = %e, "a read failed");
+        }
+        self.observe(outcome)
     }
 }
 
