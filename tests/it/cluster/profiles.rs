@@ -206,13 +206,10 @@ async fn a_business_is_online_on_a_node_that_never_made_its_chat() {
         (r["items"][0]["status"] == "online").then_some(())
     })
     .await;
-    let pushed = loop {
-        let f = on_second.push("presence").await;
-        if f["user"] == business.to_string() {
-            break f;
-        }
-    };
-    assert_eq!(pushed["status"], "online", "{pushed}");
+    // No `online` push is owed here: node 1 may have learned the agents before the watch (the
+    // chat's actor, if it lives on node 1, asks for them when it starts), and a push comes only
+    // when the status changes. The `offline` below is a change node 1 can only see through
+    // the agents it learned.
     // The agent leaves: the business goes offline for the watcher on node 1.
     drop(ca);
     let gone = loop {
