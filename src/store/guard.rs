@@ -3,6 +3,12 @@
 //! - **Breaker.** Once the database is known down (a call failed to reach it), every call fails
 //!   at once with `unavailable` instead of each waiting out the pool's acquire timeout; a probe
 //!   pings the database every [`PROBE_EVERY`] and closes the breaker as soon as it answers.
+//!   The pool's own acquire timeout says only that no connection came free: the database may be
+//!   down, or merely busy with every connection the pool holds. One connection of our own,
+//!   outside the pool, tells which ([`GuardedStore::check_reachable`]); only a database that does
+//!   not answer it opens the breaker. Busy is not down: opened on a saturated pool, the breaker
+//!   refused every call, writes included, and the probe, queued behind the same pool, kept it
+//!   open (docs/PERFORMANCE.md, "The busy hour").
 //! - **Reads on standbys.** The reads a standby may serve (history, lists, a conversation's
 //!   newest message and unread count) go to one that is current when `CHAT_DATABASE_REPLICA_URLS`
 //!   names some (`sql::routed`), outside the read budget below: that budget keeps the primary's
@@ -35,6 +41,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const RESERVED_FOR_WRITES: u32 = 4;
 /// The longest a read waits for its budget (the pool's own acquire timeout is 3 s).
 const READ_WAIT: Duration = Duration::from_secs(3);
+/// After a connection of our own found the database answering while the pool was full, how
+/// long before another pool timeout is checked the same way (a saturated pool times out many
+/// calls a second; each check costs the database a new session).
+const ANSWERED_HOLDS_FOR: Duration = Duration::from_secs(1);
 
 /// Why a call was refused without reaching the database.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub struct GuardedStore {
 #[derive(Default)]
 struct Health {
     down: AtomicBool,
+    /// A connection of our own is asking whether the database answers (see `check_reachable`).
+    checking: AtomicBool,
 }
 
 impl GuardedStore {
@@ -85,17 +97,42 @@ impl GuardedStore {
         }
     }
 
-    /// Notes the outcome of a call: a failure to reach the database opens the breaker.
+    /// Notes the outcome of a call: a failure to reach the database opens the breaker; a pool
+    /// that gave no connection in time has the database asked directly.
     fn observe<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(e) = &outcome
-            && unreachable(e)
-            && !self.health.down.swap(true, Ordering::AcqRel)
-        {
-            tracing::warn!(error = %e, "database unreachable: failing fast until it answers");
-            metrics::gauge!("chat_database_up").set(0.0);
-            tokio::spawn(probe(self.inner.clone(), self.health.clone()));
+        if let Err(e) = &outcome {
+            match verdict(e) {
+                Verdict::Unreachable => trip(&self.inner, &self.health, e),
+                Verdict::PoolFull => self.check_reachable(),
+                Verdict::Answered => {}
+            }
         }
         outcome
+    }
+
+    /// Asks the database on a connection of its own whether it answers, once at a time, and
+    /// opens the breaker only if it does not.
+    fn check_reachable(&self) {
+        if !self.is_up() || self.health.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (inner, health) = (self.inner.clone(), self.health.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(PROBE_TIMEOUT, inner.ping_outside_pool()).await {
+                Ok(Ok(())) => {
+                    metrics::counter!("chat_database_pool_full_total").increment(1);
+                    tracing::debug!("the pool is full but the database answers: busy, not down");
+                    tokio::time::sleep(ANSWERED_HOLDS_FOR).await;
+                }
+                Ok(Err(e)) => trip(&inner, &health, &e),
+                Err(_) => trip(
+                    &inner,
+                    &health,
+                    &format!("no answer within {PROBE_TIMEOUT:?}"),
+                ),
+            }
+            health.checking.store(false, Ordering::Release);
+        });
     }
 
     /// Runs a write.
@@ -153,6 +190,15 @@ impl GuardedStore {
     }
 }
 
+/// Opens the breaker (if it is not already) and starts the probe that closes it.
+fn trip(inner: &SqlStore, health: &Arc<Health>, why: &dyn std::fmt::Display) {
+    if !health.down.swap(true, Ordering::AcqRel) {
+        tracing::warn!(error = %why, "database unreachable: failing fast until it answers");
+        metrics::gauge!("chat_database_up").set(0.0);
+        tokio::spawn(probe(inner.clone(), health.clone()));
+    }
+}
+
 /// Pings until the database answers, then closes the breaker.
 async fn probe(store: SqlStore, health: Arc<Health>) {
     loop {
@@ -166,25 +212,40 @@ async fn probe(store: SqlStore, health: Arc<Health>) {
     }
 }
 
-/// Whether an error says the database could not be reached (rather than refusing one request).
-fn unreachable(e: &StoreError) -> bool {
+/// What a failed call says of the database.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// It could not be reached.
+    Unreachable,
+    /// The pool gave no connection in time: the database is down, or only busy.
+    PoolFull,
+    /// It answered, and refused this one request (or nothing reached it for another reason).
+    Answered,
+}
+
+/// Reads a failed call's error.
+fn verdict(e: &StoreError) -> Verdict {
     let StoreError::Unavailable(source) = e else {
-        return false;
+        return Verdict::Answered;
     };
     match source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::PoolTimedOut) => Verdict::PoolFull,
         Some(
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
+            sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed,
-        ) => true,
+        ) => Verdict::Unreachable,
         // Class 08: connection exception; 57P01-03: the server shuts down or is starting.
-        Some(sqlx::Error::Database(db)) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
-        _ => false,
+        Some(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")
+            }) =>
+        {
+            Verdict::Unreachable
+        }
+        _ => Verdict::Answered,
     }
 }
 
@@ -288,5 +349,44 @@ impl Store for GuardedStore {
     async fn purge(&self, retention_cutoff: i64, audit_cutoff: i64) -> Result<Purged, StoreError> {
         self.read(self.inner.purge(retention_cutoff, audit_cutoff))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+        StoreError::Unavailable(Box::new(e))
+    }
+
+    #[test]
+    fn a_full_pool_is_checked_before_the_database_is_called_down() {
+        assert_eq!(
+            verdict(&unavailable(sqlx::Error::PoolTimedOut)),
+            Verdict::PoolFull
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            verdict(&unavailable(sqlx::Error::Io(refused))),
+            Verdict::Unreachable
+        );
+        assert_eq!(
+            verdict(&unavailable(sqlx::Error::PoolClosed)),
+            Verdict::Unreachable
+        );
+    }
+
+    #[test]
+    fn a_refused_request_or_our_own_refusal_says_nothing_of_the_database() {
+        assert_eq!(
+            verdict(&unavailable(sqlx::Error::RowNotFound)),
+            Verdict::Answered
+        );
+        assert_eq!(verdict(&unavailable(Refused::Down)), Verdict::Answered);
+        assert_eq!(
+            verdict(&unavailable(Refused::Busy(READ_WAIT))),
+            Verdict::Answered
+        );
     }
 }

@@ -378,3 +378,82 @@ async fn a_read_only_postgres_fails_sends_clearly_serves_reads_and_recovers() {
     retry_refused(&mut ca, &conv, &refused, &mut acked).await;
     assert_kept(&mut ca, &conv, &acked).await;
 }
+
+/// Every connection of the node's pool held by calls the database is still serving (they wait
+/// on a lock another session holds) is a busy database, not a down one: the calls that find no
+/// connection are answered `unavailable`, but the breaker stays closed (a connection of the
+/// node's own finds the database answering), and once the lock goes the same request is served
+/// at once.
+#[tokio::test]
+async fn a_pool_full_of_calls_on_a_live_database_does_not_open_the_breaker() {
+    use sqlx::Connection;
+    const CONVERSATIONS: usize = 16;
+    // Two connections for requests (the other two commit the writer's batches).
+    let b = Binary::start(Backend::Postgres, &[("CHAT_DB_MAX_CONNECTIONS", "4")]).await;
+    let mut members = Vec::new();
+    for _ in 0..CONVERSATIONS {
+        let mut c = b.client(Uuid::new_v4()).await;
+        let conv = c.direct_with(Uuid::new_v4()).await;
+        // A send keeps the conversation's actor live, so a mute goes straight to its write.
+        let r = c.call("send", json!({"conv": conv, "body": "hi"})).await;
+        assert_eq!(r["t"], "sent", "{r}");
+        members.push((c, conv));
+    }
+
+    let mut locker = sqlx::PgConnection::connect(&b.db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE members IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    // Two waves of mutes, each more than the pool holds: the first wave's waiters give up
+    // after the pool's 3 s, the second's while the first's holders still wait on the lock.
+    let mut mutes = tokio::task::JoinSet::new();
+    let mut waves = members.into_iter();
+    for wave in 0..2 {
+        for (mut c, conv) in waves.by_ref().take(CONVERSATIONS / 2) {
+            mutes.spawn(async move {
+                let r = c.call("mute", json!({"conv": conv, "on": true})).await;
+                (c, conv, r)
+            });
+        }
+        if wave == 0 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    let mut seen_down = false;
+    let spell = Instant::now();
+    while spell.elapsed() < Duration::from_secs(6) {
+        seen_down |= b.metric("chat_database_up").await == 0.0;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+
+    let mut refused = 0;
+    let mut answered = Vec::new();
+    while let Some(done) = mutes.join_next().await {
+        let (c, conv, r) = done.unwrap();
+        if r["t"] != "ok" {
+            assert_eq!(r["code"], "unavailable", "{r}");
+            refused += 1;
+        }
+        answered.push((c, conv));
+    }
+    assert!(
+        !seen_down && !b.log().contains("database unreachable"),
+        "a full pool opened the breaker: {}",
+        b.log()
+    );
+    // The scenario filled the pool (else this test proves nothing).
+    assert!(
+        b.metric("chat_database_pool_full_total").await >= 1.0,
+        "no call waited out the pool ({refused} refused): {}",
+        b.log()
+    );
+    // The lock is gone: the same request is served at once, no probe to wait for.
+    for (c, conv) in answered.iter_mut() {
+        let r = c.call("mute", json!({"conv": conv, "on": true})).await;
+        assert_eq!(r["t"], "ok", "{r}");
+    }
+}

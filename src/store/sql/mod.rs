@@ -96,6 +96,18 @@ impl SqlStore {
         on_pool!(self, |p, d| p.options().get_max_connections())
     }
 
+    /// Whether the database answers a connection of its own, opened outside the pool (which may
+    /// be full with calls the database is still serving); closed again at once.
+    pub async fn ping_outside_pool(&self) -> Result<(), StoreError> {
+        use sqlx::{ConnectOptions, Connection};
+        on_pool!(self, |p, d| {
+            let mut alone = p.connect_options().connect().await.map_err(classify)?;
+            let answered = sqlx::query("SELECT 1").execute(&mut alone).await;
+            let _ = alone.close().await;
+            answered.map(|_| ()).map_err(classify)
+        })
+    }
+
     /// Which backend this is, for logs.
     pub fn backend(&self) -> &'static str {
         match self.pool {
