@@ -14,6 +14,9 @@ pub(super) struct Conv {
     pub(super) ahead: BTreeSet<u64>,
     /// A `history` `after` in flight for this conversation, and the highest seq it must reach.
     pub(super) fetching: Option<u64>,
+    /// The seq a catch-up in progress needs held here (0: none): the list's `last_seq` when
+    /// it was behind.
+    pub(super) owed: u64,
     /// The newest seq of others' messages seen, and the newest we said we read.
     pub(super) unread_to: u64,
     pub(super) read_to: u64,
@@ -26,9 +29,15 @@ impl Conv {
             mark,
             ahead: BTreeSet::new(),
             fetching: None,
+            owed: 0,
             unread_to: mark,
             read_to: mark,
         }
+    }
+
+    /// Whether a catch-up in progress still waits for this conversation.
+    pub(super) fn owing(&self) -> bool {
+        self.mark < self.owed
     }
 
     /// Takes in a held seq; true if it was new.

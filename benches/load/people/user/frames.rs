@@ -7,11 +7,12 @@ pub(super) enum Asked {
     List {
         first: bool,
         at: u64,
+        /// A page a catch-up waits for (`CatchUp::lists`).
+        counted: bool,
     },
     History {
         conv: usize,
         at: u64,
-        catch_up: bool,
     },
     Send {
         conv: usize,

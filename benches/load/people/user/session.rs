@@ -30,9 +30,18 @@ pub(super) struct Session<'a> {
     pub(super) rng: &'a mut StdRng,
     pub(super) next_id: u64,
     pub(super) asked: HashMap<u64, Asked>,
-    /// A catch-up in progress: since when (0: the final one, not timed) and the requests it
-    /// still waits for (list pages and `history` fetches).
-    pub(super) catching: Option<(u64, usize)>,
+    pub(super) catching: Option<CatchUp>,
+}
+
+/// A catch-up in progress (after a reconnect, or the run's last check): over when the list
+/// pages it asked are answered and every conversation holds what they said it has
+/// ([`Conv::owed`]), however its messages came (a fetch of the catch-up's, a gap fetch already
+/// in flight, pushes).
+pub(super) struct CatchUp {
+    /// Since when (0: the last check, not timed).
+    from: u64,
+    /// List pages asked and not yet answered (a refused one is still owed: it is asked again).
+    lists: usize,
 }
 
 /// What the session plans to do next, and when.
@@ -47,8 +56,10 @@ pub(super) struct Plans {
     reads: Vec<(u64, usize)>,
     churn_at: u64,
     leave: bool,
-    /// A list to ask again (it was refused), and history fetches to ask again.
+    /// A list to ask again (it was refused; whether a catch-up waits for it), and history
+    /// fetches to ask again.
     retry_list_at: u64,
+    retry_list_counted: bool,
     retry_history: Vec<(u64, usize)>,
 }
 
@@ -65,24 +76,60 @@ impl Session<'_> {
         ws.send(frame(&req)).await.is_ok()
     }
 
-    async fn list(&mut self, ws: &mut Ws, first: bool, before: Option<u64>) -> bool {
+    /// Asks for a page of the list; `counted` when a catch-up waits for it (the caller counts
+    /// it in `CatchUp::lists`).
+    async fn list(&mut self, ws: &mut Ws, first: bool, before: Option<u64>, counted: bool) -> bool {
         let at = now_us();
         let mut req = json!({"t": "conversations", "limit": 200});
         if let Some(b) = before {
             req["before"] = json!(b);
         }
-        self.ask(ws, req, Asked::List { first, at }).await
+        self.ask(ws, req, Asked::List { first, at, counted }).await
     }
 
-    /// Asks for what follows `mark`; the answer must reach `want` (or the newest held above it).
-    async fn history_after(&mut self, ws: &mut Ws, conv: usize, catch_up: bool, want: u64) -> bool {
+    /// Starts a catch-up (`from` 0: the last check) with its first list page; one already
+    /// running is joined, its pages still awaited.
+    async fn catch_up(&mut self, ws: &mut Ws, from: u64, first: bool) -> bool {
+        let lists = self.catching.as_ref().map_or(0, |c| c.lists);
+        self.catching = Some(CatchUp {
+            from,
+            lists: lists + 1,
+        });
+        self.list(ws, first, None, true).await
+    }
+
+    /// Ends the catch-up once nothing it waits for is outstanding.
+    fn check_caught_up(&mut self) {
+        let Some(c) = &self.catching else {
+            return;
+        };
+        if c.lists > 0 || self.convs.iter().any(Conv::owing) {
+            return;
+        }
+        if c.from > 0 {
+            self.world.time_at(Timed::Reconnect, c.from, now_us());
+        }
+        self.catching = None;
+        for conv in self.convs.iter_mut() {
+            conv.owed = 0;
+        }
+    }
+
+    /// Asks for what follows `mark`; the answer must reach `want` (or the newest held above
+    /// it, or what a catch-up is owed).
+    async fn history_after(&mut self, ws: &mut Ws, conv: usize, want: u64) -> bool {
         let c = &mut self.convs[conv];
-        let want = c.ahead.last().copied().unwrap_or(c.mark).max(want);
+        let want = c
+            .ahead
+            .last()
+            .copied()
+            .unwrap_or(c.mark)
+            .max(want)
+            .max(c.owed);
         c.fetching = Some(want);
         let req = json!({"t": "history", "conv": c.id.to_string(), "after": c.mark, "limit": 200});
         let at = now_us();
-        self.ask(ws, req, Asked::History { conv, at, catch_up })
-            .await
+        self.ask(ws, req, Asked::History { conv, at }).await
     }
 
     fn exp_us(&mut self, per_minute: f64) -> u64 {
@@ -113,10 +160,16 @@ impl Session<'_> {
         let world = self.world;
         let plan = &world.plan;
         let is_agent = world.pop.agent[self.me_idx as usize];
-        if let Some(from) = reconnect_from {
-            self.catching = Some((from, 1));
+        // what was in flight on the last connection died with it
+        for c in self.convs.iter_mut() {
+            c.fetching = None;
+            c.owed = 0;
         }
-        if !self.list(&mut ws, first, None).await {
+        let asked = match reconnect_from {
+            Some(from) => self.catch_up(&mut ws, from, first).await,
+            None => self.list(&mut ws, first, None, false).await,
+        };
+        if !asked {
             return Ended::Lost;
         }
         let mut connect_timed = false;
@@ -131,6 +184,7 @@ impl Session<'_> {
             churn_at: u64::MAX,
             leave: false,
             retry_list_at: u64::MAX,
+            retry_list_counted: false,
             retry_history: Vec::new(),
         };
         self.plan_send(&mut p, now.max(plan.ramp_start_us + plan.ramp_us));
@@ -159,8 +213,7 @@ impl Session<'_> {
             if !final_check && now >= final_at {
                 // the run is over: one last catch-up, then hold what is held
                 final_check = true;
-                self.catching = Some((0, 1));
-                if !self.list(&mut ws, false, None).await {
+                if !self.catch_up(&mut ws, 0, false).await {
                     return Ended::Lost;
                 }
             }
@@ -202,16 +255,15 @@ impl Session<'_> {
                     let now = now_us();
                     if now >= p.retry_list_at {
                         p.retry_list_at = u64::MAX;
-                        if !self.list(&mut ws, first, None).await {
+                        if !self.list(&mut ws, first, None, p.retry_list_counted).await {
                             return Ended::Lost;
                         }
                         continue;
                     }
                     if let Some(k) = p.retry_history.iter().position(|(at, _)| *at <= now) {
                         let (_, conv) = p.retry_history.swap_remove(k);
-                        let catch_up = self.catching.is_some();
                         if self.convs[conv].fetching.is_none()
-                            && !self.history_after(&mut ws, conv, catch_up, 0).await
+                            && !self.history_after(&mut ws, conv, 0).await
                         {
                             return Ended::Lost;
                         }
@@ -412,10 +464,11 @@ impl Session<'_> {
                 }
                 if self.convs[conv].mark < seq && self.convs[conv].fetching.is_none() {
                     world.count_at(Count::GapFetches, now);
-                    if !self.history_after(ws, conv, false, seq).await {
+                    if !self.history_after(ws, conv, seq).await {
                         return Err(());
                     }
                 }
+                self.check_caught_up();
             }
             "sent" => {
                 let Some(Asked::Send { conv, scheduled }) =
@@ -477,13 +530,17 @@ impl Session<'_> {
                         self.convs[conv].fetching = None;
                         p.retry_history.push((later, conv));
                     }
-                    Some(Asked::List { .. }) => p.retry_list_at = later,
+                    Some(Asked::List { counted, .. }) => {
+                        p.retry_list_at = later;
+                        p.retry_list_counted = counted;
+                    }
                     _ => {}
                 }
             }
             "bye" => return Err(()),
             "conversations" => {
-                let Some(Asked::List { first, at }) = f.id.and_then(|i| self.asked.remove(&i))
+                let Some(Asked::List { first, at, counted }) =
+                    f.id.and_then(|i| self.asked.remove(&i))
                 else {
                     return Ok(());
                 };
@@ -509,34 +566,28 @@ impl Session<'_> {
                 if first && !more && !self.open_app(ws, now).await {
                     return Err(());
                 }
-                let mut asked = 0;
                 for (conv, last_seq) in behind {
-                    // a gap fetch already running for it catches it up too
-                    if self.convs[conv].fetching.is_none() {
-                        if !self
-                            .history_after(ws, conv, self.catching.is_some(), last_seq)
-                            .await
-                        {
-                            return Err(());
-                        }
-                        asked += 1;
+                    let c = &mut self.convs[conv];
+                    if self.catching.is_some() {
+                        c.owed = c.owed.max(last_seq);
+                    }
+                    // a fetch already in flight asks again if it answers short of this
+                    if c.fetching.is_none() && !self.history_after(ws, conv, last_seq).await {
+                        return Err(());
                     }
                 }
                 if more {
                     let oldest = f.items.last().map(|i| i.last_activity);
-                    if !self.list(ws, first, oldest).await {
+                    if !self.list(ws, first, oldest, counted).await {
                         return Err(());
                     }
-                    asked += 1;
+                } else if counted && let Some(c) = &mut self.catching {
+                    c.lists = c.lists.saturating_sub(1);
                 }
-                if let Some((_, pending)) = &mut self.catching {
-                    *pending += asked;
-                }
-                self.catch_up_done();
+                self.check_caught_up();
             }
             "history" => {
-                let Some(Asked::History { conv, at, catch_up }) =
-                    f.id.and_then(|i| self.asked.remove(&i))
+                let Some(Asked::History { conv, at }) = f.id.and_then(|i| self.asked.remove(&i))
                 else {
                     return Ok(());
                 };
@@ -562,17 +613,14 @@ impl Session<'_> {
                     c.mark = want;
                     c.ahead.retain(|s| *s > want);
                 }
-                // more pages, or pushes that skipped a seq while this was asked
-                if f.more == Some(true) || !c.ahead.is_empty() {
-                    return if self.history_after(ws, conv, catch_up, want).await {
-                        Ok(())
-                    } else {
-                        Err(())
-                    };
+                // more pages, pushes that skipped a seq while this was asked, or a catch-up's
+                // list that saw more than this was asked for
+                if (f.more == Some(true) || !c.ahead.is_empty() || c.owing())
+                    && !self.history_after(ws, conv, want).await
+                {
+                    return Err(());
                 }
-                if catch_up {
-                    self.catch_up_done();
-                }
+                self.check_caught_up();
             }
             _ => {
                 if let Some(i) = f.id {
@@ -583,19 +631,6 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// One request of the catch-up answered; the last one ends it.
-    fn catch_up_done(&mut self) {
-        if let Some((from, pending)) = &mut self.catching {
-            *pending = pending.saturating_sub(1);
-            if *pending == 0 {
-                if *from > 0 {
-                    self.world.time_at(Timed::Reconnect, *from, now_us());
-                }
-                self.catching = None;
-            }
-        }
-    }
-
     /// What an app does when opened: the newest page of 1–3 conversations, and the contacts
     /// watched.
     async fn open_app(&mut self, ws: &mut Ws, now: u64) -> bool {
@@ -603,11 +638,7 @@ impl Session<'_> {
         let pages = self.rng.random_range(1..=3usize).min(self.convs.len());
         for conv in 0..pages {
             let id = self.convs[conv].id.to_string();
-            let asked = Asked::History {
-                conv,
-                at: now,
-                catch_up: false,
-            };
+            let asked = Asked::History { conv, at: now };
             if !self
                 .ask(ws, json!({"t": "history", "conv": id, "limit": 20}), asked)
                 .await
