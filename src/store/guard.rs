@@ -4,9 +4,10 @@
 //!   at once with `unavailable` instead of each waiting out the pool's acquire timeout; a probe
 //!   pings the database every [`PROBE_EVERY`] and closes the breaker as soon as it answers.
 //!   The pool's own acquire timeout says only that no connection came free: the database may be
-//!   down, or merely busy with every connection the pool holds. One connection of our own,
-//!   outside the pool, tells which ([`GuardedStore::check_reachable`]); only a database that does
-//!   not answer it opens the breaker. Busy is not down: opened on a saturated pool, the breaker
+//!   down, or merely busy with every connection the pool holds. A call that succeeded within the
+//!   last [`ANSWERED_RECENTLY`] says busy; else one connection of our own, outside the pool,
+//!   tells which ([`GuardedStore::check_reachable`]); only a database that does not answer it
+//!   opens the breaker. Busy is not down: opened on a saturated pool, the breaker
 //!   refused every call, writes included, and the probe, queued behind the same pool, kept it
 //!   open (docs/PERFORMANCE.md, "The busy hour").
 //! - **Reads on standbys.** The reads a standby may serve (history, lists, a conversation's
@@ -19,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
     AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
@@ -45,6 +47,13 @@ const READ_WAIT: Duration = Duration::from_secs(3);
 /// long before another pool timeout is checked the same way (a saturated pool times out many
 /// calls a second; each check costs the database a new session).
 const ANSWERED_HOLDS_FOR: Duration = Duration::from_secs(1);
+/// A database that answered a call this recently is busy when the pool times out, not down.
+const ANSWERED_RECENTLY: Duration = Duration::from_secs(2);
+/// How long a connection of our own may take to answer. Longer than a probe's: a new session
+/// (a process forked, authenticated) on a machine past its cores took over a second when the
+/// busy hour first ran with a one-second check, and the breaker opened on a database that
+/// was serving.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a call was refused without reaching the database.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,14 @@ struct Health {
     down: AtomicBool,
     /// A connection of our own is asking whether the database answers (see `check_reachable`).
     checking: AtomicBool,
+    /// When a call last succeeded (ms since the epoch).
+    answered_at_ms: AtomicI64,
+}
+
+impl Health {
+    fn answered_within(&self, span: Duration) -> bool {
+        now_ms() - self.answered_at_ms.load(Ordering::Relaxed) < span.as_millis() as i64
+    }
 }
 
 impl GuardedStore {
@@ -100,12 +117,19 @@ impl GuardedStore {
     /// Notes the outcome of a call: a failure to reach the database opens the breaker; a pool
     /// that gave no connection in time has the database asked directly.
     fn observe<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(e) = &outcome {
-            match verdict(e) {
+        match &outcome {
+            Ok(_) => self
+                .health
+                .answered_at_ms
+                .store(now_ms(), Ordering::Relaxed),
+            Err(e) => match verdict(e) {
                 Verdict::Unreachable => trip(&self.inner, &self.health, e),
+                Verdict::PoolFull if self.health.answered_within(ANSWERED_RECENTLY) => {
+                    metrics::counter!("chat_database_pool_full_total").increment(1);
+                }
                 Verdict::PoolFull => self.check_reachable(),
                 Verdict::Answered => {}
-            }
+            },
         }
         outcome
     }
@@ -118,7 +142,7 @@ impl GuardedStore {
         }
         let (inner, health) = (self.inner.clone(), self.health.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(PROBE_TIMEOUT, inner.ping_outside_pool()).await {
+            match tokio::time::timeout(CHECK_TIMEOUT, inner.ping_outside_pool()).await {
                 Ok(Ok(())) => {
                     metrics::counter!("chat_database_pool_full_total").increment(1);
                     tracing::debug!("the pool is full but the database answers: busy, not down");
@@ -128,7 +152,7 @@ impl GuardedStore {
                 Err(_) => trip(
                     &inner,
                     &health,
-                    &format!("no answer within {PROBE_TIMEOUT:?}"),
+                    &format!("no answer within {CHECK_TIMEOUT:?}"),
                 ),
             }
             health.checking.store(false, Ordering::Release);
