@@ -269,6 +269,7 @@ fn node_config(config: &Config, node_id: &str) -> NodeConfig {
             sends: (config.rate_messages, config.rate_burst),
             requests: (config.rate_requests, config.rate_requests_burst),
             max_in_flight: config.max_in_flight_per_user,
+            overload_lag: Duration::from_millis(config.overload_lag_ms),
         },
         conversation_idle: Duration::from_millis(config.conversation_idle_ms),
     }

@@ -176,6 +176,11 @@ settings! {
     /// A conversation's actor stops after this long unused (its state reloads in one statement
     /// when it is next needed): memory held against database reads.
     conversation_idle_ms: u64 = 120_000, "CHAT_CONVERSATION_IDLE_MS";
+    /// How late (ms, smoothed) this node's runtime may run what is ready before it refuses a share
+    /// of new requests `unavailable` (all of them at five times this): a node given more than
+    /// its cores serve does what it can in time instead of queueing everything to its deadline.
+    /// 0: never refuse.
+    overload_lag_ms: u64 = 100, "CHAT_OVERLOAD_LAG_MS";
     /// The largest WebSocket frame accepted; a larger one closes the connection with 1009.
     max_frame_bytes: usize = 65_536, "CHAT_MAX_FRAME_BYTES";
     /// Pushes queued per connection before a client that stopped reading is dropped.

@@ -457,3 +457,96 @@ async fn a_pool_full_of_calls_on_a_live_database_does_not_open_the_breaker() {
         assert_eq!(r["t"], "ok", "{r}");
     }
 }
+
+/// A node that runs late for lasting (here: stopped for 300 ms of every 310, as a machine past
+/// its cores would leave it waiting) refuses a share of new requests `unavailable` at the door,
+/// before doing any work for them, and serves everything again once it keeps up; a send it
+/// refused and the client sends again is stored once.
+#[tokio::test]
+async fn a_node_that_runs_late_refuses_a_share_of_new_requests_and_serves_again_when_it_keeps_up() {
+    let b = Binary::start(Backend::Sqlite, &[]).await;
+    let mut c = b.client(Uuid::new_v4()).await;
+    let conv = c.direct_with(Uuid::new_v4()).await;
+    let mut acked = vec![send_until_sent(&mut c, &conv, "before").await];
+
+    let pid = b.child.id().to_string();
+    let signal = move |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig}");
+    };
+    let stalls = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            signal("-STOP");
+            std::thread::sleep(Duration::from_millis(300));
+            signal("-CONT");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // Each round one send and a burst of cheap requests, pipelined: enough new requests that a
+    // share refused cannot miss them all.
+    let mut overloaded = Vec::new();
+    let mut refused_requests = 0;
+    let mut id = 1_000_000;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        // within the user's own request budget (50 a second, 200 at once)
+        let round = tokio::time::sleep(Duration::from_millis(300));
+        let (send_id, mid) = (id, Uuid::new_v4().to_string());
+        c.send_frame(json!({"t": "send", "id": id, "conv": conv, "mid": mid, "body": "late"}))
+            .await;
+        for _ in 0..15 {
+            id += 1;
+            c.send_frame(json!({"t": "presence", "id": id, "users": [Uuid::new_v4()]}))
+                .await;
+        }
+        id += 1;
+        let mut waiting = 16;
+        while waiting > 0 {
+            let f = c.next_frame().await.expect("the connection stays open");
+            let Some(answered) = f["id"].as_u64().filter(|i| *i >= send_id) else {
+                continue; // a push
+            };
+            waiting -= 1;
+            if f["t"] == "error" {
+                assert_eq!(f["code"], "unavailable", "{f}");
+                if answered == send_id {
+                    overloaded.push(mid.clone());
+                } else {
+                    refused_requests += 1;
+                }
+            } else if answered == send_id {
+                assert_eq!(f["t"], "sent", "{f}");
+                acked.push(mid.clone());
+            }
+        }
+        round.await;
+    }
+    stalls.join().unwrap();
+    println!(
+        "refused while late: {} sends, {refused_requests} other requests",
+        overloaded.len()
+    );
+    assert!(
+        overloaded.len() + refused_requests > 0,
+        "a node stopped 300 ms of every 310 refused nothing: {}",
+        b.log()
+    );
+    assert!(b.metric("chat_overload_refused_total").await >= 1.0);
+
+    // Keeping up again (its smoothed lag back under the 100 ms), it serves every request.
+    let keeps_up = async || (b.metric("chat_runtime_lag_seconds").await < 0.1).then_some(());
+    eventually(SECONDS_10, POLL, "the node keeps up again", keeps_up).await;
+    for i in 0..20 {
+        let r = c
+            .call("send", json!({"conv": conv, "body": format!("again {i}")}))
+            .await;
+        assert_eq!(r["t"], "sent", "{r}");
+        acked.push(r["mid"].as_str().unwrap().to_owned());
+    }
+    retry_refused(&mut c, &conv, &overloaded, &mut acked).await;
+    assert_kept(&mut c, &conv, &acked).await;
+}

@@ -3,16 +3,21 @@
 //!
 //! Every operation a transport calls is admitted here first, so one user's flood is refused at the
 //! door (`rate_limited`) before it reaches an actor, the database or another user's queue. The
-//! budgets are per user, not per connection: opening more connections buys nothing.
+//! budgets are per user, not per connection: opening more connections buys nothing. A node past
+//! what its cores serve refuses a share of everyone's new requests here too (`unavailable`,
+//! [`super::overload`]).
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::ids::{ConversationId, UserId};
 use crate::protocol::{ErrorCode, Rejection};
+
+use super::overload::Overload;
 
 /// Typing state changes per second one user may make in one conversation (PROTOCOL leaves the
 /// number open; a person toggles far slower, a client repeats `on` every few seconds).
@@ -29,6 +34,9 @@ pub struct BudgetConfig {
     pub requests: (u32, u32),
     /// Requests of one user in flight at once, over all its connections here.
     pub max_in_flight: usize,
+    /// The node's lag (how late its runtime runs what is ready) past which it refuses a share of
+    /// new requests; zero: never.
+    pub overload_lag: Duration,
 }
 
 impl Default for BudgetConfig {
@@ -37,6 +45,7 @@ impl Default for BudgetConfig {
             sends: (20, 40),
             requests: (50, 200),
             max_in_flight: 64,
+            overload_lag: Duration::from_millis(100),
         }
     }
 }
@@ -58,6 +67,8 @@ pub struct Budgets {
     /// Requests in flight per user; a user with none has no entry.
     in_flight: DashMap<UserId, usize>,
     max_in_flight: usize,
+    /// The node's own load.
+    pub(super) overload: Arc<Overload>,
 }
 
 /// One admitted request; it leaves the user's in-flight count when dropped.
@@ -97,12 +108,14 @@ impl Budgets {
             typing: limiter((TYPING_PER_SECOND, TYPING_BURST)),
             in_flight: DashMap::new(),
             max_in_flight: config.max_in_flight.max(1),
+            overload: Arc::new(Overload::new(config.overload_lag)),
         }
     }
 
     /// Admits one request of `user`, or refuses it `rate_limited`. The answer holds a place in
     /// the user's in-flight count until it is dropped.
     pub fn admit(self: &Arc<Self>, user: UserId, cost: Cost) -> Result<Admitted, Rejection> {
+        self.refuse_when_overloaded()?;
         let mut n = self.in_flight.entry(user).or_insert(0);
         if *n >= self.max_in_flight {
             drop(n);
@@ -133,6 +146,7 @@ impl Budgets {
 
     /// Counts one request that finishes at once (nothing stays in flight).
     pub fn admit_now(&self, user: UserId) -> Result<(), Rejection> {
+        self.refuse_when_overloaded()?;
         self.requests
             .check_key(&user)
             .map_err(|_| limited("too many requests; slow down"))
@@ -145,6 +159,18 @@ impl Budgets {
         self.typing
             .check_key(&(user, conv))
             .map_err(|_| limited("typing changes too often; it is dropped"))
+    }
+
+    /// Refuses a share of new requests while the node is past what it serves.
+    fn refuse_when_overloaded(&self) -> Result<(), Rejection> {
+        if self.overload.shed() {
+            Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "this node is overloaded; try again shortly",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// Forgets users idle long enough to have their whole burst back (keyed limiters keep every
@@ -173,6 +199,7 @@ mod tests {
             sends: (1, 2),
             requests,
             max_in_flight,
+            overload_lag: Duration::ZERO,
         }))
     }
 

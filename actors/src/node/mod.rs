@@ -19,6 +19,7 @@ mod cluster;
 mod deadline;
 pub mod handle;
 mod inbox;
+mod overload;
 mod registry;
 mod route;
 mod sessions;
@@ -91,6 +92,8 @@ impl Node {
         let budgets = Arc::new(Budgets::new(&config.budgets));
         let stopping = CancellationToken::new();
         // Keyed limiters keep every key forever unless told to forget the idle ones.
+        deps.tasks
+            .spawn(budgets.overload.clone().watch(stopping.clone()));
         let forgetting = budgets.clone();
         let stopped = stopping.clone();
         deps.tasks.spawn(async move {
