@@ -91,9 +91,9 @@ impl Node {
         let (supervisor, _) = Actor::spawn(None, supervisor, ()).await?;
         let budgets = Arc::new(Budgets::new(&config.budgets));
         let stopping = CancellationToken::new();
-        // Keyed limiters keep every key forever unless told to forget the idle ones.
         deps.tasks
             .spawn(budgets.overload.clone().watch(stopping.clone()));
+        // Keyed limiters keep every key forever unless told to forget the idle ones.
         let forgetting = budgets.clone();
         let stopped = stopping.clone();
         deps.tasks.spawn(async move {
