@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     Backend, Binary, Client, POLL, SECONDS_10, TestNode, admin, assert_kept, eventually, outage,
+    signal,
 };
 
 /// Times one request.
@@ -469,20 +470,13 @@ async fn a_node_that_runs_late_refuses_a_share_of_new_requests_and_serves_again_
     let conv = c.direct_with(Uuid::new_v4()).await;
     let mut acked = vec![send_until_sent(&mut c, &conv, "before").await];
 
-    let pid = b.child.id().to_string();
-    let signal = move |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {sig}");
-    };
+    let pid = b.child.id();
     let stalls = std::thread::spawn(move || {
         let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
-            signal("-STOP");
+            signal(pid, "-STOP");
             std::thread::sleep(Duration::from_millis(300));
-            signal("-CONT");
+            signal(pid, "-CONT");
             std::thread::sleep(Duration::from_millis(10));
         }
     });

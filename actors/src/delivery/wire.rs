@@ -47,6 +47,11 @@ pub enum Wire<Q, R> {
         node: String,
         /// Its users.
         users: Vec<UserId>,
+        /// The receiver is asked to send its own roster back: the sender saw it come back into
+        /// the live set, which the receiver, never out of it as it saw things, cannot know.
+        /// (Absent from older nodes' rosters: false.)
+        #[serde(default)]
+        answer: bool,
     },
     /// The user service said `id`'s profile changed: every node drops what it cached.
     ProfileChanged {

@@ -30,9 +30,11 @@ impl BusInbox for Node {
             Wire::Presence { node, user, online } if node != me => {
                 delivery.presence.set_remote(user, &node, online)
             }
-            Wire::Roster { node, users } if node != me => {
-                delivery.presence.set_roster(&node, &users)
-            }
+            Wire::Roster {
+                node,
+                users,
+                answer,
+            } if node != me => self.heard_roster(&node, &users, answer),
             Wire::Hello { node, incarnation } if node != me => self.heard_hello(LiveNode {
                 id: node,
                 incarnation,

@@ -17,6 +17,7 @@
 pub mod budget;
 mod cluster;
 mod deadline;
+mod departed;
 pub mod handle;
 mod inbox;
 mod overload;

@@ -4,7 +4,7 @@
 //! their methods.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::Budgets;
+use super::departed::Departed;
 use super::registry::ActorMap;
 use crate::conversation::{ConversationDeps, ConversationMessage, ReplyPort};
 use crate::ids::{ConversationId, SessionId, UserId};
@@ -63,4 +64,10 @@ pub(super) struct Cluster {
     /// The incarnation last heard of each other live node. Held only for the few lines that
     /// read and replace it, never across an await.
     pub(super) incarnations: Mutex<HashMap<String, u64>>,
+    /// Nodes gone from the live set whose users are still held present, for a grace. Held only
+    /// for the few lines that read and change it, never across an await.
+    pub(super) departed: Mutex<Departed>,
+    /// Whether the heartbeat has given this node a live set yet: the nodes in the first one hear
+    /// this node's hello and send their rosters unasked.
+    pub(super) heard_live_set: AtomicBool,
 }

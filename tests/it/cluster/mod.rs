@@ -11,6 +11,7 @@ mod pg_pair;
 mod pg_replicas;
 mod profiles;
 mod redis_cluster;
+mod stalls;
 
 use chat_actors::ids::ConversationId;
 use serde_json::json;

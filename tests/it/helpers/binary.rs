@@ -156,10 +156,18 @@ impl Binary {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        signal(self.child.id(), "-TERM");
+    }
+
+    /// Stops the process where it stands (SIGSTOP), as a stall would: it holds its connections
+    /// and answers nothing until [`Binary::resume`].
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
     }
 
     /// Waits for the process to exit and returns its code.
@@ -242,6 +250,15 @@ pub async fn http_status(port: u16, method: &str, path: &str, token: Option<&str
 /// could take a port picked there before its server (a node, nginx) binds it ("Address already
 /// in use"). Below the range only another `free_port` could pick it, and within this process
 /// none gives a port twice.
+/// Sends `sig` (as `kill` spells it: `-STOP`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
 pub fn free_port() -> u16 {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chat_backend::config::Config;
 use uuid::Uuid;
 
-pub use binary::{Binary, free_port, http_status};
+pub use binary::{Binary, free_port, http_status, signal};
 pub use client::{Client, assert_kept};
 pub use db::{Backend, TestDb, admin, outage};
 pub use node::TestNode;
