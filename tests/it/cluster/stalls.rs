@@ -11,6 +11,21 @@ use uuid::Uuid;
 use super::{cluster, group, owner};
 use crate::helpers::{Backend, Binary, Client, FAST_POLL, POLL, SECONDS_10, TestDb, eventually};
 
+/// Two nodes; a watcher's client on node 0, told that the user of the client on node 1 is online.
+async fn watched_across_two_nodes(db: &TestDb) -> (Vec<Binary>, Client, Client, Uuid) {
+    let nodes = cluster(db, 2).await;
+    let (watcher, user) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut cw = nodes[0].client(watcher).await;
+    cw.call("watch", json!({"users": [user.to_string()]})).await;
+    let cu = nodes[1].client(user).await;
+    let online = cw.push("presence").await;
+    assert_eq!(
+        (online["user"].as_str(), online["status"].as_str()),
+        (Some(user.to_string().as_str()), Some("online"))
+    );
+    (nodes, cw, cu, user)
+}
+
 /// Waits until `node` counts `n` live nodes.
 async fn live_nodes(node: &Binary, n: f64, what: &str) {
     eventually(SECONDS_10, FAST_POLL, what, async || {
@@ -45,16 +60,7 @@ fn presence_pushes(watcher: &Client, user: Uuid) -> Vec<&Value> {
 #[tokio::test]
 async fn a_node_silent_for_a_moment_past_the_dead_node_window_does_not_flap_its_users() {
     let db = TestDb::new(Backend::Postgres).await;
-    let nodes = cluster(&db, 2).await;
-    let (watcher, user) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut cw = nodes[0].client(watcher).await;
-    cw.call("watch", json!({"users": [user.to_string()]})).await;
-    let _cu = nodes[1].client(user).await;
-    let online = cw.push("presence").await;
-    assert_eq!(
-        (online["user"].as_str(), online["status"].as_str()),
-        (Some(user.to_string().as_str()), Some("online"))
-    );
+    let (nodes, mut cw, _cu, user) = watched_across_two_nodes(&db).await;
 
     nodes[1].pause();
     live_nodes(&nodes[0], 1.0, "node 0 counts the silent node out").await;
@@ -74,12 +80,7 @@ async fn a_node_silent_for_a_moment_past_the_dead_node_window_does_not_flap_its_
 #[tokio::test]
 async fn a_node_counted_out_for_long_comes_back_with_its_users_reachable_everywhere() {
     let db = TestDb::new(Backend::Postgres).await;
-    let nodes = cluster(&db, 2).await;
-    let (watcher, user) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut cw = nodes[0].client(watcher).await;
-    cw.call("watch", json!({"users": [user.to_string()]})).await;
-    let mut cu = nodes[1].client(user).await;
-    assert_eq!(cw.push("presence").await["status"], "online");
+    let (nodes, mut cw, mut cu, user) = watched_across_two_nodes(&db).await;
     // A conversation node 0 owns, so that its pushes reach the user only if node 0 knows
     // where the user is.
     let conv = loop {
