@@ -199,10 +199,12 @@ impl Session<'_> {
         p.churn_at = now
             .max(plan.ramp_start_us + plan.ramp_us)
             .saturating_add(drop_after.min(leave_after));
-        // The last catch-up is spread over a few seconds, as a worker's users would not all
-        // open their app in one instant (a herd of lists would measure the herd).
+        // The last catch-up is spread out, as users would not all open their app in one instant
+        // (a herd of lists would measure the herd, and leave users unchecked): at the ramp's
+        // pace, which the run says the cluster takes for a list and its pages, and at most
+        // 500 users a second.
         let drain_until = plan.end_us + 3_000_000;
-        let spread = plan.shape.users as u64 * 2_000; // 500 users a second
+        let spread = (plan.shape.users as u64 * 2_000).max(plan.ramp_us);
         let final_at = drain_until + self.rng.random_range(0..spread.max(1_000_000));
         let mut final_check = false;
         let timer = tokio::time::sleep(Duration::ZERO);
