@@ -37,31 +37,19 @@ impl Departed {
 
     /// The live set is `live` now: the held nodes in it are back, and are returned (no longer held).
     pub(super) fn back(&mut self, live: &[String]) -> Vec<String> {
-        let back: Vec<String> = self
-            .since
-            .keys()
-            .filter(|n| live.contains(n))
-            .cloned()
-            .collect();
-        for node in &back {
-            self.since.remove(node);
-        }
-        back
+        self.since
+            .extract_if(|n, _| live.contains(n))
+            .map(|(n, _)| n)
+            .collect()
     }
 
     /// The held nodes whose grace has run out at `now`, no longer held: their users are to be
     /// forgotten.
     pub(super) fn overdue(&mut self, now: Instant) -> Vec<String> {
-        let overdue: Vec<String> = self
-            .since
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= GRACE)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for node in &overdue {
-            self.since.remove(node);
-        }
-        overdue
+        self.since
+            .extract_if(|_, since| now.duration_since(*since) >= GRACE)
+            .map(|(n, _)| n)
+            .collect()
     }
 }
 
