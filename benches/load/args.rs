@@ -111,6 +111,15 @@ pub(crate) struct Args {
     /// People: percent of the users a minute who close the app and come back 1–5 min later.
     #[arg(long, default_value_t = 0.5)]
     pub(crate) leave_per_min: f64,
+    /// People: kill node N (its index among --url, from 0: `node-N` of --cluster-dir) with
+    /// SIGKILL during the window, as a crash would, and measure the herd of its users failing
+    /// over to the other nodes (each user's next connect goes to another node, as a balancer
+    /// would send it). Needs the nodes' pids (--cluster-dir or --server-pid).
+    #[arg(long)]
+    pub(crate) kill_node: Option<usize>,
+    /// People: when --kill-node strikes, in seconds into the measured window.
+    #[arg(long, default_value_t = 60.0)]
+    pub(crate) kill_at: f64,
     /// People: conversations per user, `MIN-MAX`.
     #[arg(long, value_parser = parse_range, default_value = "5-30")]
     pub(crate) convs_per_user: (usize, usize),

@@ -25,6 +25,10 @@ pub(crate) enum Timed {
     Receipt,
     /// The start of a reconnect → every conversation caught up.
     Reconnect,
+    /// A connection the server ended (a node's death) → every conversation caught up again,
+    /// on whichever node took the user (the pause before reconnecting and any refused connects
+    /// included).
+    Failover,
     /// Connect started → the reply to the first request (the conversation list).
     Connect,
     /// `conversations` request → reply.
@@ -55,6 +59,9 @@ pub(crate) enum Count {
     Drops,
     Leaves,
     Reconnects,
+    /// Connections the server ended or broke (a node's death, a slow consumer cut off), not the
+    /// user's own drops.
+    Lost,
     TokenRefreshes,
     ConnectFailures,
     /// A `history` page that skipped a `seq` below the newest: a hole in what was stored.

@@ -27,7 +27,7 @@ use crate::plan::TokenSpec;
 use crate::tally::now_us;
 use events::{Count, EventTally, Events, Merged};
 use population::{Shape, directory, draw};
-use system::{Sources, Watch, work_between};
+use system::{Kill, Sources, Watch, work_between};
 use user::World;
 
 /// What every worker of a people run is told.
@@ -215,6 +215,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
         start_us,
         end_us,
     };
+    let kill = match args.kill_node {
+        None => None,
+        Some(n) => {
+            if pids.len() != urls.len() || n >= pids.len() {
+                anyhow::bail!(
+                    "--kill-node {n}: needs the pid of every node (--cluster-dir, or one --server-pid per --url) and N below {}",
+                    urls.len()
+                );
+            }
+            if !(0.0..args.duration).contains(&args.kill_at) {
+                anyhow::bail!("--kill-at {}: not within the window", args.kill_at);
+            }
+            Some(Kill {
+                pid: pids[n],
+                at_us: start_us + (args.kill_at * 1e6) as u64,
+            })
+        }
+    };
     let dir = tempfile::tempdir()?;
     let plan_path = dir.path().join("people.json");
     std::fs::write(&plan_path, serde_json::to_vec(&plan)?)?;
@@ -235,6 +253,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
         start_us,
         end_us,
         Duration::from_secs(5),
+        kill,
     );
     let sources = Sources {
         redis_url: args.redis_url.clone(),
@@ -268,6 +287,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
     drop(started);
     Ok(report::PeopleReport::new(
         &plan,
+        args.kill_node,
         &pop,
         made,
         &merged,

@@ -52,6 +52,24 @@ pub(crate) struct SystemFigures {
     pub(crate) pg_rows_inserted_per_msg: f64,
 }
 
+/// `--kill-node`: a node killed during the window and its users' herd to the others.
+#[derive(Serialize)]
+pub(crate) struct KillFigures {
+    /// Its index among the nodes.
+    pub(crate) node: usize,
+    /// When it was killed, in seconds into the window.
+    pub(crate) at_s: f64,
+    /// Connections the server ended in the window (the dead node's, and any other).
+    pub(crate) connections_lost: u64,
+    /// Of them, users who caught up again on another connection within the window; the rest
+    /// were still away at its end.
+    pub(crate) caught_up_again: u64,
+    /// Loss → caught up again (the pause before reconnecting included).
+    pub(crate) failover_ms: Quantiles,
+    /// Connects refused in the window (each user's first try at the dead node among them).
+    pub(crate) connect_failures: u64,
+}
+
 #[derive(Serialize)]
 pub(crate) struct PeopleReport {
     pub(crate) scenario: &'static str,
@@ -78,6 +96,9 @@ pub(crate) struct PeopleReport {
     pub(crate) timed_ms: BTreeMap<Timed, Quantiles>,
     pub(crate) timed_counts: BTreeMap<Timed, u64>,
     pub(crate) counts: BTreeMap<Count, u64>,
+    /// With `--kill-node`; the nodes' RSS after it counts one node fewer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) kill: Option<KillFigures>,
     pub(crate) system: SystemFigures,
 }
 
@@ -85,6 +106,7 @@ impl PeopleReport {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         plan: &PeoplePlan,
+        killed_node: Option<usize>,
         pop: &Population,
         setup: Made,
         m: &Merged,
@@ -131,6 +153,14 @@ impl PeopleReport {
             timed_ms: m.timed.keys().map(|k| (*k, m.quantiles(&[*k]))).collect(),
             timed_counts: m.timed.iter().map(|(k, h)| (*k, h.len())).collect(),
             counts: m.counts.clone(),
+            kill: killed_node.map(|node| KillFigures {
+                node,
+                at_s: seen.killed_at_s.unwrap_or(f64::NAN),
+                connections_lost: m.get(Count::Lost),
+                caught_up_again: m.timed.get(&Timed::Failover).map_or(0, |h| h.len()),
+                failover_ms: m.quantiles(&[Timed::Failover]),
+                connect_failures: m.get(Count::ConnectFailures),
+            }),
             system: SystemFigures {
                 cpu_cores_avg: cpu_total / window_s.max(1e-9),
                 cpu_s: seen.cpu_s,
@@ -205,6 +235,19 @@ impl PeopleReport {
                 q.p90,
                 q.p99,
                 q.max
+            );
+        }
+        if let Some(k) = &self.kill {
+            println!(
+                "kill        node {} at {:.1} s: {} connections lost, {} caught up again (p50 {:.0} ms, p99 {:.0}, max {:.0}); {} connects refused",
+                k.node,
+                k.at_s,
+                k.connections_lost,
+                k.caught_up_again,
+                k.failover_ms.p50,
+                k.failover_ms.p99,
+                k.failover_ms.max,
+                k.connect_failures
             );
         }
         let s = &self.system;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::sample::{Cpu, cpu, rss_by_name, rss_kib};
+use crate::sample::{Cpu, cpu, process_cpu_s, rss_by_name, rss_kib};
 use crate::tally::now_us;
 
 /// Counters read from Redis and PostgreSQL at the window's start and end.
@@ -151,10 +151,19 @@ pub(crate) struct Seen {
     pub(crate) postgres_pss_kib: u64,
     pub(crate) redis_pss_kib: u64,
     pub(crate) nginx_pss_kib: u64,
+    /// When `--kill-node` struck, in seconds into the window.
+    pub(crate) killed_at_s: Option<f64>,
+}
+
+/// A node to kill during the window (`--kill-node`).
+pub(crate) struct Kill {
+    pub(crate) pid: u32,
+    pub(crate) at_us: u64,
 }
 
 /// Samples the nodes and the machine's PostgreSQL, Redis and nginx from `start_us` to
-/// `end_us`, on a thread of its own.
+/// `end_us`, on a thread of its own; kills a node when told to (the watch knows every node's
+/// CPU, so the dead one's share up to its death stays counted).
 pub(crate) struct Watch {
     seen: Arc<Mutex<Seen>>,
     thread: Option<JoinHandle<()>>,
@@ -162,11 +171,12 @@ pub(crate) struct Watch {
 
 impl Watch {
     pub(crate) fn start(
-        pids: Vec<u32>,
+        mut pids: Vec<u32>,
         ramp_start_us: u64,
         start_us: u64,
         end_us: u64,
         every: Duration,
+        mut kill: Option<Kill>,
     ) -> Watch {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let out = seen.clone();
@@ -185,6 +195,25 @@ impl Watch {
                         o.ramp_cpu_s = c.since(&r);
                     }
                     before = Some(c);
+                }
+                if let Some(k) = kill.take_if(|k| now >= k.at_us) {
+                    // The window's CPU is (the living nodes' at its end) minus (every node's at
+                    // its start, less what the dead one had spent by its death).
+                    let spent = process_cpu_s(&k.pid.to_string());
+                    let killed = std::process::Command::new("kill")
+                        .args(["-KILL", &k.pid.to_string()])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if !killed {
+                        eprintln!("load: --kill-node: kill -KILL {} failed", k.pid);
+                    }
+                    pids.retain(|p| *p != k.pid);
+                    if let Some(b) = before.as_mut() {
+                        b.nodes_s -= spent;
+                    }
+                    if let Ok(mut o) = out.lock() {
+                        o.killed_at_s = Some(now.saturating_sub(start_us) as f64 / 1e6);
+                    }
                 }
                 if now >= next_rss && now <= end_us + 500_000 {
                     let rss = rss_kib(&pids);

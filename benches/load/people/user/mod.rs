@@ -89,7 +89,10 @@ pub(super) enum Ended {
 pub(crate) async fn live(world: Rc<World>, me: u32) {
     let plan = &world.plan;
     let uuid = world.pop.users[me as usize];
-    let url = plan.urls[me as usize % plan.urls.len()].clone();
+    let nodes = plan.urls.len();
+    let mut node_index = me as usize % nodes;
+    let mut refused = 0usize;
+    let mut lost_at = None;
     let mut rng = StdRng::seed_from_u64(plan.shape.nonce ^ ((me as u64) << 20) ^ 0x5eed);
     let mut tok = token(&plan.tokens, uuid);
     let mut convs: Vec<Conv> = Vec::new();
@@ -105,13 +108,22 @@ pub(crate) async fn live(world: Rc<World>, me: u32) {
         let started = now_us();
         let connected = {
             let _permit = world.gate.acquire().await;
-            connect(&url, &tok).await
+            connect(&plan.urls[node_index], &tok).await
         };
         let Ok((ws, node)) = connected else {
             world.count(Count::ConnectFailures);
-            sleep_us(rng.random_range(1_000_000..5_000_000)).await;
+            // as a balancer would: the next try goes to another node at once, and only when
+            // every node has refused does the app wait before trying again
+            refused += 1;
+            if nodes > 1 {
+                node_index = (node_index + rng.random_range(1..nodes)) % nodes;
+            }
+            if refused.is_multiple_of(nodes) {
+                sleep_us(rng.random_range(1_000_000..5_000_000)).await;
+            }
             continue;
         };
+        refused = 0;
         let session = Session {
             world: &world,
             me: uuid,
@@ -124,6 +136,7 @@ pub(crate) async fn live(world: Rc<World>, me: u32) {
             next_id: 1,
             asked: HashMap::new(),
             catching: None,
+            lost_at: &mut lost_at,
         };
         *world.online.borrow_mut() += 1;
         let ended = session.run(ws, started, first, reconnect_from.take()).await;
@@ -133,13 +146,20 @@ pub(crate) async fn live(world: Rc<World>, me: u32) {
             Ended::Over => break,
             Ended::Dropped => {
                 world.count_at(Count::Drops, now_us());
+                lost_at = None;
                 rng.random_range(1_000_000..10_000_000)
             }
             Ended::Left => {
                 world.count_at(Count::Leaves, now_us());
+                lost_at = None;
                 rng.random_range(60_000_000..300_000_000)
             }
-            Ended::Lost => rng.random_range(1_000_000..3_000_000),
+            Ended::Lost => {
+                let now = now_us();
+                world.count_at(Count::Lost, now);
+                lost_at.get_or_insert(now);
+                rng.random_range(1_000_000..3_000_000)
+            }
         };
         // whoever is away when the run ends stays away
         sleep_us(pause.min(plan.end_us.saturating_sub(now_us()))).await;

@@ -31,6 +31,8 @@ pub(super) struct Session<'a> {
     pub(super) next_id: u64,
     pub(super) asked: HashMap<u64, Asked>,
     pub(super) catching: Option<CatchUp>,
+    /// When the server last ended a connection of this user, until a catch-up has followed.
+    pub(super) lost_at: &'a mut Option<u64>,
 }
 
 /// A catch-up in progress (after a reconnect, or the run's last check): over when the list
@@ -107,7 +109,11 @@ impl Session<'_> {
             return;
         }
         if c.from > 0 {
-            self.world.time_at(Timed::Reconnect, c.from, now_us());
+            let now = now_us();
+            self.world.time_at(Timed::Reconnect, c.from, now);
+            if let Some(lost) = self.lost_at.take() {
+                self.world.time_at(Timed::Failover, lost, now);
+            }
         }
         self.catching = None;
         for conv in self.convs.iter_mut() {
