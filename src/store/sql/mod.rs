@@ -28,6 +28,7 @@ use super::sqlite;
 /// that a backlog clears quickly.
 const PURGE_BATCH: u64 = 1000;
 
+mod any_of;
 mod maintenance;
 mod pool;
 mod reads;

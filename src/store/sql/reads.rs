@@ -13,6 +13,7 @@ use chat_actors::protocol::MessageObject;
 use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::any_of::PushAnyOf;
 use super::pool::{Dialect, SqlStore, on_pool};
 use crate::store::postgres::partitions;
 use crate::store::rows::{MESSAGE_COLUMNS, classify, conversation, member, message};
@@ -211,13 +212,10 @@ impl SqlStore {
         }
         on_pool!(self, |p, d| {
             let mut q = QueryBuilder::new(
-                "SELECT user_id, COUNT(*) FROM members WHERE role = 'agent' AND user_id IN (",
+                "SELECT user_id, COUNT(*) FROM members WHERE role = 'agent' AND user_id",
             );
-            let mut list = q.separated(", ");
-            for a in agents {
-                list.push_bind(a.0);
-            }
-            q.push(") GROUP BY user_id");
+            q.push_any_of(agents.iter().map(|a| a.0));
+            q.push(" GROUP BY user_id");
             let rows = q.build().fetch_all(p).await.map_err(classify)?;
             for row in rows {
                 let read = || -> Result<(Uuid, i64), sqlx::Error> {
@@ -236,13 +234,9 @@ impl SqlStore {
         }
         on_pool!(self, |p, _d| {
             let mut q = QueryBuilder::new(
-                "SELECT DISTINCT user_id FROM members WHERE role = 'business' AND user_id IN (",
+                "SELECT DISTINCT user_id FROM members WHERE role = 'business' AND user_id",
             );
-            let mut list = q.separated(", ");
-            for id in ids {
-                list.push_bind(id.0);
-            }
-            q.push(")");
+            q.push_any_of(ids.iter().map(|id| id.0));
             let rows = q.build().fetch_all(p).await.map_err(classify)?;
             rows.iter()
                 .map(|row| row.try_get::<Uuid, _>(0).map(UserId))
@@ -262,13 +256,10 @@ impl SqlStore {
         }
         on_pool!(self, |p, d| {
             let mut q = QueryBuilder::new(
-                "SELECT conv_id, user_id, role, last_read, muted, joined FROM members WHERE conv_id IN (",
+                "SELECT conv_id, user_id, role, last_read, muted, joined FROM members WHERE conv_id",
             );
-            let mut list = q.separated(", ");
-            for c in convs {
-                list.push_bind(c.0);
-            }
-            q.push(") ORDER BY joined");
+            q.push_any_of(convs.iter().map(|c| c.0));
+            q.push(" ORDER BY joined");
             for row in q.build().fetch_all(p).await? {
                 let conv = ConversationId(row.try_get::<Uuid, _>(0)?);
                 out.entry(conv).or_default().push(member!(&row, 1));
@@ -301,13 +292,9 @@ impl SqlStore {
                 "SELECT msg.conv_id, msg.seq, msg.mid, msg.sender, msg.kind, \
                  CASE WHEN msg.deleted_at IS NULL THEN msg.body END, msg.at, msg.deleted_at \
                  FROM conversations c JOIN messages msg ON msg.conv_id = c.id AND msg.seq = c.last_seq \
-                 AND msg.at = c.last_activity WHERE c.id IN (",
+                 AND msg.at = c.last_activity WHERE c.id",
             );
-            let mut list = q.separated(", ");
-            for c in convs {
-                list.push_bind(c.0);
-            }
-            q.push(")");
+            q.push_any_of(convs.iter().map(|c| c.0));
             for row in q.build().fetch_all(p).await? {
                 let m = message!(&row);
                 last.insert(m.conv, m);
@@ -317,12 +304,9 @@ impl SqlStore {
                  ON msg.conv_id = mb.conv_id AND msg.seq > mb.last_read AND msg.sender <> mb.user_id \
                  AND msg.deleted_at IS NULL AND msg.kind <> 'system' WHERE mb.user_id = ",
             );
-            q.push_bind(user.0).push(" AND mb.conv_id IN (");
-            let mut list = q.separated(", ");
-            for c in convs {
-                list.push_bind(c.0);
-            }
-            q.push(") GROUP BY mb.conv_id");
+            q.push_bind(user.0).push(" AND mb.conv_id");
+            q.push_any_of(convs.iter().map(|c| c.0));
+            q.push(" GROUP BY mb.conv_id");
             for row in q.build().fetch_all(p).await? {
                 unread.insert(
                     ConversationId(row.try_get::<Uuid, _>(0)?),
