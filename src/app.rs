@@ -272,6 +272,7 @@ fn node_config(config: &Config, node_id: &str) -> NodeConfig {
             overload_lag: Duration::from_millis(config.overload_lag_ms),
         },
         conversation_idle: Duration::from_millis(config.conversation_idle_ms),
+        conversation_rest: Duration::from_millis(config.conversation_rest_ms),
     }
 }
 

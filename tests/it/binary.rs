@@ -345,6 +345,46 @@ async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_ba
     assert_eq!(bodies, ["one", "two"], "{history}");
 }
 
+/// A conversation whose actor stopped idle rests: its next message starts the actor from the
+/// record the last one left, without loading it, and numbers on; with
+/// `CHAT_CONVERSATION_REST_MS=0` the record is not kept and the start loads it.
+#[tokio::test]
+async fn a_conversation_at_rest_comes_back_without_a_load_unless_rest_is_off() {
+    for (rest, loads_on_return) in [("600000", 0.0), ("0", 1.0)] {
+        let b = Binary::start(
+            Backend::Sqlite,
+            &[
+                ("CHAT_CONVERSATION_IDLE_MS", "1000"),
+                ("CHAT_CONVERSATION_REST_MS", rest),
+            ],
+        )
+        .await;
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut a = b.client(alice).await;
+        let conv = a.direct_with(bob).await;
+        let sent = a.call("send", json!({"conv": conv, "body": "one"})).await;
+        assert_eq!(sent["t"], "sent", "{sent}");
+        eventually(
+            SECONDS_10,
+            POLL,
+            "the idle conversation's actor stops",
+            async || (b.metric("chat_conversation_actors").await == 0.0).then_some(()),
+        )
+        .await;
+        let resting = b.metric("chat_conversations_resting").await;
+        assert_eq!(resting, if rest == "0" { 0.0 } else { 1.0 }, "rest {rest}");
+        let loads = b.metric("chat_conversation_loads_total").await;
+        let again = a.call("send", json!({"conv": conv, "body": "two"})).await;
+        assert_eq!(
+            (again["t"].as_str(), again["seq"].as_i64()),
+            (Some("sent"), Some(2)),
+            "rest {rest}: {again}"
+        );
+        let loaded = b.metric("chat_conversation_loads_total").await - loads;
+        assert_eq!(loaded, loads_on_return, "rest {rest}");
+    }
+}
+
 /// A conversation only looked at does not keep its actor for the two minutes of one in use: after
 /// a burst of creations and a page of each (what a returning user's catch-up reads), the node is
 /// back to the one conversation that talked within seconds, at the default settings.

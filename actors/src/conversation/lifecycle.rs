@@ -22,6 +22,8 @@ use crate::protocol::Rejection;
 impl ConversationActor {
     pub(super) fn reload(&self, myself: &ActorRef<ConversationMessage>, live: &mut Live) {
         live.inflight = InFlight::Reloading;
+        // What comes back is as fresh as this epoch.
+        live.epoch = self.deps.resting.epoch();
         let deps = self.deps.clone();
         let me = myself.clone();
         let conv = live.record.id;

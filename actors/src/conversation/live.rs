@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::request::{ConversationRequest, Reply, SendRequest, Sent};
+use super::resting::Resting;
 use super::state::RecentMids;
 use crate::delivery::Delivery;
 use crate::delivery::wire::Target;
@@ -111,6 +112,8 @@ pub struct ConversationDeps {
     pub timing: Timing,
     /// The node's map of conversation actors, left before stopping.
     pub directory: Arc<dyn Directory<ConversationId>>,
+    /// Records of conversations whose actors stopped idle, for their next start.
+    pub resting: Resting,
     /// Every task the actors hand slow work to: the node waits for them when it stops, so none
     /// outlives the store's pool.
     pub tasks: TaskTracker,
@@ -151,6 +154,9 @@ pub(super) type ClockTimer = JoinHandle<Result<(), MessagingErr<ConversationMess
 /// A live conversation.
 pub struct Live {
     pub(super) record: ConversationRecord,
+    /// The epoch of [`Resting`] the record was loaded in: it rests after the actor only if no
+    /// new epoch began since.
+    pub(super) epoch: u64,
     pub(super) queue: VecDeque<Work>,
     pub(super) inflight: InFlight,
     pub(super) recent: RecentMids,

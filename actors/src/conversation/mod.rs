@@ -12,6 +12,7 @@ mod live;
 mod members;
 mod pushes;
 pub mod request;
+pub mod resting;
 mod send;
 mod side;
 pub mod state;
@@ -25,6 +26,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use crate::ids::ConversationId;
+use crate::ports::ConversationRecord;
 use crate::protocol::Rejection;
 
 pub use live::{ConversationActor, ConversationDeps, ConversationMessage, ConversationState};
@@ -45,17 +47,13 @@ impl Actor for ConversationActor {
         myself: ActorRef<Self::Msg>,
         conv: ConversationId,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A load failure fails the start: we leave the node's map at once (nothing stays behind
-        // for an id that could not be loaded), queued callers answer `unavailable`, and the next
-        // request tries the database again.
-        let record = match self.deps.store.load_conversation(conv).await {
-            Ok(record) => record,
-            Err(e) => {
-                self.deps.directory.leave(&conv, myself.get_id());
-                return Err(e.into());
-            }
+        // Read before the load: a new epoch that begins while it runs may make what it reads
+        // stale, and then the record must not rest after this actor.
+        let epoch = self.deps.resting.epoch();
+        let record = match self.deps.resting.take(conv) {
+            Some(record) => Some(record),
+            None => self.load(&myself, conv).await?,
         };
-        metrics::counter!("chat_conversation_loads_total").increment(1);
         let Some(record) = record else {
             // An unknown id holds nothing: the requests queued behind the load are answered
             // `not_found`, then the actor stops (its stop message queues after them).
@@ -75,6 +73,7 @@ impl Actor for ConversationActor {
         }
         let mut live = Box::new(Live {
             record,
+            epoch,
             queue: VecDeque::new(),
             inflight: InFlight::Idle,
             recent: RecentMids::default(),
@@ -164,6 +163,9 @@ impl Actor for ConversationActor {
                     live.clock = None;
                 }
                 if self.on_tick(live) {
+                    // Rests before the map is left: the next actor for it starts from this
+                    // record, never from an older one.
+                    self.deps.resting.put(live.epoch, live.record.clone());
                     self.deps.directory.leave(&live.record.id, myself.get_id());
                     myself.stop(None);
                     return Ok(());
@@ -177,6 +179,26 @@ impl Actor for ConversationActor {
 }
 
 impl ConversationActor {
+    /// Loads the conversation for a start. A failure fails the start: we leave the node's map at
+    /// once (nothing stays behind for an id that could not be loaded), queued callers answer
+    /// `unavailable`, and the next request tries the database again.
+    async fn load(
+        &self,
+        myself: &ActorRef<ConversationMessage>,
+        conv: ConversationId,
+    ) -> Result<Option<ConversationRecord>, ActorProcessingErr> {
+        match self.deps.store.load_conversation(conv).await {
+            Ok(record) => {
+                metrics::counter!("chat_conversation_loads_total").increment(1);
+                Ok(record)
+            }
+            Err(e) => {
+                self.deps.directory.leave(&conv, myself.get_id());
+                Err(e.into())
+            }
+        }
+    }
+
     /// Routes a client's request to the flow that serves it.
     fn on_request(
         &self,

@@ -4,6 +4,7 @@
 //! another owner took our seq.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use async_trait::async_trait;
 use ractor::{Actor, ActorId, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
+use super::resting::Resting;
 use super::{
     ConversationActor, ConversationDeps, ConversationMessage, ConversationReply,
     ConversationRequest, Reply, SendRequest, Sent, Timing,
@@ -37,6 +39,8 @@ struct Tables {
 #[derive(Default)]
 struct MemoryStore {
     tables: Mutex<Tables>,
+    /// Conversations loaded so far.
+    loads: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -108,6 +112,7 @@ impl Store for MemoryStore {
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationRecord>, StoreError> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
         Ok(self.tables.lock().unwrap().conversations.get(&id).cloned())
     }
     async fn create_conversation(
@@ -243,6 +248,7 @@ impl Directory<ConversationId> for NoDirectory {
 struct Harness {
     store: Arc<MemoryStore>,
     writer: Arc<HeldWriter>,
+    deps: Arc<ConversationDeps>,
     actor: ActorRef<ConversationMessage>,
     conv: ConversationId,
     alice: UserId,
@@ -270,23 +276,42 @@ impl Harness {
             held: Mutex::new(Vec::new()),
         });
         let deps = Arc::new(memory_deps(store.clone(), writer.clone(), timing));
-        let (actor, _) = Actor::spawn(None, ConversationActor { deps }, conv)
+        let (actor, _) = Actor::spawn(None, ConversationActor { deps: deps.clone() }, conv)
             .await
             .unwrap();
         Harness {
             store,
             writer,
+            deps,
             actor,
             conv,
             alice,
         }
     }
 
+    /// Starts the conversation's actor again (after it stopped), on the same node.
+    async fn restart(&mut self) {
+        let deps = self.deps.clone();
+        let (actor, _) = Actor::spawn(None, ConversationActor { deps }, self.conv)
+            .await
+            .unwrap();
+        self.actor = actor;
+    }
+
     /// Sends as alice with a client mid; the answer comes later.
     fn send(&self, mid: Mid) -> oneshot::Receiver<Result<ConversationReply, Rejection>> {
+        self.send_as(self.alice, mid)
+    }
+
+    /// Sends as `sender` with a client mid; the answer comes later.
+    fn send_as(
+        &self,
+        sender: UserId,
+        mid: Mid,
+    ) -> oneshot::Receiver<Result<ConversationReply, Rejection>> {
         let (tx, rx) = oneshot::channel();
         let request = ConversationRequest::Send(SendRequest {
-            sender: self.alice,
+            sender,
             session: None,
             mid,
             client_mid: true,
@@ -348,6 +373,7 @@ fn memory_deps(
         limits: Limits::default(),
         timing,
         directory: Arc::new(NoDirectory),
+        resting: Resting::new(Duration::from_secs(60)),
         tasks: tokio_util::task::TaskTracker::new(),
     }
 }
@@ -452,6 +478,57 @@ async fn a_conversation_stops_idle_after_its_last_use() {
     assert_eq!(h.actor.get_status(), ActorStatus::Running);
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(h.actor.get_status(), ActorStatus::Stopped);
+}
+
+/// Waits until the harness's actor has stopped idle (at most five seconds).
+async fn stopped(h: &Harness) {
+    for _ in 0..500 {
+        if h.actor.get_status() == ractor::ActorStatus::Stopped {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the conversation did not stop idle");
+}
+
+/// A conversation whose actor stopped idle starts again from the record it left, without a
+/// load, and numbers on from where it stopped.
+#[tokio::test]
+async fn a_conversation_at_rest_starts_again_without_a_load() {
+    let mut h = Harness::start_with(quick()).await;
+    let first = h.send(Mid::random());
+    h.settle().await;
+    assert_eq!(sent(first).await.unwrap().seq, 1);
+    stopped(&h).await;
+    h.restart().await;
+    let again = h.send(Mid::random());
+    h.settle().await;
+    assert_eq!(sent(again).await.unwrap().seq, 2);
+    assert_eq!(h.store.loads.load(Ordering::Relaxed), 1);
+    assert_eq!(h.store.seqs(h.conv), vec![1, 2]);
+}
+
+/// What rests from before a new epoch (the live set changed: the conversation may have had
+/// another owner meanwhile) is not used: a member that other owner added can send at once.
+#[tokio::test]
+async fn a_new_epoch_loads_what_another_owner_changed_meanwhile() {
+    let mut h = Harness::start_with(quick()).await;
+    let first = h.send(Mid::random());
+    h.settle().await;
+    sent(first).await.unwrap();
+    stopped(&h).await;
+    let carol = UserId::random();
+    {
+        let mut t = h.store.tables.lock().unwrap();
+        let c = t.conversations.get_mut(&h.conv).unwrap();
+        c.members.push(MemberRecord::new(carol, Role::Member, 5));
+    }
+    h.deps.resting.forget_all();
+    h.restart().await;
+    let hers = h.send_as(carol, Mid::random());
+    h.settle().await;
+    assert_eq!(sent(hers).await.unwrap().seq, 2);
+    assert_eq!(h.store.loads.load(Ordering::Relaxed), 2);
 }
 
 /// A conversation only looked at (a page, the object, its creation's push) stops a glance after;

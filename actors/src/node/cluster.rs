@@ -118,6 +118,8 @@ impl Node {
         if *old != nodes {
             tracing::info!(nodes = ?nodes, "live nodes changed");
         }
+        // Conversations may have moved away and back meanwhile: what rests here may be stale.
+        self.deps.resting.forget_all();
         for gone in old.iter().filter(|n| !nodes.contains(n)) {
             // Its users stay present for a grace (`departed`), but nobody will answer what was
             // asked of it: the askers hear `unavailable` now and retry with the new owner.

@@ -62,12 +62,17 @@ impl BusInbox for Node {
 
     /// Requests waiting for an owner elsewhere will not hear back (their message or its answer
     /// is lost), so they are answered `unavailable` now rather than at their deadline.
+    /// The other nodes may count this one out while it cannot hear them, and serve its
+    /// conversations: the records resting here may go stale.
     fn lost(&self) {
         self.router.fail_pending(|_| true);
+        self.deps.resting.forget_all();
     }
 
-    /// Messages may have been lost meanwhile: every node hears again who is connected here.
+    /// Messages may have been lost meanwhile: every node hears again who is connected here,
+    /// and what rested here through the silence is forgotten.
     fn regained(&self) {
+        self.deps.resting.forget_all();
         self.resync();
     }
 

@@ -33,6 +33,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, Supervisi
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conversation::resting::Resting;
 use crate::conversation::{ConversationActor, ConversationDeps, ConversationMessage, Timing};
 use crate::delivery::Delivery;
 use crate::directory::Directory;
@@ -59,6 +60,9 @@ pub struct NodeConfig {
     pub budgets: BudgetConfig,
     /// How long a conversation's actor stays up unused.
     pub conversation_idle: Duration,
+    /// How long the record of a conversation whose actor stopped stays in memory for its next
+    /// start (zero: none does).
+    pub conversation_rest: Duration,
 }
 
 impl Node {
@@ -83,6 +87,7 @@ impl Node {
                 ..Timing::default()
             },
             directory: conversations.clone(),
+            resting: Resting::new(config.conversation_rest),
             tasks: TaskTracker::new(),
         });
         let supervisor = NodeSupervisor {
@@ -148,6 +153,11 @@ impl Node {
     /// How many users are connected and conversations live here (for metrics).
     pub fn live_counts(&self) -> (usize, usize) {
         (self.users.len(), self.conversations.len())
+    }
+
+    /// How many conversations rest here without an actor, their records kept (for metrics).
+    pub fn resting_count(&self) -> u64 {
+        self.deps.resting.len()
     }
 
     fn supervisor_cell(&self) -> ActorCell {

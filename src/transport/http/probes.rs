@@ -27,5 +27,6 @@ pub fn metrics(t: &Transport) -> Response<Body> {
     metrics::gauge!("chat_connections").set(t.open_connections() as f64);
     metrics::gauge!("chat_user_actors").set(users as f64);
     metrics::gauge!("chat_conversation_actors").set(conversations as f64);
+    metrics::gauge!("chat_conversations_resting").set(t.node.resting_count() as f64);
     respond(200, "text/plain; version=0.0.4", t.metrics.render())
 }

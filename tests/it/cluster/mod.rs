@@ -11,6 +11,7 @@ mod pg_pair;
 mod pg_replicas;
 mod profiles;
 mod redis_cluster;
+mod resting;
 mod stalls;
 
 use chat_actors::ids::ConversationId;
@@ -45,19 +46,30 @@ pub async fn cluster_prefixed(
 ) -> Vec<Binary> {
     let mut nodes = Vec::new();
     for i in 0..n {
-        let id = format!("node-{i}");
-        let mut env = vec![
-            ("CHAT_DATABASE_URL", db_url),
-            ("CHAT_REDIS_URL", redis),
-            ("CHAT_REDIS_PREFIX", prefix),
-            ("CHAT_NODE_ID", id.as_str()),
-            ("CHAT_RATE_MESSAGES", "100000"),
-            ("CHAT_RATE_BURST", "100000"),
-        ];
-        env.extend_from_slice(extra);
-        nodes.push(Binary::start(Backend::Postgres, &env).await);
+        nodes.push(node(db_url, i, redis, extra, prefix).await);
     }
     nodes
+}
+
+/// Node `node-{i}` of the cluster on `db_url` and the Redis names under `prefix`, ready.
+pub async fn node(
+    db_url: &str,
+    i: usize,
+    redis: &str,
+    extra: &[(&str, &str)],
+    prefix: &str,
+) -> Binary {
+    let id = format!("node-{i}");
+    let mut env = vec![
+        ("CHAT_DATABASE_URL", db_url),
+        ("CHAT_REDIS_URL", redis),
+        ("CHAT_REDIS_PREFIX", prefix),
+        ("CHAT_NODE_ID", id.as_str()),
+        ("CHAT_RATE_MESSAGES", "100000"),
+        ("CHAT_RATE_BURST", "100000"),
+    ];
+    env.extend_from_slice(extra);
+    Binary::start(Backend::Postgres, &env).await
 }
 
 /// The pushes node `b` has published to other nodes so far.
