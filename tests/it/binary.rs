@@ -310,7 +310,7 @@ fn each_mistake_at_start_names_its_cause_once() {
 }
 
 /// `CHAT_CONVERSATION_IDLE_MS` reaches the conversation actors: one that served a message
-/// stops once unused that long (by default it stays two minutes), and the next message
+/// stops once unused that long (by default it stays thirty seconds), and the next message
 /// starts it again from the store.
 #[tokio::test]
 async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_back() {
@@ -385,7 +385,7 @@ async fn a_conversation_at_rest_comes_back_without_a_load_unless_rest_is_off() {
     }
 }
 
-/// A conversation only looked at does not keep its actor for the two minutes of one in use: after
+/// A conversation only looked at does not keep its actor for the thirty seconds of one in use: after
 /// a burst of creations and a page of each (what a returning user's catch-up reads), the node is
 /// back to the one conversation that talked within seconds, at the default settings.
 #[tokio::test]
@@ -404,7 +404,7 @@ async fn conversations_only_looked_at_give_their_actors_back_within_seconds() {
     let sent = a.call("send", json!({"conv": talked, "body": "hi"})).await;
     assert_eq!(sent["t"], "sent", "{sent}");
     assert!(b.metric("chat_conversation_actors").await >= 31.0);
-    // A glance holds an actor ten seconds; a send two minutes.
+    // A glance holds an actor ten seconds; a send thirty.
     eventually(
         SECONDS_10 * 2,
         POLL,
@@ -412,7 +412,7 @@ async fn conversations_only_looked_at_give_their_actors_back_within_seconds() {
         async || (b.metric("chat_conversation_actors").await == 1.0).then_some(()),
     )
     .await;
-    // The ones that rested load again when next read.
+    // The ones that rested come back when next read.
     let page = a
         .call("history", json!({"conv": looked_at[0], "after": 0}))
         .await;

@@ -10,48 +10,48 @@
 //! A record handed over at an idle stop is what the database holds, as long as this node has
 //! owned the conversation without a break: every change of a conversation goes through its
 //! owner's actor. Whatever may break that starts a new epoch ([`Resting::forget_all`]): a change
-//! of the live set (the conversation may have moved away and back) and a bus resync (the other
+//! of the live set (the conversation may have moved away and back) and a bus outage (the other
 //! nodes may have counted this one out meanwhile). A record is only taken back in the epoch it
 //! was loaded in. What is left (two nodes that both believe they own a conversation for a moment)
 //! is the database's to fence, as for live actors: a stale `seq` conflicts and the actor reloads.
+//!
+//! A map and a sweep, not a cache crate: moka's entry costs ~390 bytes over the record (its
+//! deques, its entry info, its key twice), twice what the map costs, and the records are here
+//! to save memory.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
+use dashmap::DashMap;
 
 use crate::ids::ConversationId;
 use crate::ports::ConversationRecord;
 
-/// Records kept at most, whatever their age: at a few hundred bytes each, ~60 MB.
-const MOST_RESTING: u64 = 100_000;
+/// Records kept at most, whatever their age (~300 bytes each for a direct conversation): a node
+/// that holds this many keeps no more until the sweep drops the old ones.
+const MOST_RESTING: usize = 200_000;
 
-/// A record at rest, with the epoch it was loaded in.
-#[derive(Clone)]
+/// A record at rest: the epoch it was loaded in, and since when it rests.
 struct AtRest {
     epoch: u64,
-    record: Arc<ConversationRecord>,
+    since: Instant,
+    record: ConversationRecord,
 }
 
 /// The node's conversations at rest.
 pub struct Resting {
-    /// None: records are not kept (every start loads).
-    records: Option<Cache<ConversationId, AtRest>>,
+    /// How long a record is kept; zero keeps none.
+    keep: Duration,
+    records: DashMap<ConversationId, AtRest>,
     epoch: AtomicU64,
 }
 
 impl Resting {
     /// Keeps each record for `keep` after its actor stopped; zero keeps none.
     pub fn new(keep: Duration) -> Resting {
-        let records = (!keep.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(MOST_RESTING)
-                .time_to_live(keep)
-                .build()
-        });
         Resting {
-            records,
+            keep,
+            records: DashMap::new(),
             epoch: AtomicU64::new(0),
         }
     }
@@ -65,47 +65,54 @@ impl Resting {
     /// Keeps the record of a conversation whose actor stopped idle, loaded in `epoch`. A record
     /// of an earlier epoch is dropped: it may be stale.
     pub fn put(&self, epoch: u64, record: ConversationRecord) {
-        let Some(records) = &self.records else {
+        if self.keep.is_zero() || epoch != self.epoch() || self.records.len() >= MOST_RESTING {
             return;
-        };
-        if epoch == self.epoch() {
-            let id = record.id;
-            let record = Arc::new(record);
-            records.insert(id, AtRest { epoch, record });
         }
+        let since = Instant::now();
+        self.records.insert(
+            record.id,
+            AtRest {
+                epoch,
+                since,
+                record,
+            },
+        );
     }
 
-    /// Takes the record of `conv` back, if one rests here from the present epoch.
+    /// Takes the record of `conv` back, if one rests here from the present epoch and is not
+    /// older than the time records are kept.
     pub fn take(&self, conv: ConversationId) -> Option<ConversationRecord> {
-        let at_rest = self.records.as_ref()?.remove(&conv)?;
+        let (_, at_rest) = self.records.remove(&conv)?;
         // An insert may have raced a `forget_all`: the epoch inside tells.
-        if at_rest.epoch != self.epoch() {
+        if at_rest.epoch != self.epoch() || at_rest.since.elapsed() > self.keep {
             return None;
         }
         metrics::counter!("chat_conversation_rests_taken_total").increment(1);
-        Some(Arc::unwrap_or_clone(at_rest.record))
+        Some(at_rest.record)
     }
 
     /// Starts a new epoch: no record kept so far is handed out again.
     pub fn forget_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Some(records) = &self.records {
-            records.invalidate_all();
-        }
+        self.records.clear();
     }
 
-    /// How many records rest here (approximately: expiry runs lazily).
-    pub fn len(&self) -> u64 {
-        self.records.as_ref().map_or(0, |records| {
-            // The count lags the inserts until the cache's pending work runs.
-            records.run_pending_tasks();
-            records.entry_count()
-        })
+    /// Drops the records kept longer than their time (the node runs it now and then).
+    pub fn sweep(&self) {
+        let epoch = self.epoch();
+        let keep = self.keep;
+        self.records
+            .retain(|_, at_rest| at_rest.epoch == epoch && at_rest.since.elapsed() <= keep);
+    }
+
+    /// How many records rest here.
+    pub fn len(&self) -> usize {
+        self.records.len()
     }
 
     /// Whether none rests here.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.records.is_empty()
     }
 }
 
@@ -151,6 +158,21 @@ mod tests {
         let fresh = record();
         resting.put(resting.epoch(), fresh.clone());
         assert!(resting.take(fresh.id).is_some());
+    }
+
+    #[test]
+    fn a_record_past_its_time_is_neither_taken_nor_kept_by_the_sweep() {
+        let resting = Resting::new(Duration::from_millis(40));
+        let (old, young) = (record(), record());
+        resting.put(resting.epoch(), old.clone());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(resting.take(old.id).is_none());
+        resting.put(resting.epoch(), old.clone());
+        std::thread::sleep(Duration::from_millis(60));
+        resting.put(resting.epoch(), young.clone());
+        resting.sweep();
+        assert_eq!(resting.len(), 1);
+        assert!(resting.take(young.id).is_some());
     }
 
     #[test]

@@ -99,15 +99,20 @@ impl Node {
         let stopping = CancellationToken::new();
         deps.tasks
             .spawn(budgets.overload.clone().watch(stopping.clone()));
-        // Keyed limiters keep every key forever unless told to forget the idle ones.
+        // Keyed limiters keep every key forever unless told to forget the idle ones, and the
+        // records of conversations at rest stay until swept.
         let forgetting = budgets.clone();
+        let sweeping = deps.clone();
         let stopped = stopping.clone();
         deps.tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     _ = stopped.cancelled() => break,
-                    _ = every.tick() => forgetting.forget_idle(),
+                    _ = every.tick() => {
+                        forgetting.forget_idle();
+                        sweeping.resting.sweep();
+                    }
                 }
             }
         });
@@ -156,7 +161,7 @@ impl Node {
     }
 
     /// How many conversations rest here without an actor, their records kept (for metrics).
-    pub fn resting_count(&self) -> u64 {
+    pub fn resting_count(&self) -> usize {
         self.deps.resting.len()
     }
 
