@@ -309,6 +309,17 @@ fn each_mistake_at_start_names_its_cause_once() {
     assert_eq!(err.matches("refused").count(), 1, "{err}");
 }
 
+/// Waits until `b` has no conversation actor up (the idle ones stopped).
+async fn idle_actors_stop(b: &Binary) {
+    eventually(
+        SECONDS_10,
+        POLL,
+        "the idle conversation's actor stops",
+        async || (b.metric("chat_conversation_actors").await == 0.0).then_some(()),
+    )
+    .await;
+}
+
 /// `CHAT_CONVERSATION_IDLE_MS` reaches the conversation actors: one that served a message
 /// stops once unused that long (by default it stays thirty seconds), and the next message
 /// starts it again from the store.
@@ -322,13 +333,7 @@ async fn a_conversations_actor_stops_after_the_configured_idle_time_and_comes_ba
     let sent = a.call("send", json!({"conv": conv, "body": "one"})).await;
     assert_eq!(sent["t"], "sent", "{sent}");
     assert!(b.metric("chat_conversation_actors").await >= 1.0);
-    eventually(
-        SECONDS_10,
-        POLL,
-        "the idle conversation's actor stops",
-        async || (b.metric("chat_conversation_actors").await == 0.0).then_some(()),
-    )
-    .await;
+    idle_actors_stop(&b).await;
     let again = a.call("send", json!({"conv": conv, "body": "two"})).await;
     assert_eq!(
         (again["t"].as_str(), again["seq"].as_i64()),
@@ -364,13 +369,7 @@ async fn a_conversation_at_rest_comes_back_without_a_load_unless_rest_is_off() {
         let conv = a.direct_with(bob).await;
         let sent = a.call("send", json!({"conv": conv, "body": "one"})).await;
         assert_eq!(sent["t"], "sent", "{sent}");
-        eventually(
-            SECONDS_10,
-            POLL,
-            "the idle conversation's actor stops",
-            async || (b.metric("chat_conversation_actors").await == 0.0).then_some(()),
-        )
-        .await;
+        idle_actors_stop(&b).await;
         let resting = b.metric("chat_conversations_resting").await;
         assert_eq!(resting, if rest == "0" { 0.0 } else { 1.0 }, "rest {rest}");
         let loads = b.metric("chat_conversation_loads_total").await;
