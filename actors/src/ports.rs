@@ -167,6 +167,15 @@ pub struct ReadMark {
     pub seq: Seq,
 }
 
+/// What one commit stored: each batch's outcome, in order, and the read pointers'.
+#[derive(Debug)]
+pub struct Appended {
+    /// Each batch's outcome.
+    pub batches: Vec<Result<(), StoreError>>,
+    /// The read pointers' outcome (all or none).
+    pub marks: Result<(), StoreError>,
+}
+
 /// A change of members, committed with its system message in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct MembershipChange {
@@ -228,9 +237,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         new: NewConversation,
     ) -> Result<(ConversationRecord, bool), StoreError>;
-    /// Commits the batches in one transaction. A batch whose client `mid`s are stored already
-    /// gets `DuplicateMids` and is left out; the others still commit.
-    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>>;
+    /// Commits the batches in one transaction, and moves the read pointers `marks` (as
+    /// `set_reads` does) in it too: one commit instead of two. A batch whose client `mid`s are
+    /// stored already gets `DuplicateMids` and is left out; the others still commit.
+    async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended;
     /// Commits a membership change with its system message.
     async fn change_members(
         &self,

@@ -27,8 +27,8 @@ use async_trait::async_trait;
 use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
-    AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, Purged, ReadMark, Store, StoreError,
+    AppendBatch, Appended, ConversationRecord, HistoryRange, ListQuery, ListedConversation,
+    MembershipChange, NewConversation, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 use tokio::sync::Semaphore;
@@ -293,15 +293,27 @@ impl Store for GuardedStore {
         self.write(self.inner.create_conversation(new)).await
     }
 
-    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+    async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
+        let down = || StoreError::Unavailable(Box::new(Refused::Down));
         if !self.is_up() {
-            return batches
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(Box::new(Refused::Down))))
-                .collect();
+            return Appended {
+                batches: batches.iter().map(|_| Err(down())).collect(),
+                marks: if marks.is_empty() {
+                    Ok(())
+                } else {
+                    Err(down())
+                },
+            };
         }
-        let outcomes = self.inner.append(batches).await;
-        outcomes.into_iter().map(|o| self.observe(o)).collect()
+        let appended = self.inner.append(batches, marks).await;
+        Appended {
+            batches: appended
+                .batches
+                .into_iter()
+                .map(|o| self.observe(o))
+                .collect(),
+            marks: self.observe(appended.marks),
+        }
     }
 
     async fn change_members(

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
-    AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, NewMessage, Purged, ReadMark, Store, StoreError,
+    AppendBatch, Appended, ConversationRecord, HistoryRange, ListQuery, ListedConversation,
+    MembershipChange, NewConversation, NewMessage, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 
@@ -76,7 +76,7 @@ impl Store for SealedStore {
         self.inner.create_conversation(new).await
     }
 
-    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+    async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
         let sealed: Vec<AppendBatch> = batches
             .iter()
             .map(|b| AppendBatch {
@@ -84,7 +84,7 @@ impl Store for SealedStore {
                 messages: b.messages.iter().map(|m| self.seal(m)).collect(),
             })
             .collect();
-        self.inner.append(&sealed).await
+        self.inner.append(&sealed, marks).await
     }
 
     async fn change_members(

@@ -47,11 +47,15 @@ pub(crate) async fn append_one(
     m: NewMessage,
 ) -> Result<(), StoreError> {
     let mut r = s
-        .append(&[AppendBatch {
-            conv,
-            messages: vec![m],
-        }])
-        .await;
+        .append(
+            &[AppendBatch {
+                conv,
+                messages: vec![m],
+            }],
+            &[],
+        )
+        .await
+        .batches;
     r.pop().unwrap()
 }
 
@@ -94,6 +98,7 @@ on_both_backends!(
     a_stored_client_mid_leaves_its_whole_batch_out_and_the_other_batches_commit,
     a_seq_taken_by_another_writer_is_refused_for_its_batch_alone,
     read_pointers_only_move_forward_and_unread_counts_only_others_live_messages,
+    read_pointers_ride_with_a_commit_and_move_even_when_its_batch_is_refused,
     membership_changes_commit_with_their_system_message,
     the_list_goes_by_activity_with_paging_and_last_messages,
     expiry_erases_deleted_bodies_after_the_audit_and_removes_old_messages,
@@ -108,11 +113,15 @@ async fn with_history(s: &SqlStore) -> (ConversationRecord, Vec<NewMessage>, Use
     let (conv, _) = s.create_conversation(direct(a, b)).await.unwrap();
     let msgs: Vec<NewMessage> = (1..=12).map(|i| msg(i, a, i % 2 == 0)).collect();
     let results = s
-        .append(&[AppendBatch {
-            conv: conv.id,
-            messages: msgs.clone(),
-        }])
-        .await;
+        .append(
+            &[AppendBatch {
+                conv: conv.id,
+                messages: msgs.clone(),
+            }],
+            &[],
+        )
+        .await
+        .batches;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     (conv, msgs, a, b)
 }
@@ -174,17 +183,21 @@ async fn a_stored_client_mid_leaves_its_whole_batch_out_and_the_other_batches_co
     let mut retry = msg(14, a, true);
     retry.mid = msgs[1].mid;
     let results = s
-        .append(&[
-            AppendBatch {
-                conv: conv.id,
-                messages: vec![msg(13, a, true), retry],
-            },
-            AppendBatch {
-                conv: other.id,
-                messages: vec![msg(1, a, true)],
-            },
-        ])
-        .await;
+        .append(
+            &[
+                AppendBatch {
+                    conv: conv.id,
+                    messages: vec![msg(13, a, true), retry],
+                },
+                AppendBatch {
+                    conv: other.id,
+                    messages: vec![msg(1, a, true)],
+                },
+            ],
+            &[],
+        )
+        .await
+        .batches;
     // Reported with where it lives; the fresh message beside it is left out too.
     match &results[0] {
         Err(StoreError::DuplicateMids(hits)) => {
@@ -210,7 +223,7 @@ async fn a_seq_taken_by_another_writer_is_refused_for_its_batch_alone(backend: B
         conv: conv.id,
         messages: vec![msg(12, b, false)],
     };
-    let results = s.append(&[taken()]).await;
+    let results = s.append(&[taken()], &[]).await.batches;
     assert!(
         matches!(results[0], Err(StoreError::SeqTaken)),
         "{:?}",
@@ -223,7 +236,7 @@ async fn a_seq_taken_by_another_writer_is_refused_for_its_batch_alone(backend: B
         conv: third.id,
         messages: vec![msg(1, d, false)],
     };
-    let results = s.append(&[taken(), fresh]).await;
+    let results = s.append(&[taken(), fresh], &[]).await.batches;
     assert!(
         matches!(results[0], Err(StoreError::SeqTaken)),
         "{:?}",
@@ -232,6 +245,63 @@ async fn a_seq_taken_by_another_writer_is_refused_for_its_batch_alone(backend: B
     assert!(results[1].is_ok(), "{:?}", results[1]);
     assert_eq!(last_seq(&s, third.id).await, 1);
     assert_eq!(last_seq(&s, conv.id).await, 12, "stored twice");
+    s.close().await;
+}
+
+/// The writer hands a commit the read pointers that came meanwhile: they move in its
+/// transaction, forward only, and a batch refused for a race (its conversation moved on) does
+/// not take them down with it.
+async fn read_pointers_ride_with_a_commit_and_move_even_when_its_batch_is_refused(
+    backend: Backend,
+) {
+    let (s, _db) = open(backend).await;
+    let (conv, _, a, b) = with_history(&s).await;
+    let (other, _, _, d) = with_history(&s).await;
+    let read = |r: &ConversationRecord, user| {
+        r.members
+            .iter()
+            .find(|m| m.user == user)
+            .map(|m| m.last_read)
+    };
+    let mark = |conv, user, seq| ReadMark { conv, user, seq };
+    let appended = s
+        .append(
+            &[AppendBatch {
+                conv: conv.id,
+                messages: vec![msg(13, a, true)],
+            }],
+            &[mark(conv.id, b, 13), mark(other.id, d, 4)],
+        )
+        .await;
+    assert!(appended.batches[0].is_ok(), "{:?}", appended.batches);
+    assert!(appended.marks.is_ok(), "{:?}", appended.marks);
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    assert_eq!((loaded.last_seq, read(&loaded, b)), (13, Some(13)));
+    // seq 12 is taken: the batch is refused, the marks (one behind, one ahead) still go
+    let appended = s
+        .append(
+            &[AppendBatch {
+                conv: conv.id,
+                messages: vec![msg(12, a, false)],
+            }],
+            &[mark(conv.id, b, 2), mark(other.id, d, 9)],
+        )
+        .await;
+    assert!(
+        matches!(appended.batches[0], Err(StoreError::SeqTaken)),
+        "{:?}",
+        appended.batches
+    );
+    assert!(appended.marks.is_ok(), "{:?}", appended.marks);
+    let loaded = s.load_conversation(conv.id).await.unwrap().unwrap();
+    assert_eq!(read(&loaded, b), Some(13), "a pointer moved back");
+    let loaded_other = s.load_conversation(other.id).await.unwrap().unwrap();
+    assert_eq!(read(&loaded_other, d), Some(9));
+    // marks alone
+    let appended = s.append(&[], &[mark(other.id, d, 11)]).await;
+    assert!(appended.batches.is_empty() && appended.marks.is_ok());
+    let loaded_other = s.load_conversation(other.id).await.unwrap().unwrap();
+    assert_eq!(read(&loaded_other, d), Some(11));
     s.close().await;
 }
 
@@ -575,11 +645,15 @@ async fn expiry_clears_a_backlog_in_rounds_and_keeps_deleted_bodies_for_the_audi
         .collect();
     for messages in [old, recent.clone()] {
         let r = s
-            .append(&[AppendBatch {
-                conv: conv.id,
-                messages,
-            }])
-            .await;
+            .append(
+                &[AppendBatch {
+                    conv: conv.id,
+                    messages,
+                }],
+                &[],
+            )
+            .await
+            .batches;
         assert!(r.iter().all(Result::is_ok), "{r:?}");
     }
     // Two recent messages deleted: one long ago (past the audit period), one lately.
@@ -697,9 +771,9 @@ async fn sqlite_acknowledges_only_what_is_on_disk_unless_the_operator_chose_norm
     assert_eq!(Durability::parse("off"), None);
 }
 
-/// Read pointers that closely follow a commit of read pointers wait out the reads' window and
-/// move together in one later statement, instead of one transaction each (what each `read`
-/// cost PostgreSQL before: a transaction and a WAL flush).
+/// Read pointers with no messages to ride with wait out the reads' window and move together in
+/// one later statement, instead of one transaction each (what each `read` cost PostgreSQL
+/// before: a transaction and a WAL flush).
 #[tokio::test]
 async fn read_marks_that_follow_a_commit_closely_wait_for_the_reads_window() {
     use std::sync::Arc;
@@ -729,4 +803,84 @@ async fn read_marks_that_follow_a_commit_closely_wait_for_the_reads_window() {
     .await;
     drop(writer);
     task.await.unwrap();
+}
+
+/// A read pointer that comes while a commit of messages waits for its window goes in that
+/// commit's transaction: the member's row and the conversation's the commit moved carry one
+/// transaction id (`xmin`).
+#[tokio::test]
+async fn a_read_mark_rides_in_the_next_commit_of_messages() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chat_actors::ports::Writer;
+    use chat_backend::store::writer::{BatchingWriter, READS_WINDOW};
+    use tokio::sync::oneshot;
+
+    // Shorter than the reads' window: the second batch starts before the mark would go alone.
+    let window = READS_WINDOW * 3 / 4;
+    let (s, db) = open(Backend::Postgres).await;
+    let store: Arc<dyn Store> = Arc::new(s.clone());
+    let (writer, task) = BatchingWriter::start(store.clone(), s.write_concurrency(), window);
+    let (sender, reader) = (UserId::random(), UserId::random());
+    let (read_conv, _) = s.create_conversation(direct(reader, sender)).await.unwrap();
+    let convs = direct_convs(store.as_ref(), sender, 2).await;
+    let answered = |tx: oneshot::Sender<Result<(), StoreError>>| -> Box<dyn FnOnce(Result<(), StoreError>) + Send> {
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        })
+    };
+    // The first batch commits at once and opens the window; the mark and the second batch
+    // come inside it, and the batch goes when it closes, before the mark's time.
+    let (first_tx, first) = oneshot::channel();
+    let batch = |conv| AppendBatch {
+        conv,
+        messages: vec![msg(1, sender, true)],
+    };
+    writer.submit(batch(convs[0]), answered(first_tx));
+    first.await.unwrap().unwrap();
+    let (mark_tx, marked) = oneshot::channel();
+    writer.submit_read(
+        ReadMark {
+            conv: read_conv.id,
+            user: reader,
+            seq: 1,
+        },
+        answered(mark_tx),
+    );
+    // The writer takes the mark in before the batch comes.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (second_tx, second) = oneshot::channel();
+    writer.submit(batch(convs[1]), answered(second_tx));
+    for r in [marked.await, second.await] {
+        r.unwrap().unwrap();
+    }
+    drop(writer);
+    task.await.unwrap();
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let xmin_member: String =
+        sqlx::query_scalar("SELECT xmin::text FROM members WHERE conv_id = $1 AND user_id = $2")
+            .bind(read_conv.id.0)
+            .bind(reader.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let xmin = |conv: ConversationId| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT xmin::text FROM conversations WHERE id = $1")
+                .bind(conv.0)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_ne!(xmin(convs[0]).await, xmin(convs[1]).await, "one commit");
+    assert_eq!(
+        xmin_member,
+        xmin(convs[1]).await,
+        "the mark went in a transaction of its own"
+    );
+    pool.close().await;
 }

@@ -21,9 +21,9 @@ use crate::delivery::Delivery;
 use crate::directory::Directory;
 use crate::ids::{ConversationId, Mid, Seq, UserId};
 use crate::ports::{
-    AppendBatch, Bus, ConversationRecord, ExistingMid, HistoryRange, ListQuery, ListedConversation,
-    MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles, ProfilesError, Purged,
-    ReadMark, Store, StoreError, Writer,
+    AppendBatch, Appended, Bus, ConversationRecord, ExistingMid, HistoryRange, ListQuery,
+    ListedConversation, MemberRecord, MembershipChange, NewConversation, NewMessage, Profiles,
+    ProfilesError, Purged, ReadMark, Store, StoreError, Writer,
 };
 use crate::protocol::{ConversationKind, ErrorCode, MessageObject, Profile, Rejection, Role};
 use crate::rules::Limits;
@@ -123,12 +123,19 @@ impl Store for MemoryStore {
         t.conversations.insert(new.record.id, new.record.clone());
         Ok((new.record, true))
     }
-    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
+    async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
         let mut t = self.tables.lock().unwrap();
-        batches
-            .iter()
-            .map(|b| Self::append_one(&mut t, b))
-            .collect()
+        Appended {
+            batches: batches
+                .iter()
+                .map(|b| Self::append_one(&mut t, b))
+                .collect(),
+            marks: if marks.is_empty() {
+                Ok(())
+            } else {
+                Err(not_here())
+            },
+        }
     }
     async fn change_members(
         &self,

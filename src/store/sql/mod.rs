@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, Seq, UserId};
 use chat_actors::ports::{
-    AppendBatch, ConversationRecord, HistoryRange, ListQuery, ListedConversation, MembershipChange,
-    NewConversation, Purged, ReadMark, Store, StoreError,
+    AppendBatch, Appended, ConversationRecord, HistoryRange, ListQuery, ListedConversation,
+    MembershipChange, NewConversation, Purged, ReadMark, Store, StoreError,
 };
 use chat_actors::protocol::MessageObject;
 use sqlx::{PgPool, SqlitePool};
@@ -142,8 +142,8 @@ impl Store for SqlStore {
         SqlStore::create_conversation(self, new).await
     }
 
-    async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
-        SqlStore::append(self, batches).await
+    async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
+        SqlStore::append(self, batches, marks).await
     }
 
     async fn change_members(

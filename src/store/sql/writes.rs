@@ -6,7 +6,8 @@
 use chat_actors::clock::now_ms;
 use chat_actors::ids::{ConversationId, Mid, UserId};
 use chat_actors::ports::{
-    AppendBatch, ConversationRecord, MembershipChange, NewConversation, ReadMark, StoreError,
+    AppendBatch, Appended, ConversationRecord, MembershipChange, NewConversation, ReadMark,
+    StoreError,
 };
 use sqlx::QueryBuilder;
 use uuid::Uuid;
@@ -76,40 +77,65 @@ impl SqlStore {
         }
     }
 
-    pub(super) async fn append(&self, batches: &[AppendBatch]) -> Vec<Result<(), StoreError>> {
-        let mut outcome = self.append_once(batches, false).await;
+    pub(super) async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
+        if batches.is_empty() {
+            return Appended {
+                batches: Vec::new(),
+                marks: self.set_reads(marks).await,
+            };
+        }
+        let mut outcome = self.append_once(batches, marks, false).await;
         if matches!(outcome, Err(StoreError::MidTaken)) {
             // Most likely a retry whose mid is in the registry's current span, which the first
             // look-up skips: the same commit again, looking everywhere, leaves its batch out
             // and stores the others in one statement (after a node's failover many resent
             // mids come at once; each must not split its commit into one statement a batch).
-            outcome = self.append_once(batches, true).await;
+            outcome = self.append_once(batches, marks, true).await;
         }
-        match outcome {
-            Ok(results) => results,
-            // A race with another writer (two owners for a moment, or a mid stored meanwhile):
-            // retry each batch alone, looking everywhere, so the others still commit and only
-            // the guilty batch is refused — with SeqTaken (its conversation reloads and
-            // renumbers) or, its mid now found by the look-up, DuplicateMids.
-            Err(e) if is_race(&e) && (batches.len() > 1 || matches!(e, StoreError::MidTaken)) => {
-                let mut results = Vec::with_capacity(batches.len());
-                for b in batches {
-                    let one = self.append_once(std::slice::from_ref(b), true).await;
-                    results.push(match one {
-                        Ok(mut r) => r.pop().unwrap_or(Ok(())),
-                        Err(e) => Err(e),
-                    });
-                }
-                results
+        let e = match outcome {
+            Ok(results) => {
+                return Appended {
+                    batches: results,
+                    marks: Ok(()),
+                };
             }
-            Err(e) => {
-                let why = e.to_string();
-                let mut results = vec![Err(e)];
-                results.extend(
-                    (1..batches.len()).map(|_| Err(StoreError::Unavailable(why.clone().into()))),
-                );
-                results
+            Err(e) => e,
+        };
+        if !is_race(&e) {
+            let why = e.to_string();
+            let unavailable = || StoreError::Unavailable(why.clone().into());
+            let mut results = vec![Err(e)];
+            results.extend((1..batches.len()).map(|_| Err(unavailable())));
+            return Appended {
+                batches: results,
+                marks: if marks.is_empty() {
+                    Ok(())
+                } else {
+                    Err(unavailable())
+                },
+            };
+        }
+        // A race with another writer (two owners for a moment, or a mid stored meanwhile):
+        // retry each batch alone, looking everywhere, so the others still commit and only the
+        // guilty batch is refused — with SeqTaken (its conversation reloads and renumbers) or,
+        // its mid now found by the look-up, DuplicateMids. The marks, which no race concerns,
+        // go on their own.
+        let results = if batches.len() > 1 || matches!(e, StoreError::MidTaken) {
+            let mut results = Vec::with_capacity(batches.len());
+            for b in batches {
+                let one = self.append_once(std::slice::from_ref(b), &[], true).await;
+                results.push(match one {
+                    Ok(mut r) => r.pop().unwrap_or(Ok(())),
+                    Err(e) => Err(e),
+                });
             }
+            results
+        } else {
+            vec![Err(e)]
+        };
+        Appended {
+            batches: results,
+            marks: self.set_reads(marks).await,
         }
     }
 
@@ -210,47 +236,12 @@ impl SqlStore {
             return Ok(());
         }
         match &self.pool {
-            // One statement (its own transaction, one WAL flush) for the whole lot; the columns
-            // bound as arrays keep the text the same whatever their number, prepared once.
-            Pool::Pg(p) => {
-                let (mut convs, mut users, mut seqs) = (
-                    Vec::with_capacity(marks.len()),
-                    Vec::with_capacity(marks.len()),
-                    Vec::with_capacity(marks.len()),
-                );
-                for m in marks {
-                    convs.push(m.conv.0);
-                    users.push(m.user.0);
-                    seqs.push(m.seq);
-                }
-                sqlx::query(
-                    "UPDATE members AS m SET last_read = r.seq \
-                     FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[]) AS r(conv_id, user_id, seq) \
-                     WHERE m.conv_id = r.conv_id AND m.user_id = r.user_id AND m.last_read < r.seq",
-                )
-                .bind(&convs)
-                .bind(&users)
-                .bind(&seqs)
-                .execute(p)
-                .await
-                .map(|_| ())
-                .map_err(classify)
-            }
-            // SQLite has no arrays to bind; statements are cheap in-process, the commit is not.
+            Pool::Pg(p) => postgres::commit::set_reads(p, marks).await,
             Pool::Lite(p) => {
                 let mut tx = begin_write!(p, Dialect::Lite).map_err(classify)?;
-                for m in marks {
-                    sqlx::query(
-                        "UPDATE members SET last_read = $1 \
-                         WHERE conv_id = $2 AND user_id = $3 AND last_read < $1",
-                    )
-                    .bind(m.seq)
-                    .bind(m.conv.0)
-                    .bind(m.user.0)
-                    .execute(&mut *tx)
+                sqlite::commit::move_reads(&mut tx, marks)
                     .await
                     .map_err(classify)?;
-                }
                 tx.commit().await.map_err(classify)
             }
         }
@@ -287,11 +278,12 @@ impl SqlStore {
         })
     }
 
-    /// One transaction for the batches on the backend's write path; Err means the whole
-    /// transaction failed. `everywhere`: see [`postgres::commit::append`].
+    /// One transaction for the batches and the marks on the backend's write path; Err means the
+    /// whole transaction failed. `everywhere`: see [`postgres::commit::append`].
     async fn append_once(
         &self,
         batches: &[AppendBatch],
+        marks: &[ReadMark],
         everywhere: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         // Client-chosen mids may be stored already (a retry, or a clash): find them first, so
@@ -305,9 +297,9 @@ impl SqlStore {
         match &self.pool {
             Pool::Pg(p) => {
                 let commits = self.commits.as_ref().unwrap_or(p);
-                postgres::commit::append(commits, batches, &client_mids, everywhere).await
+                postgres::commit::append(commits, batches, marks, &client_mids, everywhere).await
             }
-            Pool::Lite(p) => sqlite::commit::append(p, batches, &client_mids).await,
+            Pool::Lite(p) => sqlite::commit::append(p, batches, marks, &client_mids).await,
         }
     }
 }

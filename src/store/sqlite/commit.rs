@@ -1,9 +1,10 @@
 //! SQLite's write path: a commit of the batching writer is one `BEGIN IMMEDIATE` transaction
 //! (SQLite has one writer) that looks the client's mids up, then stores the other batches'
-//! messages and moves their conversations' `last_seq` with multi-row statements.
+//! messages and moves their conversations' `last_seq` with multi-row statements, and the read
+//! pointers that came meanwhile.
 
 use chat_actors::ids::ConversationId;
-use chat_actors::ports::{AppendBatch, ExistingMid, NewMessage, StoreError};
+use chat_actors::ports::{AppendBatch, ExistingMid, NewMessage, ReadMark, StoreError};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 use uuid::Uuid;
 
@@ -12,12 +13,13 @@ use crate::store::rows::{classify, existing_mid, leave_out_stored};
 /// The most rows in one multi-row statement (SQLite allows 32766 parameters).
 const ROWS_PER_STATEMENT: usize = 2000;
 
-/// Stores the batches none of whose `client_mids` is stored, in one transaction on `pool`;
-/// answers each batch: stored, or its mids found stored before (`DuplicateMids`). Err: the
-/// transaction failed as a whole.
+/// Stores the batches none of whose `client_mids` is stored, and moves the read pointers
+/// `marks`, in one transaction on `pool`; answers each batch: stored, or its mids found stored
+/// before (`DuplicateMids`). Err: the transaction failed as a whole (the marks with it).
 pub async fn append(
     pool: &SqlitePool,
     batches: &[AppendBatch],
+    marks: &[ReadMark],
     client_mids: &[Uuid],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(classify)?;
@@ -37,8 +39,29 @@ pub async fn append(
     }
     let (results, kept) = leave_out_stored(batches, &hits);
     write_rows(&mut tx, &kept).await.map_err(classify)?;
+    move_reads(&mut tx, marks).await.map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     Ok(results)
+}
+
+/// Moves read pointers forward (never back) inside the caller's transaction. SQLite has no
+/// arrays to bind; statements are cheap in-process, the commit is not.
+pub async fn move_reads(
+    conn: &mut sqlx::SqliteConnection,
+    marks: &[ReadMark],
+) -> Result<(), sqlx::Error> {
+    for m in marks {
+        sqlx::query(
+            "UPDATE members SET last_read = $1 \
+             WHERE conv_id = $2 AND user_id = $3 AND last_read < $1",
+        )
+        .bind(m.seq)
+        .bind(m.conv.0)
+        .bind(m.user.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The rows, in process: multi-row `VALUES`, inside the caller's `BEGIN IMMEDIATE` transaction.

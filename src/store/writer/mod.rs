@@ -1,5 +1,5 @@
-//! The per-node batching writer: many conversations' batches, one transaction, one commit;
-//! and, in a lane of its own ([`reads`]), many read pointers in one statement.
+//! The per-node batching writer: many conversations' batches and the read pointers that came
+//! meanwhile ([`reads`]), one transaction, one commit.
 //!
 //! Conversation actors hand it their batch and get the outcome back through a callback, so no
 //! actor ever waits on the database. While commits are in flight, the next batches queue up
@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chat_actors::ports::{AppendBatch, ReadMark, Store, StoreError, Writer};
+use chat_actors::ports::{AppendBatch, Appended, ReadMark, Store, StoreError, Writer};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use self::reads::ReadJob;
+use self::reads::{Pending, ReadJob};
 
 mod reads;
 
@@ -65,15 +65,15 @@ impl BatchingWriter {
     ) -> (Arc<BatchingWriter>, JoinHandle<()>) {
         // Unbounded on purpose: each conversation has at most one batch here at a time, so the
         // queue is bounded by the number of live conversations.
-        // The read lane's queue is bounded by the reads in flight, which each user's in-flight
+        // The reads' queue is bounded by the reads in flight, which each user's in-flight
         // budget bounds.
         let (tx, rx) = mpsc::unbounded_channel();
         let (reads_tx, reads_rx) = mpsc::unbounded_channel();
-        let messages = tokio::spawn(run(store.clone(), rx, concurrency.max(1), window));
-        let reads = tokio::spawn(reads::run(store, reads_rx));
-        let task = tokio::spawn(async move {
-            let _ = tokio::join!(messages, reads);
-        });
+        let lanes = Lanes {
+            jobs: rx,
+            reads: reads_rx,
+        };
+        let task = tokio::spawn(run(store, lanes, concurrency.max(1), window));
         let writer = BatchingWriter {
             jobs: tx,
             reads: reads_tx,
@@ -86,14 +86,8 @@ impl BatchingWriter {
     /// Waits until every batch and read pointer submitted so far is committed (or failed).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        let (reads_tx, reads_rx) = oneshot::channel();
-        let messages = self.jobs.send(Job::Flush(tx)).is_ok();
-        let reads = self.reads.send(ReadJob::Flush(reads_tx)).is_ok();
-        if messages {
+        if self.jobs.send(Job::Flush(tx)).is_ok() {
             let _ = rx.await;
-        }
-        if reads {
-            let _ = reads_rx.await;
         }
     }
 }
@@ -112,8 +106,8 @@ impl Writer for BatchingWriter {
     }
 
     fn submit_read(&self, mark: ReadMark, done: Done) {
-        if let Err(mpsc::error::SendError(ReadJob::Mark { done, .. })) =
-            self.reads.send(ReadJob::Mark { mark, done })
+        if let Err(mpsc::error::SendError(ReadJob { done, .. })) =
+            self.reads.send(ReadJob { mark, done })
         {
             done(Err(StoreError::Unavailable(
                 "the writer has stopped".into(),
@@ -122,61 +116,106 @@ impl Writer for BatchingWriter {
     }
 }
 
-/// One commit's batches and their callbacks.
+/// One commit's batches and read pointers, and their callbacks.
+#[derive(Default)]
 struct Commit {
     batches: Vec<AppendBatch>,
     dones: Vec<Done>,
     messages: usize,
+    marks: Vec<ReadMark>,
+    mark_dones: Vec<Done>,
 }
 
-/// A commit in flight: resolves to the commit and each batch's outcome.
-type InFlight = BoxFuture<'static, (Commit, Vec<Result<(), StoreError>>)>;
+impl Commit {
+    fn take_marks(&mut self, pending: &mut Pending) {
+        (self.marks, self.mark_dones) = pending.take();
+    }
+}
 
-async fn run(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    concurrency: usize,
-    window: Duration,
-) {
+/// A commit in flight: resolves to the commit and its outcome.
+type InFlight = BoxFuture<'static, (Commit, Appended)>;
+
+/// The writer's two queues: batches (and flushes) of the conversations, marks of the readers.
+struct Lanes {
+    jobs: mpsc::UnboundedReceiver<Job>,
+    reads: mpsc::UnboundedReceiver<ReadJob>,
+}
+
+async fn run(store: Arc<dyn Store>, mut lanes: Lanes, concurrency: usize, window: Duration) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     // The first job of the next commit, taken while it waits for its start time.
     let mut next: Option<Job> = None;
     let mut next_start: Option<Instant> = None;
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut open = true;
+    let mut marks = Pending::default();
+    let (mut open, mut reads_open) = (true, true);
     loop {
-        // A flush waits for every commit before it: nothing new starts meanwhile.
-        if !flushes.is_empty() && in_flight.is_empty() {
-            for f in flushes.drain(..) {
-                let _ = f.send(());
+        if !flushes.is_empty() {
+            // A flush covers the marks submitted before it, which may still be queued.
+            while let Ok(job) = lanes.reads.try_recv() {
+                marks.push(job);
+            }
+            // It waits for every commit before it, the marks' too: no batch starts meanwhile.
+            if in_flight.is_empty() && marks.is_empty() {
+                for f in flushes.drain(..) {
+                    let _ = f.send(());
+                }
             }
         }
-        let may_start = flushes.is_empty() && in_flight.len() < concurrency;
+        let room = in_flight.len() < concurrency;
+        let may_start = flushes.is_empty() && room;
         if may_start && next.is_some() && next_start.is_none_or(|at| Instant::now() >= at) {
             if let Some(first) = next.take() {
-                let commit = gather(first, &mut rx, &mut flushes);
+                let mut commit = gather(first, &mut lanes.jobs, &mut flushes);
+                // A flush alone commits nothing: the marks wait for their time.
                 if !commit.batches.is_empty() {
+                    if marks.may_go() {
+                        commit.take_marks(&mut marks);
+                    }
                     next_start = (!window.is_zero()).then(|| Instant::now() + window);
                     in_flight.push(start_commit(store.clone(), commit));
                 }
             }
             continue;
         }
-        if !open && next.is_none() && in_flight.is_empty() {
+        // Marks that waited their window for messages to ride with go alone.
+        if room && marks.due().is_some_and(|at| Instant::now() >= at) {
+            let mut commit = Commit::default();
+            commit.take_marks(&mut marks);
+            in_flight.push(start_commit(store.clone(), commit));
+            continue;
+        }
+        if !open && !reads_open && next.is_none() && in_flight.is_empty() && marks.is_empty() {
             for f in flushes.drain(..) {
                 let _ = f.send(());
             }
             return;
         }
-        let wait_until = next_start.filter(|_| may_start && next.is_some());
+        let batch_at = next_start.filter(|_| may_start && next.is_some());
+        let marks_at = marks.due().filter(|_| room);
+        let wait_until = match (batch_at, marks_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
-            Some((commit, results)) = in_flight.next(), if !in_flight.is_empty() => answer(commit, results),
-            job = rx.recv(), if open && next.is_none() && may_start => match job {
+            Some((commit, appended)) = in_flight.next(), if !in_flight.is_empty() => {
+                if !commit.mark_dones.is_empty() {
+                    marks.in_flight = false;
+                }
+                answer(commit, appended);
+            }
+            job = lanes.jobs.recv(), if open && next.is_none() && may_start => match job {
                 Some(job) => next = Some(job),
                 None => open = false,
             },
+            job = lanes.reads.recv(), if reads_open => match job {
+                Some(job) => marks.push(job),
+                None => reads_open = false,
+            },
             _ = tokio::time::sleep_until(wait_until.unwrap_or_else(Instant::now)), if wait_until.is_some() => {
-                next_start = None;
+                if next_start.is_some_and(|at| Instant::now() >= at) {
+                    next_start = None;
+                }
             }
         }
     }
@@ -188,11 +227,7 @@ fn gather(
     rx: &mut mpsc::UnboundedReceiver<Job>,
     flushes: &mut Vec<oneshot::Sender<()>>,
 ) -> Commit {
-    let mut commit = Commit {
-        batches: Vec::new(),
-        dones: Vec::new(),
-        messages: 0,
-    };
+    let mut commit = Commit::default();
     let mut job = Some(first);
     while let Some(j) = job.take() {
         match j {
@@ -216,25 +251,33 @@ fn start_commit(store: Arc<dyn Store>, commit: Commit) -> InFlight {
         .decrement(commit.batches.len() as f64);
     Box::pin(async move {
         let started = Instant::now();
-        let results = store.append(&commit.batches).await;
-        crate::metrics::hot()
-            .commit_seconds
-            .record(started.elapsed().as_secs_f64());
-        crate::metrics::hot()
-            .commit_messages
-            .record(commit.messages as f64);
-        (commit, results)
+        let appended = store.append(&commit.batches, &commit.marks).await;
+        if !commit.batches.is_empty() {
+            crate::metrics::hot()
+                .commit_seconds
+                .record(started.elapsed().as_secs_f64());
+            crate::metrics::hot()
+                .commit_messages
+                .record(commit.messages as f64);
+        }
+        (commit, appended)
     })
 }
 
-/// Tells each batch's conversation how its commit went.
-fn answer(commit: Commit, results: Vec<Result<(), StoreError>>) {
+/// Tells each batch's conversation, and each mark's reader, how its commit went.
+fn answer(commit: Commit, appended: Appended) {
     let mut persisted = 0u64;
-    for ((batch, done), result) in commit.batches.into_iter().zip(commit.dones).zip(results) {
+    for ((batch, done), result) in commit
+        .batches
+        .into_iter()
+        .zip(commit.dones)
+        .zip(appended.batches)
+    {
         if result.is_ok() {
             persisted += batch.messages.len() as u64;
         }
         done(result);
     }
+    reads::answer(commit.mark_dones, appended.marks);
     crate::metrics::hot().persisted.increment(persisted);
 }

@@ -1,67 +1,79 @@
-//! The writer's lane for read pointers: every member's `read` of the node, gathered for a
-//! short while and committed in one statement.
+//! The read pointers waiting for a commit: every member's `read` of the node, gathered until the
+//! next commit of messages takes them along, or the reads' window runs out and they go alone.
 //!
 //! A reader moves a read pointer about as often as a message is sent, and each one committed
 //! alone costs the database a transaction and a WAL flush (on this machine ~370 µs of
-//! PostgreSQL CPU, as much as a commit of fifty messages). Nothing waits on a read pointer but
-//! the reader's `ok` and the others' receipt, so a lane of its own may gather longer than the
-//! messages' window without slowing a message down.
+//! PostgreSQL CPU, as much as a commit of fifty messages), and on PostgreSQL a round trip, whose
+//! send and wake-up cost as much again. Nothing waits on a read pointer but the reader's `ok`
+//! and the others' receipt, so it may wait a little for a commit that goes anyway.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use chat_actors::ports::{ReadMark, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use chat_actors::ports::{ReadMark, StoreError};
 use tokio::time::Instant;
 
 use super::Done;
 
-/// The least time between the starts of two commits of read pointers: what a receipt may wait
-/// at most for the marks to gather (one commit is in flight at a time).
+/// The longest a read pointer waits for a commit of messages to take it along before it is
+/// committed alone: what a receipt may wait at most for its pointer to be stored.
 pub const READS_WINDOW: Duration = Duration::from_millis(20);
 
-/// The most read pointers in one statement.
+/// The most read pointers in one commit.
 const MAX_MARKS_PER_COMMIT: usize = 4096;
 
-pub(super) enum ReadJob {
-    Mark {
-        mark: ReadMark,
-        done: Done,
-    },
-    /// Answered once every mark queued before it is committed.
-    Flush(oneshot::Sender<()>),
+/// A `read` handed to the writer.
+pub(super) struct ReadJob {
+    pub(super) mark: ReadMark,
+    pub(super) done: Done,
 }
 
-/// Commits the marks from `rx`, at most one commit in flight and two starts `window` apart;
-/// ends once every sender is dropped and what was queued is committed.
-pub(super) async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<ReadJob>) {
-    let mut last_start: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        if let Some(at) = last_start {
-            tokio::time::sleep_until(at + READS_WINDOW).await;
-        }
-        let (mut marks, mut dones, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
-        let mut job = Some(first);
-        while let Some(j) = job.take() {
-            match j {
-                ReadJob::Mark { mark, done } => {
-                    marks.push(mark);
-                    dones.push(done);
-                }
-                ReadJob::Flush(tx) => flushes.push(tx),
-            }
-            if marks.len() < MAX_MARKS_PER_COMMIT {
-                job = rx.try_recv().ok();
-            }
-        }
-        last_start = Some(Instant::now());
-        if !marks.is_empty() {
-            let outcome = store.set_reads(&newest_each(marks)).await;
-            answer(dones, outcome);
-        }
-        for f in flushes {
-            let _ = f.send(());
-        }
+/// The marks no commit has taken yet.
+#[derive(Default)]
+pub(super) struct Pending {
+    marks: Vec<ReadMark>,
+    dones: Vec<Done>,
+    /// When the oldest of them must go, with or without messages.
+    due: Option<Instant>,
+    /// A commit in flight carries marks: the next waits for it, so that two commits of this
+    /// node never lock the same members' rows (in two orders, which would deadlock).
+    pub(super) in_flight: bool,
+}
+
+impl Pending {
+    pub(super) fn push(&mut self, job: ReadJob) {
+        self.due
+            .get_or_insert_with(|| Instant::now() + READS_WINDOW);
+        self.marks.push(job.mark);
+        self.dones.push(job.done);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    /// Whether a commit may take marks now.
+    pub(super) fn may_go(&self) -> bool {
+        !self.in_flight && !self.marks.is_empty()
+    }
+
+    /// When the marks must go alone, if they wait and may go.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.due.filter(|_| self.may_go())
+    }
+
+    /// Takes up to one commit's worth: the newest mark of each member and conversation, and
+    /// every mark's callback.
+    pub(super) fn take(&mut self) -> (Vec<ReadMark>, Vec<Done>) {
+        let n = self.marks.len().min(MAX_MARKS_PER_COMMIT);
+        let marks: Vec<ReadMark> = self.marks.drain(..n).collect();
+        let dones = self.dones.drain(..n).collect();
+        self.due = if self.marks.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        self.in_flight = true;
+        (newest_each(marks), dones)
     }
 }
 
@@ -74,7 +86,8 @@ fn newest_each(mut marks: Vec<ReadMark>) -> Vec<ReadMark> {
     marks
 }
 
-fn answer(dones: Vec<Done>, outcome: Result<(), StoreError>) {
+/// Tells each mark's reader how its commit went.
+pub(super) fn answer(dones: Vec<Done>, outcome: Result<(), StoreError>) {
     match outcome {
         Ok(()) => dones.into_iter().for_each(|done| done(Ok(()))),
         Err(e) => {
