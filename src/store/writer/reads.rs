@@ -110,6 +110,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn marks_wait_their_window_and_only_one_commit_carries_them() {
+        let mark = |seq| ReadMark {
+            conv: ConversationId(Uuid::from_u128(1)),
+            user: UserId(Uuid::from_u128(2)),
+            seq,
+        };
+        let job = |seq| ReadJob {
+            mark: mark(seq),
+            done: Box::new(|_| {}),
+        };
+        let mut pending = Pending::default();
+        assert!(!pending.may_go() && pending.due().is_none());
+        let before = Instant::now();
+        pending.push(job(3));
+        let after = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        pending.push(job(4));
+        // The oldest mark sets the time.
+        let due = pending.due().unwrap();
+        assert!(due >= before + READS_WINDOW && due <= after + READS_WINDOW);
+        let (marks, dones) = pending.take();
+        assert_eq!((marks, dones.len()), (vec![mark(4)], 2));
+        // While they are in flight the next marks wait, whatever their time.
+        pending.push(job(5));
+        assert!(!pending.may_go() && pending.due().is_none());
+        pending.in_flight = false;
+        assert!(pending.may_go() && pending.due().is_some());
+    }
+
+    #[test]
     fn keeps_the_newest_mark_of_each_member_and_conversation_in_order() {
         let (c1, c2) = (
             ConversationId(Uuid::from_u128(1)),
