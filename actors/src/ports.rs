@@ -176,6 +176,17 @@ pub struct Appended {
     pub marks: Result<(), StoreError>,
 }
 
+impl Appended {
+    /// A commit that did not happen: each of `batches` and the marks, if there were any,
+    /// refused with `why`.
+    pub fn refused(batches: usize, marks: &[ReadMark], why: impl Fn() -> StoreError) -> Appended {
+        Appended {
+            batches: (0..batches).map(|_| Err(why())).collect(),
+            marks: if marks.is_empty() { Ok(()) } else { Err(why()) },
+        }
+    }
+}
+
 /// A change of members, committed with its system message in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct MembershipChange {

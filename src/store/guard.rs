@@ -294,16 +294,10 @@ impl Store for GuardedStore {
     }
 
     async fn append(&self, batches: &[AppendBatch], marks: &[ReadMark]) -> Appended {
-        let down = || StoreError::Unavailable(Box::new(Refused::Down));
         if !self.is_up() {
-            return Appended {
-                batches: batches.iter().map(|_| Err(down())).collect(),
-                marks: if marks.is_empty() {
-                    Ok(())
-                } else {
-                    Err(down())
-                },
-            };
+            return Appended::refused(batches.len(), marks, || {
+                StoreError::Unavailable(Box::new(Refused::Down))
+            });
         }
         let appended = self.inner.append(batches, marks).await;
         Appended {

@@ -130,11 +130,7 @@ impl Store for MemoryStore {
                 .iter()
                 .map(|b| Self::append_one(&mut t, b))
                 .collect(),
-            marks: if marks.is_empty() {
-                Ok(())
-            } else {
-                Err(not_here())
-            },
+            marks: Appended::refused(0, marks, not_here).marks,
         }
     }
     async fn change_members(

@@ -103,17 +103,12 @@ impl SqlStore {
         };
         if !is_race(&e) {
             let why = e.to_string();
-            let unavailable = || StoreError::Unavailable(why.clone().into());
-            let mut results = vec![Err(e)];
-            results.extend((1..batches.len()).map(|_| Err(unavailable())));
-            return Appended {
-                batches: results,
-                marks: if marks.is_empty() {
-                    Ok(())
-                } else {
-                    Err(unavailable())
-                },
-            };
+            let mut refused = Appended::refused(batches.len(), marks, || {
+                StoreError::Unavailable(why.clone().into())
+            });
+            // The first batch tells the cause as it came.
+            refused.batches[0] = Err(e);
+            return refused;
         }
         // A race with another writer (two owners for a moment, or a mid stored meanwhile):
         // retry each batch alone, looking everywhere, so the others still commit and only the
