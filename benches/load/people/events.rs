@@ -68,6 +68,9 @@ pub(crate) enum Count {
     HistoryHoles,
     /// Users whose last catch-up did not finish within a minute (left out of the loss check).
     FinalCheckUnfinished,
+    /// Times a user's timer woke its task: a few a message (typing, the send, reads, retries);
+    /// hundreds would mean a task woken with nothing due, spinning.
+    TimerWakes,
 }
 
 /// One worker's tally.

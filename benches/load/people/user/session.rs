@@ -65,6 +65,36 @@ pub(super) struct Plans {
     retry_history: Vec<(u64, usize)>,
 }
 
+impl Plans {
+    /// When the session next has something to do: the earliest of its plans, the talk's only
+    /// while `talking_until` (the window's end) is given, and never later than `until`. The
+    /// typing of the coming send is no longer a plan once it has started (a time in the past
+    /// here would wake the task at every tick of the timer until the send: 1–4 s of spinning a
+    /// message, which had made the generator cost more CPU than the nodes and delayed every
+    /// frame it read).
+    fn next_wake(&self, until: u64, talking_until: Option<u64>) -> u64 {
+        let retries = self.retry_history.iter().map(|(at, _)| *at);
+        let mut wake = retries.fold(until.min(self.retry_list_at), u64::min);
+        if let Some(end) = talking_until {
+            let typing = if self.conv.is_none() {
+                self.typing_at
+            } else {
+                u64::MAX
+            };
+            let reads = self.reads.iter().map(|(at, _)| *at);
+            wake = reads.fold(
+                wake.min(typing)
+                    .min(self.typing_repeat_at)
+                    .min(self.send_at)
+                    .min(self.churn_at)
+                    .min(end),
+                u64::min,
+            );
+        }
+        wake
+    }
+}
+
 impl Session<'_> {
     fn id(&mut self) -> u64 {
         self.next_id += 1;
@@ -236,31 +266,18 @@ impl Session<'_> {
                 let _ = ws.close(None).await;
                 return Ended::Over;
             }
-            let talking = now < plan.end_us;
-            let mut wake = if final_check {
+            let talking = now < plan.end_us && !self.convs.is_empty();
+            let until = if final_check {
                 now + 1_000_000
             } else {
                 final_at
             };
-            wake = wake.min(p.retry_list_at);
-            for (at, _) in &p.retry_history {
-                wake = wake.min(*at);
-            }
-            if talking {
-                wake = wake
-                    .min(p.typing_at)
-                    .min(p.typing_repeat_at)
-                    .min(p.send_at)
-                    .min(p.churn_at)
-                    .min(plan.end_us);
-                for (at, _) in &p.reads {
-                    wake = wake.min(*at);
-                }
-            }
+            let wake = p.next_wake(until, talking.then_some(plan.end_us));
             aim(timer.as_mut(), wake, now);
             tokio::select! {
                 _ = &mut timer => {
                     let now = now_us();
+                    world.count_at(Count::TimerWakes, now);
                     if now >= p.retry_list_at {
                         p.retry_list_at = u64::MAX;
                         if !self.list(&mut ws, first, None, p.retry_list_counted).await {
@@ -277,7 +294,7 @@ impl Session<'_> {
                         }
                         continue;
                     }
-                    if !talking || self.convs.is_empty() {
+                    if !talking {
                         continue;
                     }
                     if now >= p.churn_at {
