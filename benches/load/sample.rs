@@ -28,6 +28,9 @@ pub(crate) struct Cpu {
     pub(crate) redis_s: f64,
     /// Every `nginx` process (a cluster's balancer).
     pub(crate) nginx_s: f64,
+    /// The tester's own processes (the people scenario's: its parent and workers): not the
+    /// server's, so not in [`Cpu::total`], but they share the machine's cores with it.
+    pub(crate) tester_s: f64,
 }
 
 impl Cpu {
@@ -42,6 +45,7 @@ impl Cpu {
             postgres_primary_s: self.postgres_primary_s - before.postgres_primary_s,
             redis_s: self.redis_s - before.redis_s,
             nginx_s: self.nginx_s - before.nginx_s,
+            tester_s: self.tester_s - before.tester_s,
         }
     }
 }

@@ -247,8 +247,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<report::PeopleReport> {
                 .spawn()
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let tester = std::iter::once(std::process::id())
+        .chain(children.iter().map(|c| c.id()))
+        .collect();
     let watch = Watch::start(
         pids.clone(),
+        tester,
         ramp_start_us,
         start_us,
         end_us,

@@ -262,6 +262,11 @@ impl PeopleReport {
             s.cpu_s_per_user_hour
         );
         println!(
+            "tester CPU  {:.1} s ({:.3} cores avg; not the server's, on the same cores)",
+            s.cpu_s.tester_s,
+            s.cpu_s.tester_s / self.duration_s.max(1e-9)
+        );
+        println!(
             "ramp CPU    {:.1} s = nodes {:.1} + PostgreSQL {:.1} + Redis {:.1} + nginx {:.1}: {:.0} µs per user connected",
             s.ramp_cpu_s.total(),
             s.ramp_cpu_s.nodes_s,

@@ -170,8 +170,10 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    /// `pids` are the nodes, `tester` the tester's own processes (counted apart).
     pub(crate) fn start(
         mut pids: Vec<u32>,
+        tester: Vec<u32>,
         ramp_start_us: u64,
         start_us: u64,
         end_us: u64,
@@ -181,6 +183,10 @@ impl Watch {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let out = seen.clone();
         let thread = std::thread::spawn(move || {
+            let cpu = |pids: &[u32], primary| Cpu {
+                tester_s: tester.iter().map(|p| process_cpu_s(&p.to_string())).sum(),
+                ..cpu(pids, primary)
+            };
             let mut at_ramp: Option<Cpu> = None;
             let mut before: Option<Cpu> = None;
             let mut next_rss = start_us;
