@@ -464,6 +464,48 @@ async fn connections_do_not_keep_the_room_of_the_largest_frame_they_were_sent() 
     }
 }
 
+#[tokio::test]
+async fn connections_do_not_keep_the_room_of_the_largest_frame_they_sent() {
+    const CONNECTIONS: usize = 200;
+    let b = Binary::start(
+        Backend::Sqlite,
+        &[
+            ("CHAT_MAX_CONNECTIONS_PER_USER", "1000"),
+            ("CHAT_RATE_MESSAGES", "1000"),
+            ("CHAT_RATE_BURST", "1000"),
+        ],
+    )
+    .await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = b.client(alice).await;
+    let conv = a.direct_with(bob).await;
+    // A frame of ~60 KB, under the 64 KiB frame limit: read whole, then refused for its body.
+    let body = "x".repeat(60_000);
+    let too_large = json!({"conv": conv, "body": body});
+    let refused = a.call("send", too_large.clone()).await;
+    assert_eq!(refused["code"], "too_large", "{refused}");
+    let rss_before = b.rss_kib();
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut c = b.client(bob).await;
+        let refused = c.call("send", too_large.clone()).await;
+        assert_eq!(refused["code"], "too_large", "{refused}");
+        open.push(c);
+    }
+    let rss_after = b.rss_kib();
+    println!(
+        "{CONNECTIONS} connections sent a frame of ~60 KB each: RSS {rss_before} -> {rss_after} KiB"
+    );
+    // Kept, the read buffers alone would be ≥ 60 KB each (12 MB).
+    assert!(
+        rss_after < rss_before + 6 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB with {CONNECTIONS} connections open"
+    );
+    for c in &mut open {
+        assert_eq!(c.call("ping", json!({})).await["t"], "pong");
+    }
+}
+
 /// Fetches the newest 200 messages of `conv`, which must hold at least 200.
 async fn newest_page(c: &mut Client, conv: &str) {
     let h = c

@@ -189,6 +189,10 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
+                } else if self.in_buffer.capacity() == 0 {
+                    // Vendored change (chat-backend): the room given back below is taken again,
+                    // the configured read size, only when the next frame is read.
+                    self.in_buffer.reserve(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -197,7 +201,15 @@ impl FrameCodec {
             if let Some((_, len)) = &self.header {
                 let len = *len as usize;
                 if len <= self.in_buffer.len() {
-                    break self.in_buffer.split_to(len);
+                    let payload = self.in_buffer.split_to(len);
+                    // Vendored change (chat-backend): once every byte read is handed out, let go
+                    // of the buffer. It only grows (a large frame, and the doubling of a buffer
+                    // whose frames are still held), and it was kept for the life of the
+                    // connection: each idle connection held the room of its largest frame.
+                    if self.in_buffer.is_empty() {
+                        self.in_buffer = BytesMut::new();
+                    }
+                    break payload;
                 }
             }
 
