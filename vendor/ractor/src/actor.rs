@@ -68,6 +68,7 @@ use messages::*;
 pub mod actor_cell;
 pub mod actor_id;
 pub(crate) mod actor_properties;
+pub(crate) mod port_queue;
 pub mod actor_ref;
 pub mod derived_actor;
 mod supervision;

@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use crate::actor::messages::StopMessage;
+use crate::actor::port_queue::port_queue;
+use crate::actor::port_queue::PortReceiver as InputPortReceiver;
+use crate::actor::port_queue::PortSender as InputPort;
 use crate::actor::supervision::SupervisionTree;
 use crate::concurrency as mpsc;
-use crate::concurrency::MpscUnboundedReceiver as InputPortReceiver;
-use crate::concurrency::MpscUnboundedSender as InputPort;
 use crate::concurrency::OneshotReceiver;
 use crate::concurrency::OneshotSender as OneshotInputPort;
 use crate::message::BoxedMessage;
@@ -111,8 +112,8 @@ impl ActorProperties {
     {
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
-        let (tx_message, rx_message) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = port_queue();
+        let (tx_message, rx_message) = port_queue();
         (
             Self {
                 id,

@@ -23,6 +23,8 @@ use crate::actor::actor_cell;
 use crate::actor::actor_cell::ActorPortSet;
 use crate::actor::actor_properties::ActorProperties;
 use crate::actor::actor_properties::MuxedMessage;
+use crate::actor::port_queue::port_queue;
+use crate::actor::port_queue::PortReceiver;
 use crate::actor::get_panic_string;
 use crate::actor::messages::StopMessage;
 use crate::actor::ActorLifecycleGuard;
@@ -89,8 +91,8 @@ impl ActorProperties {
         Self,
         OneshotReceiver<Signal>,
         OneshotReceiver<StopMessage>,
-        mpsc::MpscUnboundedReceiver<Box<SupervisionEvent>>,
-        mpsc::MpscUnboundedReceiver<MuxedMessage>,
+        PortReceiver<Box<SupervisionEvent>>,
+        PortReceiver<MuxedMessage>,
     )
     where
         TActor: crate::thread_local::ThreadLocalActor,
@@ -98,8 +100,8 @@ impl ActorProperties {
         let id = crate::actor::actor_id::get_new_local_id();
         let (tx_signal, rx_signal) = mpsc::oneshot();
         let (tx_stop, rx_stop) = mpsc::oneshot();
-        let (tx_supervision, rx_supervision) = mpsc::mpsc_unbounded();
-        let (tx_message, rx_message) = mpsc::mpsc_unbounded();
+        let (tx_supervision, rx_supervision) = port_queue();
+        let (tx_message, rx_message) = port_queue();
         (
             Self {
                 id,
