@@ -175,7 +175,7 @@ settings! {
     heartbeat_ms: u64 = 30_000, "CHAT_HEARTBEAT_MS";
     /// A conversation's actor stops after this long unused (its record rests in memory for
     /// `conversation_rest_ms`, and after that reloads in one statement when next needed).
-    conversation_idle_ms: u64 = 30_000, "CHAT_CONVERSATION_IDLE_MS";
+    conversation_idle_ms: u64 = 10_000, "CHAT_CONVERSATION_IDLE_MS";
     /// How long a conversation's record stays in memory after its actor stopped, so that its
     /// next use starts the actor without loading it (a few hundred bytes against ~5 KiB for
     /// the actor). 0: never kept.

@@ -44,7 +44,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             least_look: Duration::from_secs(1),
-            idle_after: Duration::from_secs(30),
+            idle_after: Duration::from_secs(10),
             glance_after: Duration::from_secs(10),
             request_deadline: Duration::from_millis(4500),
         }

@@ -6,7 +6,7 @@
 //! The queue behind an actor's supervision and message ports (a change of this vendored copy).
 //!
 //! tokio's unbounded channel allocates its shared state (~0.5 KiB, cache-padded) and its first
-//! block of 32 slots when it is made, so every actor paid ~1.8 KiB for its two input ports
+//! block of 32 slots when it is made, so every actor paid ~2 KiB for its two input ports
 //! before it was sent anything. This queue costs one small allocation when it is made, and holds
 //! room for messages only while some wait: a `VecDeque` behind a mutex, and one waker for the
 //! actor's task. It keeps what the actor relies on from tokio's channel: sending fails once the
