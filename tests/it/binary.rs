@@ -425,16 +425,7 @@ async fn conversations_only_looked_at_give_their_actors_back_within_seconds() {
 /// its WebSocket write buffer at the size of its largest frame).
 #[tokio::test]
 async fn connections_do_not_keep_the_room_of_the_largest_frame_they_were_sent() {
-    const CONNECTIONS: usize = 150;
-    let b = Binary::start(
-        Backend::Sqlite,
-        &[
-            ("CHAT_MAX_CONNECTIONS_PER_USER", "1000"),
-            ("CHAT_RATE_MESSAGES", "1000"),
-            ("CHAT_RATE_BURST", "1000"),
-        ],
-    )
-    .await;
+    let b = roomy_binary().await;
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let mut a = b.client(alice).await;
     let conv = a.direct_with(bob).await;
@@ -445,30 +436,32 @@ async fn connections_do_not_keep_the_room_of_the_largest_frame_they_were_sent() 
     }
     // The first page warms what every page shares (the database's cache, the allocator's pools).
     newest_page(&mut a, &conv).await;
-    let rss_before = b.rss_kib();
-    let mut open = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let mut c = b.client(bob).await;
-        newest_page(&mut c, &conv).await;
-        open.push(c);
-    }
-    let rss_after = b.rss_kib();
-    println!(
-        "{CONNECTIONS} connections sent a page of ~830 KB each: RSS {rss_before} -> {rss_after} KiB"
-    );
-    assert!(
-        rss_after < rss_before + 40 * 1024,
-        "RSS grew from {rss_before} to {rss_after} KiB with {CONNECTIONS} connections open"
-    );
-    for c in &mut open {
-        assert_eq!(c.call("ping", json!({})).await["t"], "pong");
-    }
+    let fetch = async |c: &mut Client| newest_page(c, &conv).await;
+    connections_grow_the_node_less_than(&b, bob, 150, 40 * 1024, "were sent ~830 KB", fetch).await;
 }
 
+/// Nor for the largest frame it sent: 200 connections each send a frame of ~60 KB (under the
+/// 64 KiB frame limit, so read whole, then refused for its body) and stay open. Kept, their read
+/// buffers alone would be ≥ 60 KB each (12 MB).
 #[tokio::test]
 async fn connections_do_not_keep_the_room_of_the_largest_frame_they_sent() {
-    const CONNECTIONS: usize = 200;
-    let b = Binary::start(
+    let b = roomy_binary().await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut a = b.client(alice).await;
+    let conv = a.direct_with(bob).await;
+    let too_large = json!({"conv": conv, "body": "x".repeat(60_000)});
+    let send = async |c: &mut Client| {
+        let refused = c.call("send", too_large.clone()).await;
+        assert_eq!(refused["code"], "too_large", "{refused}");
+    };
+    // The first refusal warms what every one shares (the allocator's pools).
+    send(&mut a).await;
+    connections_grow_the_node_less_than(&b, bob, 200, 6 * 1024, "sent ~60 KB", send).await;
+}
+
+/// A node on SQLite where one user may open many connections and send fast.
+async fn roomy_binary() -> Binary {
+    Binary::start(
         Backend::Sqlite,
         &[
             ("CHAT_MAX_CONNECTIONS_PER_USER", "1000"),
@@ -476,31 +469,31 @@ async fn connections_do_not_keep_the_room_of_the_largest_frame_they_sent() {
             ("CHAT_RATE_BURST", "1000"),
         ],
     )
-    .await;
-    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let mut a = b.client(alice).await;
-    let conv = a.direct_with(bob).await;
-    // A frame of ~60 KB, under the 64 KiB frame limit: read whole, then refused for its body.
-    let body = "x".repeat(60_000);
-    let too_large = json!({"conv": conv, "body": body});
-    let refused = a.call("send", too_large.clone()).await;
-    assert_eq!(refused["code"], "too_large", "{refused}");
+    .await
+}
+
+/// Opens `count` connections of `user`, each given `each` once, and checks that the node's RSS
+/// grew by less than `limit_kib` with all of them open; each still answers after.
+async fn connections_grow_the_node_less_than(
+    b: &Binary,
+    user: Uuid,
+    count: usize,
+    limit_kib: u64,
+    what: &str,
+    mut each: impl AsyncFnMut(&mut Client),
+) {
     let rss_before = b.rss_kib();
-    let mut open = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let mut c = b.client(bob).await;
-        let refused = c.call("send", too_large.clone()).await;
-        assert_eq!(refused["code"], "too_large", "{refused}");
+    let mut open = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut c = b.client(user).await;
+        each(&mut c).await;
         open.push(c);
     }
     let rss_after = b.rss_kib();
-    println!(
-        "{CONNECTIONS} connections sent a frame of ~60 KB each: RSS {rss_before} -> {rss_after} KiB"
-    );
-    // Kept, the read buffers alone would be ≥ 60 KB each (12 MB).
+    println!("{count} connections {what} each: RSS {rss_before} -> {rss_after} KiB");
     assert!(
-        rss_after < rss_before + 6 * 1024,
-        "RSS grew from {rss_before} to {rss_after} KiB with {CONNECTIONS} connections open"
+        rss_after < rss_before + limit_kib,
+        "RSS grew from {rss_before} to {rss_after} KiB with {count} connections open"
     );
     for c in &mut open {
         assert_eq!(c.call("ping", json!({})).await["t"], "pong");
