@@ -64,6 +64,9 @@ pub(crate) enum Count {
     Lost,
     TokenRefreshes,
     ConnectFailures,
+    /// Sends still unanswered when their connection ended (the user dropped off the network or
+    /// left, or the server ended the connection): their `sent` went nowhere.
+    SendsCutOff,
     /// A `history` page that skipped a `seq` below the newest: a hole in what was stored.
     HistoryHoles,
     /// Users whose last catch-up did not finish within a minute (left out of the loss check).

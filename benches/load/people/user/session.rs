@@ -186,8 +186,29 @@ impl Session<'_> {
         p.abandon = self.rng.random_bool(0.1);
     }
 
+    /// Serves one connection until it ends; a send still unanswered then, unless the run is
+    /// over, was cut off with its connection: its `sent` went nowhere (counted, so that every
+    /// send is either answered or accounted for).
     pub(super) async fn run(
         mut self,
+        ws: Ws,
+        started: u64,
+        first: bool,
+        reconnect_from: Option<u64>,
+    ) -> Ended {
+        let ended = self.serve(ws, started, first, reconnect_from).await;
+        if !matches!(ended, Ended::Over) {
+            for asked in self.asked.values() {
+                if let Asked::Send { scheduled, .. } = asked {
+                    self.world.count_at(Count::SendsCutOff, *scheduled);
+                }
+            }
+        }
+        ended
+    }
+
+    async fn serve(
+        &mut self,
         mut ws: Ws,
         started: u64,
         first: bool,
