@@ -106,7 +106,9 @@ impl Browser {
             next_id: 1,
             target,
         };
-        tab.wait_for("document.readyState === 'complete'").await;
+        // A new tab starts on about:blank, which is complete at once: wait for the page itself.
+        tab.wait_for("location.href !== 'about:blank' && document.readyState === 'complete'")
+            .await;
         tab
     }
 
